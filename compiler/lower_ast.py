@@ -1,0 +1,708 @@
+"""Lower the AST to graph IR: names, types and shapes, inlined calls, derivative transforms."""
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..frontend import ast as A
+from ..frontend.diagnostics import CompileError, Diagnostics
+from ..frontend.parse import parse
+from . import autodiff
+from .builder import Emitter, fresh, literal_dtype
+from .ir import DTYPES, FLOATS, INTS, Graph, ShapeError, Value, dim_parts, type_str
+from .ops import norm_axes
+
+TRANSFORMS = ("grad", "value_and_grad", "vjp", "jvp")
+
+
+@dataclass(frozen=True)
+class DimRef:
+    """A dimension name of the enclosing function's signature, bound to its size."""
+    name: str
+    value: object
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str
+
+
+# ---- function values
+
+class FnValue:
+    name: str
+
+
+@dataclass(eq=False)
+class UserFn(FnValue):
+    defn: A.FnDef
+    module: "Lowering"
+
+    @property
+    def name(self):
+        return self.defn.name
+
+    @property
+    def typed(self) -> bool:
+        return all(p.type is not None for p in self.defn.params)
+
+
+@dataclass(eq=False)
+class Derived(FnValue):
+    kind: str
+    base: FnValue
+    wrt: tuple
+    wrt_locs: tuple
+    loc: object
+    base_loc: object
+    name: str = ""
+
+
+# ---- values in expressions: Value, Python number, np.ndarray (array literal), tuple, FnValue
+
+
+def _binop_name(op):
+    return {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "<": "lt", "<=": "le",
+            ">": "gt", ">=": "ge", "==": "eq", "!=": "ne", "and": "and", "or": "or"}[op]
+
+
+_PY = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+       "pow": lambda a, b: a ** b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
+       "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "eq": lambda a, b: a == b,
+       "ne": lambda a, b: a != b, "and": lambda a, b: a and b, "or": lambda a, b: a or b}
+
+
+def _is_const(x):
+    return isinstance(x, (bool, int, float, np.ndarray))
+
+
+class Scope:
+    def __init__(self, lowering, e: Emitter, env: dict):
+        self.low = lowering
+        self.e = e
+        self.env = env
+        self.lets = []                # (name, Value) of this function's own bindings
+
+    # -- names
+
+    def lookup(self, node: A.Name):
+        name = node.id
+        if name in self.env:
+            return self.env[name]
+        found = self.low.lookup(name)
+        if found is not None:
+            return found
+        candidates = list(self.env) + self.low.visible_names()
+        close = difflib.get_close_matches(name, candidates, n=1)
+        raise CompileError(f"unknown name '{name}'", node.loc,
+                           [f"did you mean '{close[0]}'?"] if close else ())
+
+    # -- expressions
+
+    def expr(self, node):
+        saved, self.e.loc = self.e.loc, node.loc
+        try:
+            return getattr(self, "x_" + type(node).__name__)(node)
+        except ShapeError as ex:
+            raise CompileError(str(ex), node.loc) from None
+        finally:
+            self.e.loc = saved
+
+    def value(self, node, dtype=None) -> Value:
+        """An expression that must be one array value (numbers become constants)."""
+        v = self.expr(node)
+        return self.as_value(v, node, dtype)
+
+    def as_value(self, v, node, dtype=None) -> Value:
+        if isinstance(v, Value):
+            return v
+        if isinstance(v, DimRef):
+            v = self.dim_number(v, node)
+        if isinstance(v, np.ndarray):
+            return self.e.literal(data=tuple(v.ravel().tolist()), shape=v.shape,
+                                  dtype=dtype or ("f64" if v.dtype.kind == "f" else
+                                                  "bool" if v.dtype.kind == "b" else "i64"))
+        if isinstance(v, (bool, int, float)):
+            return self.e.const(v, dtype or literal_dtype(v))
+        raise CompileError(f"expected an array value, got {self.describe(v)}", node.loc)
+
+    def dim_number(self, d: DimRef, node):
+        if isinstance(d.value, int):
+            return d.value
+        raise CompileError(f"the symbolic dimension {d.name} cannot be used as a number here", node.loc,
+                           ["use it in a shape, or pass the number as a parameter"])
+
+    def const(self, node, kinds=(int,), what="a constant integer"):
+        v = self.expr(node)
+        if isinstance(v, DimRef) and int in kinds:
+            v = self.dim_number(v, node)
+        if isinstance(v, bool) or not isinstance(v, kinds):
+            raise CompileError(f"expected {what}, got {self.describe(v)}", node.loc)
+        return v
+
+    @staticmethod
+    def describe(v) -> str:
+        if isinstance(v, Value):
+            return f"a value of type {v.type}"
+        if isinstance(v, FnValue):
+            return f"the function {v.name}"
+        if isinstance(v, tuple):
+            return f"a tuple of {len(v)}"
+        if isinstance(v, DType):
+            return f"the type {v.name}"
+        if isinstance(v, DimRef):
+            return f"the dimension {v.name}"
+        return repr(v.tolist() if isinstance(v, np.ndarray) else v)
+
+    def x_Num(self, node):
+        return node.value
+
+    def x_Bool(self, node):
+        return node.value
+
+    def x_Name(self, node):
+        return self.lookup(node)
+
+    def x_Tuple(self, node):
+        return tuple(self.expr(i) for i in node.items)
+
+    def x_List(self, node):
+        items = [self.expr(i) for i in node.items]
+        if all(_is_const(i) for i in items):
+            try:
+                return np.array(items)
+            except ValueError:
+                raise CompileError("array literal rows differ in length", node.loc) from None
+        return items
+
+    def x_UnOp(self, node):
+        x = self.expr(node.operand)
+        if node.op == "-":
+            if _is_const(x) and not isinstance(x, bool):
+                return -x
+            return self.e.neg(self.as_value(x, node.operand))
+        if isinstance(x, bool):
+            return not x
+        return self.e.not_(self.as_value(x, node.operand))
+
+    def x_BinOp(self, node):
+        a, b = self.expr(node.left), self.expr(node.right)
+        a = self.dim_number(a, node.left) if isinstance(a, DimRef) else a
+        b = self.dim_number(b, node.right) if isinstance(b, DimRef) else b
+        if node.op == "@":
+            return self.matmul(self.as_value(a, node.left), self.as_value(b, node.right))
+        op = _binop_name(node.op)
+        for x, n in ((a, node.left), (b, node.right)):
+            if not (isinstance(x, Value) or _is_const(x)):
+                raise CompileError(f"`{node.op}` needs array values, got {self.describe(x)}", n.loc)
+        if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)) and op in _PY:
+            return _PY[op](a, b)
+        if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)):   # division
+            return a / b if b != 0 else self.e.div(float(a), float(b))
+        # array literals take the dtype of the other operand, as numbers do
+        peer = next((x.dtype for x in (a, b) if isinstance(x, Value)), None)
+        a, b = (self.as_value(x, n, peer) if isinstance(x, np.ndarray) else x
+                for x, n in ((a, node.left), (b, node.right)))
+        return self.e.emit(op, a, b)
+
+    def matmul(self, a: Value, b: Value) -> Value:
+        e = self.e
+        if not a.shape or not b.shape:
+            raise ShapeError(f"@: cannot multiply {a.type} by {b.type} (use * for scalars)")
+        a2 = e.reshape(a, shape=(1,) + a.shape) if len(a.shape) == 1 else a
+        b2 = e.reshape(b, shape=b.shape + (1,)) if len(b.shape) == 1 else b
+        out = e.matmul(a2, b2)
+        shape = a.shape[:-1] + b.shape[1:]
+        return e.reshape(out, shape=shape) if out.shape != shape else out
+
+    def x_Index(self, node):
+        x = self.value(node.value)
+        spec = []
+        for s in node.subs:
+            if isinstance(s, A.Slice):
+                spec.append(("s",) + tuple(None if p is None else self.const(p) for p in
+                                           (s.start, s.stop, s.step)))
+                if spec[-1][3] is not None and spec[-1][3] <= 0:
+                    raise CompileError("slice step must be positive", s.loc)
+            else:
+                spec.append(("i", self.const(s, what="a constant integer index")))
+        return self.e.slice(x, spec=tuple(spec))
+
+    def x_Call(self, node):
+        if isinstance(node.func, A.Name) and node.func.id in TRANSFORMS and \
+                node.func.id not in self.env and self.low.lookup(node.func.id, builtins=False) is None:
+            return self.transform(node)
+        if isinstance(node.func, A.Name) and node.func.id in BUILTINS and node.func.id not in self.env \
+                and self.low.lookup(node.func.id, builtins=False) is None:
+            return self.builtin(node.func.id, node)
+        f = self.expr(node.func)
+        if not isinstance(f, FnValue):
+            raise CompileError(f"{self.describe(f)} is not a function", node.func.loc)
+        if node.kwargs:
+            raise CompileError(f"{f.name} takes no keyword arguments", node.kwargs[0][2])
+        args = [self.expr(a) for a in node.args]
+        out = self.low.call(f, args, node, self)
+        return out[0] if len(out) == 1 and not self.low.returns_tuple(f) else out
+
+    def transform(self, node):
+        kind = node.func.id
+        if not node.args:
+            raise CompileError(f"{kind} needs a function to differentiate", node.loc)
+        if len(node.args) > 1:
+            raise CompileError(f"{kind} takes one function; name the values with wrt=",
+                               node.args[1].loc)
+        f = self.expr(node.args[0])
+        if not isinstance(f, FnValue):
+            raise CompileError(f"{kind} needs a function, got {self.describe(f)}", node.args[0].loc)
+        wrt, locs = (), ()
+        for name, value, loc in node.kwargs:
+            if name != "wrt":
+                raise CompileError(f"{kind} has no argument '{name}'", loc, ["its argument is wrt="])
+            items = value.items if isinstance(value, A.Tuple) else [value]
+            for it in items:
+                if not isinstance(it, A.Name):
+                    raise CompileError("wrt names parameters or let bindings of the function", it.loc)
+            wrt, locs = tuple(i.id for i in items), tuple(i.loc for i in items)
+        return Derived(kind, f, wrt, locs, node.loc, node.args[0].loc,
+                       f"{kind}({f.name})")
+
+    def builtin(self, name, node):
+        fn = BUILTINS[name]
+        args = [self.expr(a) for a in node.args]
+        kwargs = {k: self.expr(v) for k, v, _ in node.kwargs}
+        try:
+            inspect.signature(fn).bind(self, node, *args, **kwargs)
+        except TypeError as ex:
+            raise CompileError(f"{name}(): {ex}", node.loc) from None
+        self.e.loc = node.loc
+        return fn(self, node, *args, **kwargs)
+
+    # -- statements
+
+    def let(self, stmt: A.Let):
+        v = self.expr(stmt.value)
+        if len(stmt.targets) == 1:
+            vals = [v]
+        elif isinstance(v, tuple) and len(v) == len(stmt.targets):
+            vals = list(v)
+        else:
+            got = f"{len(v)} values" if isinstance(v, tuple) else "one value"
+            raise CompileError(f"cannot unpack {got} into {len(stmt.targets)} names", stmt.loc)
+        for name, val in zip(stmt.targets, vals):
+            self.env[name] = val
+            if isinstance(val, Value):
+                self.lets.append((name, val))
+
+
+# ---- builtins: (scope, call node, *args, **kwargs) -> value
+
+def _unary(op):
+    def f(s, node, x):
+        x = s.as_value(x, node, "f64" if isinstance(x, (int, float)) else None)
+        return s.e.emit(op, x)
+    return f
+
+
+def _shape_arg(s, node, dims):
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list, np.ndarray)):
+        dims = tuple(dims[0].tolist() if isinstance(dims[0], np.ndarray) else dims[0])
+    out = []
+    for d in dims:
+        if isinstance(d, DimRef):
+            out.append(d.value)
+        elif isinstance(d, int) and not isinstance(d, bool) and d >= -1:
+            out.append(d)
+        else:
+            raise CompileError(f"a shape takes integers and dimension names, got {s.describe(d)}", node.loc)
+    return tuple(out)
+
+
+def _axis(s, node, axis, rank):
+    if axis is not None and not (isinstance(axis, int) or
+                                 (isinstance(axis, tuple) and all(isinstance(a, int) for a in axis))):
+        raise CompileError(f"axis must be a constant integer or a tuple of them, got {s.describe(axis)}",
+                           node.loc)
+    return norm_axes(axis, rank)
+
+
+def _reduce(op):
+    def f(s, node, x, axis=None, keepdims=False):
+        x = s.as_value(x, node)
+        return s.e.emit(op, x, axes=_axis(s, node, axis, len(x.shape)), keepdims=bool(keepdims))
+    return f
+
+
+def _composite(op, default_axis):
+    def f(s, node, x, axis=default_axis, keepdims=False):
+        x = s.as_value(x, node)
+        _axis(s, node, axis, len(x.shape))
+        kw = {"keepdims": bool(keepdims)} if op in ("mean", "logsumexp") else {}
+        if op not in ("mean", "logsumexp") and keepdims:
+            raise CompileError(f"{op}() has no keepdims", node.loc)
+        if op in ("mean", "logsumexp") and x.dtype not in FLOATS:
+            raise ShapeError(f"{op}: expected f32 or f64 values, got {x.type}")
+        return getattr(s.e, op)(x, axis, **kw)
+    return f
+
+
+def _dtype_arg(s, node, d):
+    if not isinstance(d, DType):
+        raise CompileError(f"expected a dtype ({', '.join(DTYPES)}), got {s.describe(d)}", node.loc)
+    return d.name
+
+
+def _fill(value):
+    def f(s, node, *dims, dtype=DType("f32")):
+        return s.e.const(value, _dtype_arg(s, node, dtype), _shape_arg(s, node, dims))
+    return f
+
+
+def _b_reshape(s, node, x, *shape):
+    x = s.as_value(x, node)
+    shape = list(_shape_arg(s, node, shape))
+    if shape.count(-1) > 1:
+        raise CompileError("reshape takes at most one -1", node.loc)
+    if -1 in shape:
+        known = [d for d in shape if d != -1]
+        total = [d for d in x.shape]
+        if not all(isinstance(d, int) for d in known + total):
+            rest = [d for d in total if d not in known or known.remove(d)]
+            if len(rest) != 1:
+                raise CompileError("reshape with -1 needs the other dims to match the input's", node.loc)
+            shape[shape.index(-1)] = rest[0]
+        else:
+            shape[shape.index(-1)] = int(np.prod(total)) // max(int(np.prod(known)), 1)
+    return s.e.reshape(x, shape=tuple(shape))
+
+
+def _b_transpose(s, node, x, axes=None):
+    x = s.as_value(x, node)
+    perm = tuple(reversed(range(len(x.shape)))) if axes is None else axes
+    if not isinstance(perm, tuple) or not all(isinstance(a, int) for a in perm):
+        raise CompileError(f"transpose axes must be a tuple of integers, got {s.describe(axes)}", node.loc)
+    return s.e.transpose(x, perm=tuple(a % max(len(x.shape), 1) for a in perm))
+
+
+def _b_concat(s, node, *xs, axis=0):
+    if len(xs) == 1 and isinstance(xs[0], (tuple, list)):
+        xs = xs[0]
+    if not xs:
+        raise CompileError("concat needs at least one array", node.loc)
+    vals = [s.as_value(x, node) for x in xs]
+    return s.e.concat(*vals, axis=_axis(s, node, axis, len(vals[0].shape))[0])
+
+
+def _b_where(s, node, c, a, b):
+    c = s.as_value(c, node, "bool")
+    peer = next((x.dtype for x in (a, b) if isinstance(x, Value)), None)
+    return s.e.where(c, s.as_value(a, node, peer), s.as_value(b, node, peer))
+
+
+def _b_clamp(s, node, x, lo, hi):
+    x = s.as_value(x, node)
+    return s.e.clamp(x, lo, hi)
+
+
+def _b_pair(op):
+    def f(s, node, a, b):
+        if not isinstance(a, Value) and not isinstance(b, Value):
+            a = s.as_value(a, node, "f64")
+        return s.e.emit(op, a, b)
+    return f
+
+
+def _b_cast(s, node, x, dtype):
+    return s.e.cast(s.as_value(x, node), dtype=_dtype_arg(s, node, dtype))
+
+
+def _b_one_hot(s, node, i, n, dtype=DType("f32")):
+    if not isinstance(n, int):
+        raise CompileError(f"one_hot needs a constant number of classes, got {s.describe(n)}", node.loc)
+    return s.e.one_hot(s.as_value(i, node, "i64"), n=n, dtype=_dtype_arg(s, node, dtype))
+
+
+def _b_broadcast_to(s, node, x, *shape):
+    return s.e.broadcast_to(s.as_value(x, node), shape=_shape_arg(s, node, shape))
+
+
+def _b_detach(s, node, x):
+    return s.e.detach(s.as_value(x, node))
+
+
+def _b_hook(s, node, x, h):
+    x = s.as_value(x, node)
+    if not isinstance(h, FnValue):
+        raise CompileError(f"hook needs a function of the gradient, got {s.describe(h)}", node.loc)
+    g = s.low.instantiate(h, [(x.shape, x.dtype)], node)
+    if len(g.outputs) != 1 or g.outputs[0].shape != x.shape or g.outputs[0].dtype != x.dtype:
+        got = ", ".join(o.type for o in g.outputs)
+        raise CompileError(f"the hook {h.name} must return the gradient's type {x.type}, not {got}",
+                           node.loc)
+    return s.e.hook(x, fn=g)
+
+
+BUILTINS = {name: _unary(name) for name in
+            ("sin", "cos", "tan", "exp", "log", "log1p", "expm1", "sqrt", "abs", "sign", "tanh",
+             "sigmoid", "relu", "softplus")}
+BUILTINS.update({
+    "minimum": _b_pair("minimum"), "maximum": _b_pair("maximum"), "clamp": _b_clamp,
+    "where": _b_where, "sum": _reduce("sum"), "max": _reduce("max"), "min": _reduce("min"),
+    "mean": _composite("mean", None), "logsumexp": _composite("logsumexp", None),
+    "softmax": _composite("softmax", -1), "log_softmax": _composite("log_softmax", -1),
+    "reshape": _b_reshape, "transpose": _b_transpose, "broadcast_to": _b_broadcast_to,
+    "concat": _b_concat, "cast": _b_cast, "one_hot": _b_one_hot, "zeros": _fill(0), "ones": _fill(1),
+    "detach": _b_detach, "hook": _b_hook,
+})
+
+
+# ---- the module
+
+
+@dataclass
+class Module:
+    """A lowered program: one graph per exported function, in source order."""
+    file: str
+    source: str
+    graphs: dict = field(default_factory=dict)
+    locs: dict = field(default_factory=dict)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+
+
+def _prelude():
+    path = Path(__file__).parent.parent / "frontend" / "prelude.ad"
+    return parse(path.read_text(), "<prelude>")
+
+
+_PRELUDE = None
+
+
+class Lowering:
+    def __init__(self, program: A.Program, diagnostics: Diagnostics):
+        global _PRELUDE
+        if _PRELUDE is None:
+            _PRELUDE = _prelude()
+        self.diag = diagnostics
+        self.globals = {}
+        self.prelude = {f.name: UserFn(f, self) for f in _PRELUDE.items}
+        self.cache = {}
+        self.stack = []
+        self.program = program
+
+    def lookup(self, name, builtins=True):
+        if name in self.globals:
+            return self.globals[name]
+        if name in self.prelude:
+            return self.prelude[name]
+        if builtins and name in DTYPES:
+            return DType(name)
+        return None
+
+    def visible_names(self):
+        return list(self.globals) + list(self.prelude) + list(BUILTINS) + list(TRANSFORMS)
+
+    def returns_tuple(self, f: FnValue) -> bool:
+        if isinstance(f, UserFn):
+            return f.defn.ret_tuple or any(len(r.values) > 1 for r in f.defn.body if isinstance(r, A.Return))
+        return f.kind in ("value_and_grad", "jvp") or len(self.wrt_of(f)) > 1
+
+    def wrt_of(self, f: Derived):
+        if f.wrt:
+            return f.wrt
+        base = f.base
+        while isinstance(base, Derived):
+            base = base.base
+        return (base.defn.params[0].name,) if base.defn.params else ()
+
+    # -- instantiating functions at argument types
+
+    def instantiate(self, f: FnValue, types, node) -> Graph:
+        key = (id(f), tuple(types) if types is not None else None)
+        if key in self.cache:
+            return self.cache[key]
+        if f in self.stack:
+            raise CompileError(f"recursive call to {f.name} is not supported", node.loc)
+        self.stack.append(f)
+        try:
+            g = self._user(f, types, node) if isinstance(f, UserFn) else self._derived(f, types, node)
+        finally:
+            self.stack.pop()
+        self.cache[key] = g
+        return g
+
+    def _user(self, f: UserFn, types, node) -> Graph:
+        d = f.defn
+        if types is None:
+            if not f.typed:
+                raise CompileError(f"{d.name} has parameters without types", d.loc,
+                                   ["give every parameter a type to compile it on its own"])
+            types = [(p.type.dims, p.type.dtype) for p in d.params]
+        params = [fresh(shape, dtype) for shape, dtype in types]
+        e = Emitter()
+        outs, lets = self.body(f, params, e, node)
+        return Graph(d.name, tuple(params), tuple(e.nodes), tuple(outs), tuple(p.name for p in d.params),
+                     tuple(lets), self.returns_tuple(f))
+
+    def _derived(self, f: Derived, types, node) -> Graph:
+        base_types = None
+        if types is not None:
+            base_types = types[:self._arity(f.base)]
+        base = self.instantiate(f.base, base_types, node)
+        wrt = self.wrt_of(f)
+        warn = lambda msg: self.diag.warn(msg, f.loc)
+        try:
+            if f.kind in ("grad", "value_and_grad"):
+                return autodiff.grad(base, wrt, f.name, f.kind == "value_and_grad", warn)
+            return getattr(autodiff, f.kind)(base, wrt, f.name, warn)
+        except autodiff.AutodiffError as ex:
+            loc = f.base_loc
+            for name, l in zip(f.wrt, f.wrt_locs):
+                if f"'{name}'" in str(ex):
+                    loc = l
+            raise CompileError(str(ex), loc, ex.notes) from None
+
+    def _arity(self, f: FnValue) -> int:
+        if isinstance(f, UserFn):
+            return len(f.defn.params)
+        return self._arity(f.base)
+
+    def bind(self, d: A.FnDef, args, node):
+        """Check call arguments against a function's declared types; bind its dimension names."""
+        dims = {}
+        for p, a in zip(d.params, args):
+            if p.type is None or not isinstance(a, Value):
+                continue
+            want = p.type
+            ok = a.dtype == want.dtype and len(a.shape) == len(want.dims)
+            for wd, ad in zip(want.dims, a.shape) if ok else ():
+                if isinstance(wd, int):
+                    ok = ok and wd == ad
+                else:
+                    ok = ok and dims.setdefault(wd, ad) == ad
+            if not ok:
+                raise CompileError(f"argument '{p.name}' of {d.name}: expected "
+                                   f"{type_str(want.dims, want.dtype)}, got {a.type}", node.loc)
+        for p in d.params:
+            for wd in p.type.dims if p.type is not None else ():
+                if isinstance(wd, str):
+                    dims.setdefault(wd, wd)
+        return dims
+
+    def body(self, f: UserFn, args, e: Emitter, node):
+        """Lower f's body with its parameters bound to args; returns (outputs, let bindings)."""
+        d = f.defn
+        dims = self.bind(d, args, node)
+        env = {name: DimRef(name, v) for name, v in dims.items()}
+        env.update({p.name: a for p, a in zip(d.params, args)})
+        scope = Scope(self, e, env)
+        for stmt in d.body:
+            if isinstance(stmt, A.Return):
+                vals = [scope.expr(v) for v in stmt.values]
+                if len(vals) == 1 and isinstance(vals[0], tuple):
+                    vals = list(vals[0])
+                return self.check_return(d, scope, stmt, vals, dims), scope.lets
+            scope.let(stmt)
+        raise CompileError(f"{d.name} has no return statement", d.loc)
+
+    def check_return(self, d, scope, stmt, vals, dims):
+        ret = d.ret
+        if ret is not None and len(ret) != len(vals):
+            raise CompileError(f"{d.name} is declared to return {len(ret)} value(s), but returns "
+                               f"{len(vals)}", stmt.loc)
+        outs = []
+        for i, v in enumerate(vals):
+            want = ret[i] if ret is not None else None
+            node = stmt.values[i] if i < len(stmt.values) else stmt
+            v = scope.as_value(v, node, want.dtype if want is not None else None)
+            if want is not None:
+                shape = tuple(dims.get(x, x) if isinstance(x, str) else x for x in want.dims)
+                if v.dtype != want.dtype or len(v.shape) != len(shape) or any(
+                        a != b for a, b in zip(v.shape, shape)
+                        if isinstance(a, int) == isinstance(b, int) or dim_parts(b)[0] not in dims):
+                    raise CompileError(f"{d.name} returns {v.type}, but is declared to return "
+                                       f"{type_str(want.dims, want.dtype)}", node.loc)
+            outs.append(v)
+        return outs
+
+    def call(self, f: FnValue, args, node: A.Call, scope: Scope):
+        arity = self._arity(f) if isinstance(f, UserFn) else None
+        if isinstance(f, UserFn):
+            if len(args) != arity:
+                raise CompileError(f"{f.name} takes {arity} argument(s), but {len(args)} were given", node.loc)
+            if f in self.stack:
+                raise CompileError(f"recursive call to {f.name} is not supported", node.loc)
+            vals = []
+            for p, a, n in zip(f.defn.params, args, node.args):
+                if isinstance(a, FnValue) or (p.type is None and not isinstance(a, (tuple, list))):
+                    vals.append(a)
+                else:
+                    vals.append(scope.as_value(a, n, p.type.dtype if p.type is not None else None))
+            self.stack.append(f)
+            saved = scope.e.loc
+            try:
+                outs, _ = self.body(f, vals, scope.e, node)
+            finally:
+                self.stack.pop()
+                scope.e.loc = saved
+            return tuple(outs)
+        base_arity = self._arity(f.base)
+        need = base_arity + (len(self.wrt_of(f)) if f.kind == "jvp" else 0)
+        if f.kind != "vjp" and len(args) != need:
+            raise CompileError(f"{f.name} takes {need} argument(s), but {len(args)} were given", node.loc)
+        vals = [scope.as_value(a, n) for a, n in zip(args, node.args)]
+        g = self.instantiate(f, [(v.shape, v.dtype) for v in vals], node)
+        if len(vals) != len(g.params):
+            raise CompileError(f"{f.name} takes {len(g.params)} argument(s), but {len(args)} were given",
+                               node.loc)
+        for p, v, n in zip(g.params, vals, node.args):
+            if p.shape != v.shape or p.dtype != v.dtype:
+                raise CompileError(f"argument of {f.name}: expected {p.type}, got {v.type}", n.loc)
+        return scope.e.call(g, *vals)
+
+    # -- the module
+
+    def module(self, file, source) -> Module:
+        mod = Module(file, source, diagnostics=self.diag)
+        seen = {}
+        for item in self.program.items:
+            names = [item.name] if isinstance(item, A.FnDef) else item.targets
+            for name in names:
+                if name in seen:
+                    raise CompileError(f"'{name}' is defined twice", item.loc,
+                                       [f"first defined at {seen[name]}"])
+                if name in BUILTINS or name in TRANSFORMS or name in DTYPES:
+                    raise CompileError(f"'{name}' is a built-in name; choose another", item.loc)
+                seen[name] = item.loc
+            if isinstance(item, A.FnDef):
+                f = UserFn(item, self)
+                self.globals[item.name] = f
+                if f.typed:
+                    self._export(mod, item.name, f, item)
+                continue
+            scope = Scope(self, Emitter(), {})
+            v = scope.expr(item.value)
+            if len(item.targets) != 1:
+                raise CompileError("a top-level let binds one name", item.loc)
+            if isinstance(v, Derived):
+                v.name = item.targets[0]
+                self.globals[v.name] = v
+                self._export(mod, v.name, v, item)
+            elif _is_const(v):
+                self.globals[item.targets[0]] = v
+            else:
+                raise CompileError(f"a top-level let binds a derived function or a constant, not "
+                                   f"{scope.describe(v)}", item.value.loc)
+        return mod
+
+    def _export(self, mod, name, f, item):
+        g = self.instantiate(f, None, item)
+        if not name.startswith("_"):
+            mod.graphs[name] = g
+            mod.locs[name] = item.loc
+
+
+def lower_program(program: A.Program, file: str, source: str) -> Module:
+    return Lowering(program, Diagnostics()).module(file, source)

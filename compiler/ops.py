@@ -1,0 +1,487 @@
+"""The op registry: each op's shape rule, NumPy semantics, derivative rules and lowering."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .ir import FLOATS, INTS, ShapeError, dim_add, dim_parts, type_str
+
+NP_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    shape: Callable            # (*in_values, **attrs) -> (shape, dtype), or ShapeError
+    ref: Callable              # (*arrays, **attrs) -> np.ndarray: the oracle
+    vjp: Callable | None       # (e, g, out, *ins, **attrs) -> one cotangent per input, None = none
+    jvp: Callable | None       # (e, tangents, out, *ins, **attrs) -> tangent of out, None = zero
+    kind: str = "elementwise"  # elementwise | reduce | layout | matmul | source
+    lower: Callable | None = None   # (cg, *elems, **attrs) -> LLVM value of one element
+
+
+OPS: dict[str, OpDef] = {}
+COMPOSITES: dict[str, Callable] = {}     # builtins built from ops: (e, *args, **kw) -> Value
+
+
+def _quiet(f):
+    """NumPy semantics without warnings: inf and nan are values like any other."""
+    def g(*a, **k):
+        with np.errstate(all="ignore"):
+            return f(*a, **k)
+    return g
+
+
+def defop(name, shape, ref, vjp=None, jvp=None, kind="elementwise", lower=None):
+    OPS[name] = OpDef(name, shape, _quiet(ref), vjp, jvp, kind, lower)
+
+
+def composite(fn):
+    COMPOSITES[fn.__name__.rstrip("_")] = fn
+    return fn
+
+
+# ---- shape rules
+
+def _t(v) -> str:
+    return type_str(v.shape, v.dtype)
+
+
+def broadcast_shapes(*shapes):
+    rank = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(rank):
+        dims = [s[i - rank + len(s)] for s in shapes if i - rank + len(s) >= 0]
+        big = {d for d in dims if d != 1}
+        if len(big) > 1:
+            raise ShapeError("cannot broadcast " + " with ".join(
+                "[" + ", ".join(map(str, s)) + "]" for s in shapes))
+        out.append(big.pop() if big else 1)
+    return tuple(out)
+
+
+def _same_dtype(name, vs, allowed=None):
+    """The one dtype of vs; name prefixes the message where the op itself does not."""
+    pre = f"{name}: " if name else ""
+    dts = {v.dtype for v in vs}
+    if len(dts) > 1:
+        raise ShapeError(f"{pre}dtype mismatch between " + " and ".join(_t(v) for v in vs)
+                         + " (use cast to convert)")
+    dt = dts.pop()
+    if allowed is not None and dt not in allowed:
+        raise ShapeError(f"{pre}expected {' or '.join(allowed)} values, got {_t(vs[0])}")
+    return dt
+
+
+def unary(allowed=FLOATS):
+    def rule(x, **_):
+        return x.shape, _same_dtype("", (x,), allowed)
+    return rule
+
+
+def binary(allowed=FLOATS + INTS, result=None):
+    def rule(*xs, **_):
+        dt = _same_dtype("", xs, allowed)
+        try:
+            shape = broadcast_shapes(*(x.shape for x in xs))
+        except ShapeError:
+            raise ShapeError("cannot broadcast " + " with ".join(_t(x) for x in xs))
+        return shape, result or dt
+    return rule
+
+
+def norm_axes(axes, rank):
+    if axes is None:
+        return tuple(range(rank))
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    out = []
+    for a in axes:
+        if not -rank <= a < rank:
+            raise ShapeError(f"axis {a} is out of range for rank {rank}")
+        out.append(a % rank)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"repeated axis in {axes}")
+    return tuple(sorted(out))
+
+
+def reduce_shape(shape, axes, keepdims):
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+def _reduce_rule(x, axes, keepdims):
+    _same_dtype("", (x,), FLOATS + INTS)
+    return reduce_shape(x.shape, axes, keepdims), x.dtype
+
+
+def numel_of(shape):
+    """Product of a shape's dims: (constant, sorted symbols)."""
+    k, syms = 1, []
+    for d in shape:
+        sym, off = dim_parts(d)
+        if sym is None:
+            k *= off
+        elif off == 0:
+            syms.append(sym)
+        else:
+            return None
+    return k, tuple(sorted(syms))
+
+
+def _reshape_rule(x, shape):
+    a, b = numel_of(x.shape), numel_of(shape)
+    if a is None or b is None or a != b:
+        raise ShapeError(f"cannot reshape {_t(x)} to {type_str(shape, x.dtype)}")
+    return tuple(shape), x.dtype
+
+
+def _broadcast_to_rule(x, shape):
+    try:
+        out = broadcast_shapes(x.shape, shape)
+    except ShapeError:
+        out = None
+    if out != tuple(shape):
+        raise ShapeError(f"cannot broadcast {_t(x)} to {type_str(shape, x.dtype)}")
+    return tuple(shape), x.dtype
+
+
+def _transpose_rule(x, perm):
+    if sorted(perm) != list(range(len(x.shape))):
+        raise ShapeError(f"transpose: axes {perm} do not fit {_t(x)}")
+    return tuple(x.shape[p] for p in perm), x.dtype
+
+
+def slice_len(d, start, stop, step):
+    """Length of d[start:stop:step], symbolic where d is."""
+    sym, off = dim_parts(d)
+    if sym is None:
+        return len(range(*slice(start, stop, step).indices(off)))
+    if step not in (None, 1):
+        raise ShapeError(f"a step slice of symbolic dimension {d} is not supported")
+    begin = 0 if start is None else (start if start >= 0 else dim_add(d, start))
+    end = d if stop is None else (stop if stop >= 0 else dim_add(d, stop))
+    if isinstance(end, int) and isinstance(begin, int):
+        return max(end - begin, 0)
+    if isinstance(begin, int):
+        return dim_add(end, -begin)
+    if not isinstance(end, int) and dim_parts(end)[0] == dim_parts(begin)[0]:
+        return max(dim_parts(end)[1] - dim_parts(begin)[1], 0)
+    raise ShapeError(f"slice bounds {start}:{stop} on symbolic dimension {d} are not supported")
+
+
+def _slice_rule(x, spec):
+    if len(spec) > len(x.shape):
+        raise ShapeError(f"too many indices for {_t(x)}")
+    out = []
+    for d, s in zip(x.shape, spec):
+        if s[0] == "i":
+            k = s[1]
+            if isinstance(d, int) and not -d <= k < d:
+                raise ShapeError(f"index {k} is out of range for a dimension of size {d}")
+        else:
+            out.append(slice_len(d, *s[1:]))
+    return tuple(out) + tuple(x.shape[len(spec):]), x.dtype
+
+
+def slice_key(spec):
+    return tuple(s[1] if s[0] == "i" else slice(*s[1:]) for s in spec)
+
+
+def _pad_ref(g, spec, shape):
+    out = np.zeros(shape, g.dtype)
+    out[slice_key(spec)] = g
+    return out
+
+
+def _concat_rule(*xs, axis):
+    dt = _same_dtype("concat", xs)
+    rank = len(xs[0].shape)
+    if rank == 0 or any(len(x.shape) != rank for x in xs):
+        raise ShapeError("concat needs arrays of one rank (at least 1): " + ", ".join(map(_t, xs)))
+    total = 0
+    for x in xs:
+        if any(x.shape[i] != xs[0].shape[i] for i in range(rank) if i != axis):
+            raise ShapeError("concat: shapes differ off the concatenation axis: " + ", ".join(map(_t, xs)))
+        d = x.shape[axis]
+        if isinstance(total, int):
+            total = dim_add(d, total)
+        elif isinstance(d, int):
+            total = dim_add(total, d)
+        else:
+            raise ShapeError(f"concat of two symbolic dimensions ({total}, {d}) is not supported")
+    shape = list(xs[0].shape)
+    shape[axis] = total
+    return tuple(shape), dt
+
+
+def _matmul_rule(x, y):
+    dt = _same_dtype("@", (x, y), FLOATS)
+    if len(x.shape) != 2 or len(y.shape) != 2 or x.shape[1] != y.shape[0]:
+        raise ShapeError(f"@: cannot multiply {_t(x)} by {_t(y)}")
+    return (x.shape[0], y.shape[1]), dt
+
+
+# ---- derivative helpers shared by the rules
+
+def _math(name, ref, deriv, allowed=FLOATS, lower=None):
+    """An elementwise op whose partials are deriv(e, out, *ins) (None = no gradient)."""
+    def vjp(e, g, z, *xs, **_):
+        return tuple(None if d is None else e.gmul(g, d) for d in deriv(e, z, *xs))
+
+    def jvp(e, ts, z, *xs, **_):
+        acc = None
+        for t, d in zip(ts, deriv(e, z, *xs)):
+            if t is not None and d is not None:
+                acc = e.gmul(t, d) if acc is None else e.add(acc, e.gmul(t, d))
+        return acc
+
+    n_in = deriv.__code__.co_argcount - 2
+    defop(name, unary(allowed) if n_in == 1 else binary(allowed), ref, vjp, jvp, lower=lower)
+
+
+def _nograd(name, shape, ref, lower=None):
+    defop(name, shape, ref, None, None, lower=lower)
+
+
+def _linear(name, shape, ref, vjp, kind="layout"):
+    """An op linear in its inputs: its tangent is the op applied to the tangents."""
+    def jvp(e, ts, z, *xs, **attrs):
+        if len(xs) == 1:
+            return e.emit(name, ts[0], **attrs)
+        ts = [t if t is not None else e.zeros_like(x) for t, x in zip(ts, xs)]
+        return e.emit(name, *ts, **attrs)
+    defop(name, shape, ref, vjp, jvp, kind=kind)
+
+
+def _sigmoid(x):
+    return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
+
+
+# ---- sources
+
+defop("const", lambda value, shape, dtype: (tuple(shape), dtype),
+      lambda value, shape, dtype: np.full(shape, value, NP_DTYPES[dtype]), kind="source")
+defop("literal", lambda data, shape, dtype: (tuple(shape), dtype),
+      lambda data, shape, dtype: np.array(data, NP_DTYPES[dtype]).reshape(shape), kind="source")
+defop("numel", lambda x, axes, dtype: ((), dtype),
+      lambda x, axes, dtype: np.array(math.prod(x.shape[a] for a in axes), NP_DTYPES[dtype]), kind="source")
+
+# ---- elementwise math (partials written in the IR's own ops)
+
+_math("neg", np.negative, lambda e, y, x: (-1,), FLOATS + INTS)
+_math("sin", np.sin, lambda e, y, x: (e.cos(x),))
+_math("cos", np.cos, lambda e, y, x: (e.neg(e.sin(x)),))
+_math("tan", np.tan, lambda e, y, x: (e.add(1, e.mul(y, y)),))
+_math("exp", np.exp, lambda e, y, x: (y,))
+_math("log", np.log, lambda e, y, x: (e.div(1, x),))
+_math("log1p", np.log1p, lambda e, y, x: (e.div(1, e.add(x, 1)),))
+_math("expm1", np.expm1, lambda e, y, x: (e.add(y, 1),))
+_math("sqrt", np.sqrt, lambda e, y, x: (e.div(0.5, y),))
+_math("tanh", np.tanh, lambda e, y, x: (e.sub(1, e.mul(y, y)),))
+_math("sigmoid", _sigmoid, lambda e, y, x: (e.mul(y, e.sub(1, y)),))
+_math("softplus", lambda x: np.logaddexp(0, x).astype(x.dtype), lambda e, y, x: (e.sigmoid(x),))
+_math("abs", np.abs, lambda e, y, x: (e.sign(x),), FLOATS + INTS)
+_math("relu", lambda x: np.maximum(x, 0), lambda e, y, x: (e.cast(e.gt(x, 0), dtype=x.dtype),),
+      FLOATS + INTS)
+_nograd("sign", unary(FLOATS + INTS), np.sign)
+_math("add", np.add, lambda e, z, x, y: (1, 1))
+_math("sub", np.subtract, lambda e, z, x, y: (1, -1))
+_math("mul", np.multiply, lambda e, z, x, y: (y, x))
+_math("div", np.divide, lambda e, z, x, y: (e.div(1, y), e.neg(e.div(z, y))))
+_math("pow", np.power, lambda e, z, x, y: (e.mul(y, e.pow(x, e.sub(y, 1))), e.mul(z, e.log(x))))
+# the two sides of a tie share the gradient, as in PyTorch
+_math("maximum", np.maximum, lambda e, z, x, y: (e.tie(x, y), e.tie(y, x)))
+_math("minimum", np.minimum, lambda e, z, x, y: (e.tie(y, x), e.tie(x, y)))
+# gmul: x * y, but exactly zero where x is zero, so a zero cotangent contributes nothing
+_math("gmul", lambda x, y: np.where(x == 0, np.zeros_like(x * y), x * y),
+      lambda e, z, x, y: (y, x))
+_math("tie", lambda x, y: np.where(x > y, 1, np.where(x == y, 0.5, 0)).astype(x.dtype),
+      lambda e, z, x, y: (None, None))
+
+for _name, _f in (("lt", np.less), ("le", np.less_equal), ("gt", np.greater),
+                  ("ge", np.greater_equal), ("eq", np.equal), ("ne", np.not_equal)):
+    _nograd(_name, binary(FLOATS + INTS + ("bool",), "bool"), _f)
+_nograd("and", binary(("bool",)), np.logical_and)
+_nograd("or", binary(("bool",)), np.logical_or)
+_nograd("not", unary(("bool",)), np.logical_not)
+
+
+def _where_rule(c, a, b):
+    if c.dtype != "bool":
+        raise ShapeError(f"where: the condition must be bool, got {_t(c)}")
+    dt = _same_dtype("where", (a, b))
+    try:
+        return broadcast_shapes(c.shape, a.shape, b.shape), dt
+    except ShapeError:
+        raise ShapeError(f"where: cannot broadcast {_t(c)}, {_t(a)} and {_t(b)}")
+
+
+defop("where", _where_rule, np.where,
+      vjp=lambda e, g, z, c, a, b: (None, e.where(c, g, 0), e.where(c, 0, g)),
+      jvp=lambda e, ts, z, c, a, b: e.where(c, ts[1] if ts[1] is not None else 0,
+                                            ts[2] if ts[2] is not None else 0))
+
+
+def _clamp_rule(x, lo, hi):
+    dt = _same_dtype("clamp", (x, lo, hi), FLOATS + INTS)
+    try:
+        return broadcast_shapes(x.shape, lo.shape, hi.shape), dt
+    except ShapeError:
+        raise ShapeError(f"clamp: cannot broadcast {_t(x)}, {_t(lo)} and {_t(hi)}")
+
+
+def _clamp_masks(e, x, lo, hi):
+    # inside [lo, hi] (bounds included, as PyTorch) the gradient goes to x
+    inside = e.and_(e.ge(x, lo), e.le(x, hi))
+    return inside, e.lt(x, lo), e.gt(x, hi)
+
+
+defop("clamp", _clamp_rule, lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
+      vjp=lambda e, g, z, x, lo, hi: tuple(e.where(m, g, 0) for m in _clamp_masks(e, x, lo, hi)),
+      jvp=lambda e, ts, z, x, lo, hi: _sum_masked(e, ts, _clamp_masks(e, x, lo, hi)))
+
+
+def _sum_masked(e, ts, masks):
+    acc = None
+    for t, m in zip(ts, masks):
+        if t is not None:
+            acc = e.where(m, t, 0) if acc is None else e.add(acc, e.where(m, t, 0))
+    return acc
+
+
+def _cast_rule(x, dtype):
+    return x.shape, dtype
+
+
+def _cast_vjp(e, g, z, x, dtype):
+    return (e.cast(g, dtype=x.dtype) if x.dtype in FLOATS and dtype in FLOATS else None,)
+
+
+def _cast_jvp(e, ts, z, x, dtype):
+    return e.cast(ts[0], dtype=dtype) if dtype in FLOATS else None
+
+
+defop("cast", _cast_rule, lambda x, dtype: x.astype(NP_DTYPES[dtype]), _cast_vjp, _cast_jvp)
+defop("detach", lambda x: (x.shape, x.dtype), lambda x: x)
+defop("hook", lambda x, fn: (x.shape, x.dtype), lambda x, fn: x,
+      vjp=lambda e, g, z, x, fn: (e.call(fn, g)[0],),
+      jvp=lambda e, ts, z, x, fn: ts[0])
+
+
+def _one_hot_rule(i, n, dtype):
+    if i.dtype not in INTS:
+        raise ShapeError(f"one_hot needs integer class indices, got {_t(i)}")
+    return i.shape + (n,), dtype
+
+
+_nograd("one_hot", _one_hot_rule,
+        lambda i, n, dtype: (i[..., None] == np.arange(n)).astype(NP_DTYPES[dtype]))
+
+# ---- reductions
+
+
+def _keep(e, g, x, axes, keepdims):
+    """g (a reduction's result) broadcast back over x's shape."""
+    if not keepdims:
+        g = e.reshape(g, shape=reduce_shape(x.shape, axes, True))
+    return e.broadcast_to(g, shape=x.shape)
+
+
+def _extremum_weights(e, z, x, axes, keepdims):
+    mask = e.cast(e.eq(x, _keep(e, z, x, axes, keepdims)), dtype=x.dtype)
+    return e.div(mask, e.broadcast_to(e.sum(mask, axes=axes, keepdims=True), shape=x.shape))
+
+
+def _extremum(name, ref):
+    defop(name, _reduce_rule, lambda x, axes, keepdims: ref(x, axis=axes, keepdims=keepdims),
+          vjp=lambda e, g, z, x, axes, keepdims: (
+              e.gmul(_keep(e, g, x, axes, keepdims), _extremum_weights(e, z, x, axes, keepdims)),),
+          jvp=lambda e, ts, z, x, axes, keepdims: e.sum(
+              e.gmul(ts[0], _extremum_weights(e, z, x, axes, keepdims)), axes=axes, keepdims=keepdims),
+          kind="reduce")
+
+
+defop("sum", _reduce_rule, lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims),
+      vjp=lambda e, g, z, x, axes, keepdims: (_keep(e, g, x, axes, keepdims),),
+      jvp=lambda e, ts, z, x, axes, keepdims: e.sum(ts[0], axes=axes, keepdims=keepdims),
+      kind="reduce")
+_extremum("max", np.max)
+_extremum("min", np.min)
+
+# ---- layout (linear: the tangent is the op on the tangent)
+
+_linear("reshape", _reshape_rule, lambda x, shape: np.reshape(x, shape),
+        lambda e, g, z, x, shape: (e.reshape(g, shape=x.shape),))
+_linear("broadcast_to", _broadcast_to_rule, lambda x, shape: np.broadcast_to(x, shape).copy(),
+        lambda e, g, z, x, shape: (e.sum_to(g, x.shape),))
+_linear("transpose", _transpose_rule, lambda x, perm: np.transpose(x, perm),
+        lambda e, g, z, x, perm: (e.transpose(g, perm=tuple(np.argsort(perm).tolist())),))
+_linear("slice", _slice_rule, lambda x, spec: np.array(x[slice_key(spec)]),
+        lambda e, g, z, x, spec: (e.pad(g, spec=spec, shape=x.shape),))
+_linear("pad", lambda g, spec, shape: (tuple(shape), g.dtype), _pad_ref,
+        lambda e, g, z, x, spec, shape: (e.slice(g, spec=spec),))
+
+
+def _concat_vjp(e, g, z, *xs, axis):
+    # slice bounds count from the front up to the one symbolic piece, from the back after it
+    dims = [x.shape[axis] for x in xs]
+    sym = next((i for i, d in enumerate(dims) if not isinstance(d, int)), len(dims))
+    lead = tuple(("s", None, None, None) for _ in range(axis))
+    outs = []
+    for i, d in enumerate(dims):
+        rest = sum(dims[i + 1:]) if i >= sym else 0
+        start = sum(dims[:i]) if i <= sym else -(rest + d)
+        stop = start + d if i < sym else (-rest or None)
+        outs.append(e.slice(g, spec=lead + (("s", start, stop, None),)))
+    return tuple(outs)
+
+
+_linear("concat", _concat_rule, lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_vjp)
+
+
+def _matmul_jvp(e, ts, z, x, y):
+    tx, ty = ts
+    a = e.matmul(tx, y) if tx is not None else None
+    b = e.matmul(x, ty) if ty is not None else None
+    return b if a is None else a if b is None else e.add(a, b)
+
+
+defop("matmul", _matmul_rule, np.matmul,
+      vjp=lambda e, g, z, x, y: (e.matmul(g, e.transpose(y, perm=(1, 0))),
+                                 e.matmul(e.transpose(x, perm=(1, 0)), g)),
+      jvp=_matmul_jvp, kind="matmul")
+
+
+# ---- composites: builtins written with the ops above
+
+
+@composite
+def mean(e, x, axis=None, keepdims=False):
+    axes = norm_axes(axis, len(x.shape))
+    return e.div(e.sum(x, axes=axes, keepdims=keepdims), e.numel(x, axes=axes, dtype=x.dtype))
+
+
+@composite
+def logsumexp(e, x, axis=None, keepdims=False):
+    axes = norm_axes(axis, len(x.shape))
+    # the shift is detached: its derivative cancels exactly, and it keeps exp from overflowing
+    m = e.detach(e.max(x, axes=axes, keepdims=True))
+    s = e.log(e.sum(e.exp(e.sub(x, m)), axes=axes, keepdims=True))
+    out = e.add(s, m)
+    return out if keepdims else e.reshape(out, shape=reduce_shape(x.shape, axes, False))
+
+
+@composite
+def log_softmax(e, x, axis=-1):
+    return e.sub(x, logsumexp(e, x, axis, keepdims=True))
+
+
+@composite
+def softmax(e, x, axis=-1):
+    axes = norm_axes(axis, len(x.shape))
+    ex = e.exp(e.sub(x, e.detach(e.max(x, axes=axes, keepdims=True))))
+    return e.div(ex, e.sum(ex, axes=axes, keepdims=True))

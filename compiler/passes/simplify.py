@@ -1,0 +1,66 @@
+"""Algebraic simplification: identities that hold exactly in IEEE arithmetic."""
+from __future__ import annotations
+
+from ..ir import Graph
+from .rewrite import rewrite
+
+
+def simplify(g: Graph) -> Graph:
+    """x+0, x-0, x*1, x/1, x**1, --x, x**2 -> x*x, no-op layout and casts, where(c, a, a)."""
+    consts = {}            # value -> scalar of a uniform constant
+    made = {}              # value -> node that made it
+
+    def is_c(v, k):
+        return v in consts and consts[v] == k and not isinstance(consts[v], bool)
+
+    def same(n, v):
+        return v if v.shape == n.out.shape and v.dtype == n.out.dtype else None
+
+    def step(n, emit):
+        made[n.out] = n
+        if n.op == "const":
+            consts[n.out] = n.attr("value")
+            return None
+        ins = n.ins
+        if n.op == "add":
+            return same(n, ins[0]) if is_c(ins[1], 0) else same(n, ins[1]) if is_c(ins[0], 0) else None
+        if n.op == "sub" and is_c(ins[1], 0):
+            return same(n, ins[0])
+        if n.op in ("mul", "gmul"):
+            if is_c(ins[1], 1):
+                return same(n, ins[0])
+            if is_c(ins[0], 1):
+                return same(n, ins[1])
+            if n.op == "gmul" and is_c(ins[0], 0):
+                return same(n, ins[0])
+            if n.op == "gmul" and ins[1] in consts and consts[ins[1]] not in (0,) and \
+                    abs(consts[ins[1]]) != float("inf") and consts[ins[1]] == consts[ins[1]]:
+                return emit("mul", ins, (), n.out.shape, n.out.dtype, n.loc)   # a finite non-zero factor
+            if n.op == "mul" and is_c(ins[1], -1):
+                return emit("neg", ins[:1], (), n.out.shape, n.out.dtype, n.loc) if same(n, ins[0]) else None
+        if n.op == "div" and is_c(ins[1], 1):
+            return same(n, ins[0])
+        if n.op == "pow":
+            if is_c(ins[1], 1):
+                return same(n, ins[0])
+            if is_c(ins[1], 0):
+                return emit("const", (), (("dtype", n.out.dtype), ("shape", n.out.shape), ("value", 1.0)),
+                            n.out.shape, n.out.dtype, n.loc)
+            if is_c(ins[1], 2) and same(n, ins[0]):
+                return emit("mul", (ins[0], ins[0]), (), n.out.shape, n.out.dtype, n.loc)
+        if n.op == "neg" and ins[0] in made and made[ins[0]].op == "neg":
+            return made[ins[0]].ins[0]
+        if n.op in ("reshape", "broadcast_to", "cast") and ins[0].shape == n.out.shape and \
+                ins[0].dtype == n.out.dtype:
+            return ins[0]
+        if n.op == "reshape" and ins[0] in made and made[ins[0]].op == "reshape":
+            return emit("reshape", made[ins[0]].ins, n.attrs, n.out.shape, n.out.dtype, n.loc)
+        if n.op == "transpose" and n.attr("perm") == tuple(range(len(n.out.shape))):
+            return ins[0]
+        if n.op == "sum" and not n.attr("axes"):
+            return same(n, ins[0])
+        if n.op == "where" and ins[1] == ins[2]:
+            return same(n, ins[1])
+        return None
+
+    return rewrite(g, step)

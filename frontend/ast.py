@@ -1,0 +1,133 @@
+"""The located syntax tree of a .ad program."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..compiler.ir import Loc
+
+
+@dataclass
+class Node:
+    loc: Loc = field(repr=False, compare=False)
+
+
+@dataclass
+class TypeSpec(Node):
+    dtype: str
+    dims: tuple
+
+
+@dataclass
+class Param(Node):
+    name: str
+    type: TypeSpec | None
+
+
+@dataclass
+class FnDef(Node):
+    name: str
+    params: list
+    ret: list | None          # TypeSpecs, or None when not declared
+    ret_tuple: bool
+    body: list
+
+
+@dataclass
+class Let(Node):
+    targets: list
+    value: "Node"
+
+
+@dataclass
+class Return(Node):
+    values: list
+
+
+@dataclass
+class Program(Node):
+    items: list               # FnDef and Let, in source order
+
+
+@dataclass
+class Num(Node):
+    value: int | float
+
+
+@dataclass
+class Bool(Node):
+    value: bool
+
+
+@dataclass
+class Name(Node):
+    id: str
+
+
+@dataclass
+class BinOp(Node):
+    op: str                   # + - * / @ ** < <= > >= == != and or
+    left: Node
+    right: Node
+
+
+@dataclass
+class UnOp(Node):
+    op: str                   # - not
+    operand: Node
+
+
+@dataclass
+class Call(Node):
+    func: Node
+    args: list
+    kwargs: list              # (name, expr, loc)
+
+
+@dataclass
+class Slice(Node):
+    start: Node | None
+    stop: Node | None
+    step: Node | None
+
+
+@dataclass
+class Index(Node):
+    value: Node
+    subs: list                # expressions and Slices
+
+
+@dataclass
+class Tuple(Node):
+    items: list
+
+
+@dataclass
+class List(Node):
+    items: list
+
+
+def dump(node, indent=0) -> str:
+    """An indented tree, one node a line: what `--emit ast` prints."""
+    pad = "  " * indent
+    if isinstance(node, list):
+        return "\n".join(dump(n, indent) for n in node)
+    if not isinstance(node, Node):
+        return pad + repr(node)
+    fields = {k: v for k, v in vars(node).items() if k != "loc"}
+    simple = {k: v for k, v in fields.items() if not isinstance(v, (Node, list)) or
+              (isinstance(v, list) and all(isinstance(x, str) for x in v))}
+    head = f"{pad}{type(node).__name__} " + " ".join(f"{k}={v!r}" for k, v in simple.items())
+    head = head.rstrip() + f"  @{node.loc.line}:{node.loc.col}"
+    parts = [head]
+    for k, v in fields.items():
+        if k in simple or v is None:
+            continue
+        parts.append(f"{pad}  {k}:")
+        items = v if isinstance(v, list) else [v]
+        for item in items:
+            if isinstance(item, tuple):     # keyword argument
+                parts.append(f"{pad}    {item[0]}=")
+                parts.append(dump(item[1], indent + 3))
+            else:
+                parts.append(dump(item, indent + 2))
+    return "\n".join(parts)

@@ -1,0 +1,91 @@
+"""The example calls a sample carries in its comments: CALL, EXPECT, TOL, ERROR, WARNING."""
+from __future__ import annotations
+
+import ast as pyast
+import json
+import re
+from dataclasses import dataclass, field
+
+_LINE = re.compile(r"^\s*#\s*(CALL|EXPECT|TOL|ERROR|WARNING):\s*(.*?)\s*$")
+
+
+@dataclass
+class Example:
+    func: str
+    args: dict            # parameter name -> number or nested list
+    line: int
+    expect: object = None
+    rtol: float = 1e-4
+    atol: float = 1e-6
+
+
+@dataclass
+class Examples:
+    calls: list = field(default_factory=list)
+    errors: list = field(default_factory=list)      # substrings the compile error must contain
+    warnings: list = field(default_factory=list)
+
+
+class ExampleError(ValueError):
+    pass
+
+
+def _literal(text, line):
+    try:
+        return json.loads(text)          # numbers, lists, true/false, NaN, Infinity
+    except ValueError:
+        pass
+    try:
+        return pyast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ExampleError(f"line {line}: cannot read {text!r} as a number or a list") from None
+
+
+def parse_examples(source: str) -> Examples:
+    out = Examples()
+    rtol, atol = 1e-4, 1e-6
+    for i, line in enumerate(source.splitlines(), 1):
+        m = _LINE.match(line)
+        if not m:
+            continue
+        kind, text = m.groups()
+        if kind == "CALL":
+            call = re.match(r"^([A-Za-z_][A-Za-z_0-9]*)\((.*)\)$", text)
+            if not call:
+                raise ExampleError(f"line {i}: CALL needs the form name(param=value, ...)")
+            args = {}
+            for part in _split_args(call.group(2)):
+                name, eq, value = part.partition("=")
+                if not eq:
+                    raise ExampleError(f"line {i}: CALL arguments are written name=value")
+                args[name.strip()] = _literal(value.strip(), i)
+            out.calls.append(Example(call.group(1), args, i, rtol=rtol, atol=atol))
+        elif kind == "EXPECT":
+            if not out.calls or out.calls[-1].expect is not None:
+                raise ExampleError(f"line {i}: EXPECT must follow a CALL")
+            out.calls[-1].expect = _literal(text, i)
+        elif kind == "TOL":
+            parts = text.split()
+            rtol, atol = float(parts[0]), float(parts[1]) if len(parts) > 1 else atol
+        elif kind == "ERROR":
+            out.errors.append(text)
+        else:
+            out.warnings.append(text)
+    return out
+
+
+def _split_args(text):
+    depth, cur, parts = 0, "", []
+    for ch in text:
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur)
+    return parts

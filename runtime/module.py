@@ -1,0 +1,194 @@
+"""Compiled functions as Python callables: argument checks, output buffers, accumulation."""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+NP_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
+
+
+def type_str(shape, dtype) -> str:
+    return f"{dtype}[{', '.join(str(d) for d in shape)}]" if shape else dtype
+
+
+class Signature:
+    """A function's parameters and results: (name, dtype, shape) with symbolic dims as names."""
+
+    def __init__(self, name, params, outputs, out_tuple):
+        self.name = name
+        self.params = tuple((n, d, tuple(s)) for n, d, s in params)
+        self.outputs = tuple((d, tuple(s)) for d, s in outputs)
+        self.out_tuple = out_tuple
+
+    def __str__(self):
+        ps = ", ".join(f"{n}: {type_str(s, d)}" for n, d, s in self.params)
+        outs = [type_str(s, d) for d, s in self.outputs]
+        ret = f"({', '.join(outs)})" if self.out_tuple else outs[0]
+        return f"{self.name}({ps}) -> {ret}"
+
+    def to_json(self):
+        return {"name": self.name, "params": [list(p) for p in self.params],
+                "outputs": [list(o) for o in self.outputs], "out_tuple": self.out_tuple}
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(d["name"], d["params"], d["outputs"], d["out_tuple"])
+
+    def output_shapes(self, dims: dict) -> list:
+        return [tuple(dim_value(x, dims) for x in s) for _, s in self.outputs]
+
+
+def dim_value(d, dims):
+    if isinstance(d, int):
+        return d
+    for sign in "+-":
+        if sign in d[1:]:
+            i = d.index(sign, 1)
+            return dims[d[:i]] + int(d[i:])
+    return dims[d]
+
+
+def _kind(dtype):
+    return {"f32": "f", "f64": "f", "i32": "i", "i64": "i", "bool": "b"}[dtype]
+
+
+class Function:
+    """One compiled function. Call it with NumPy arrays or Python numbers, by position or name."""
+
+    def __init__(self, sig: Signature, execute, module_name="module"):
+        self.sig = sig
+        self._execute = execute           # (arrays, dims) -> list of arrays
+        self.__name__ = sig.name
+        self.__qualname__ = sig.name
+        self.__doc__ = f"{sig}\n\nCompiled by gradc from {module_name}."
+        params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n, _, _ in sig.params]
+        params += [inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None),
+                   inspect.Parameter("accumulate", inspect.Parameter.KEYWORD_ONLY, default=False)]
+        self.__signature__ = inspect.Signature(params)
+        self._names = {n: i for i, (n, _, _) in enumerate(sig.params)}
+
+    def __repr__(self):
+        return f"<gradc function {self.sig}>"
+
+    def _bind(self, args, kwargs):
+        n = len(self.sig.params)
+        if len(args) > n:
+            raise TypeError(f"{self.sig.name}() takes {n} argument(s), but {len(args)} were given")
+        vals = list(args) + [None] * (n - len(args))
+        given = [True] * len(args) + [False] * (n - len(args))
+        for k, v in kwargs.items():
+            i = self._names.get(k)
+            if i is None:
+                raise TypeError(f"{self.sig.name}() got an unexpected argument '{k}'")
+            if given[i]:
+                raise TypeError(f"{self.sig.name}() got two values for '{k}'")
+            vals[i], given[i] = v, True
+        missing = [self.sig.params[i][0] for i in range(n) if not given[i]]
+        if missing:
+            raise TypeError(f"{self.sig.name}() is missing argument(s): {', '.join(missing)}")
+        return vals
+
+    def check(self, args, kwargs):
+        """Arrays in the declared dtypes and the bound symbolic dims, or TypeError/ValueError."""
+        vals = self._bind(args, kwargs)
+        arrays, dims, origin = [], {}, {}
+        for (name, dtype, shape), v in zip(self.sig.params, vals):
+            arrays.append(self._convert(name, dtype, shape, v))
+            a = arrays[-1]
+            if a.ndim != len(shape):
+                raise ValueError(f"{self.sig.name}: parameter '{name}' expects {type_str(shape, dtype)} "
+                                 f"(rank {len(shape)}), got an array of shape {a.shape} (rank {a.ndim})")
+            for axis, (want, got) in enumerate(zip(shape, a.shape)):
+                if isinstance(want, int):
+                    if want != got:
+                        raise ValueError(f"{self.sig.name}: parameter '{name}' expects "
+                                         f"{type_str(shape, dtype)}, got shape {a.shape}")
+                elif want in dims and dims[want] != got:
+                    raise ValueError(f"{self.sig.name}: dimension {want} is {dims[want]} from "
+                                     f"{origin[want]}, but parameter '{name}' has {want} = {got} "
+                                     f"(shape {a.shape})")
+                else:
+                    dims.setdefault(want, got)
+                    origin.setdefault(want, f"parameter '{origin.get(want, name)}'")
+        for _, s in self.sig.outputs:
+            for d in s:
+                if not isinstance(d, int) and dim_value(d, dims) < 0:
+                    raise ValueError(f"{self.sig.name}: a result would have dimension {d} = "
+                                     f"{dim_value(d, dims)}; the inputs are too small")
+        return arrays, dims
+
+    def _convert(self, name, dtype, shape, v):
+        want = NP_DTYPES[dtype]
+        if isinstance(v, np.ndarray) or np.isscalar(v) and isinstance(v, np.generic):
+            a = np.asarray(v)
+            if a.dtype != want:
+                raise TypeError(f"{self.sig.name}: parameter '{name}' expects {type_str(shape, dtype)}, "
+                                f"got an array of dtype {a.dtype} (convert it with .astype(np.{want.__name__}))")
+            return a
+        try:
+            a = np.asarray(v)
+        except (ValueError, TypeError):
+            raise TypeError(f"{self.sig.name}: parameter '{name}' expects {type_str(shape, dtype)}, "
+                            f"got {type(v).__name__}") from None
+        if a.dtype == object or a.dtype.kind not in "biuf":
+            raise TypeError(f"{self.sig.name}: parameter '{name}' expects {type_str(shape, dtype)}, "
+                            f"got {type(v).__name__} {v!r:.60}")
+        kind = _kind(dtype)
+        if (kind == "i" and a.dtype.kind == "f") or (kind == "b" and a.dtype.kind != "b"):
+            raise TypeError(f"{self.sig.name}: parameter '{name}' expects {type_str(shape, dtype)}, "
+                            f"got {a.dtype.name} values {v!r:.60}")
+        return a.astype(want)
+
+    def __call__(self, *args, out=None, accumulate=False, **kwargs):
+        arrays, dims = self.check(args, kwargs)
+        results = self._execute(arrays, dims)
+        if out is not None:
+            results = self._into(out, results, accumulate)
+        elif accumulate:
+            raise ValueError(f"{self.sig.name}: accumulate=True needs out= buffers to add into")
+        return tuple(results) if self.sig.out_tuple else results[0]
+
+    def _into(self, out, results, accumulate):
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        if len(outs) != len(results):
+            raise ValueError(f"{self.sig.name}: out= needs {len(results)} array(s), got {len(outs)}")
+        for i, (o, r) in enumerate(zip(outs, results)):
+            if not isinstance(o, np.ndarray) or o.shape != r.shape or o.dtype != r.dtype:
+                got = f"{o.dtype}{list(o.shape)}" if isinstance(o, np.ndarray) else type(o).__name__
+                raise ValueError(f"{self.sig.name}: out[{i}] must be a {r.dtype} array of shape "
+                                 f"{r.shape}, got {got}")
+            if not o.flags.writeable:
+                raise ValueError(f"{self.sig.name}: out[{i}] is read-only")
+            if accumulate:
+                o += r
+            else:
+                o[...] = r
+        return list(outs)
+
+
+class Module:
+    """A compiled module: every exported function is an attribute."""
+
+    def __init__(self, name, functions: dict, target: str):
+        self.__name__ = name
+        self.target = target
+        self._functions = dict(functions)
+        for k, f in functions.items():
+            setattr(self, k, f)
+
+    @property
+    def functions(self) -> dict:
+        return dict(self._functions)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self._functions))
+
+    def __getattr__(self, name):
+        raise AttributeError(f"module {self.__name__} has no function '{name}'; it has: "
+                             f"{', '.join(self._functions) or 'none'}")
+
+    def __repr__(self):
+        lines = [f"<gradc module {self.__name__} ({self.target})"]
+        lines += [f"  {f.sig}" for f in self._functions.values()]
+        return "\n".join(lines) + ">"
