@@ -469,6 +469,7 @@ class Module:
     source: str
     graphs: dict = field(default_factory=dict)
     locs: dict = field(default_factory=dict)
+    derived: dict = field(default_factory=dict)      # name -> (kind, base Graph, wrt names)
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
 
 
@@ -702,6 +703,8 @@ class Lowering:
         if not name.startswith("_"):
             mod.graphs[name] = g
             mod.locs[name] = item.loc
+            if isinstance(f, Derived):
+                mod.derived[name] = (f.kind, self.instantiate(f.base, None, item), self.wrt_of(f))
 
 
 def lower_program(program: A.Program, file: str, source: str) -> Module:

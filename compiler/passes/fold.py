@@ -10,6 +10,7 @@ from ..ops import NP_DTYPES, OPS
 from .rewrite import rewrite
 
 MAX_FOLD = 4096          # elements; larger constants stay computed at run time
+UNIFORM_LAYOUT = ("broadcast_to", "reshape", "transpose", "slice")   # keep a uniform constant uniform
 
 
 def _array(op, attrs):
@@ -42,6 +43,8 @@ def fold_constants(g: Graph) -> Graph:
         if not n.ins or any(i not in made for i in n.ins) or n.op == "hook":
             return None
         srcs = [made[i] for i in n.ins]
+        if n.op in UNIFORM_LAYOUT and srcs[0][0] == "const":
+            return const(emit, n, srcs[0][1]["value"])
         if OPS[n.op].kind == "elementwise" and all(op == "const" for op, _ in srcs):
             # uniform constants fold on their scalars, symbolic shapes included
             scalars = [np.array(a["value"], NP_DTYPES[a["dtype"]]) for _, a in srcs]

@@ -1,0 +1,290 @@
+"""The gradc command: build, run, check and graph .ad programs."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .frontend.diagnostics import CompileError
+
+STAGES = ("ast", "ir", "grad-ir", "opt-ir", "llvm", "asm", "ptx")
+
+
+class UserError(Exception):
+    """A mistake in the command line or the inputs: printed without a traceback, exit status 1."""
+
+
+def _source(path) -> tuple[str, str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"no such file: {path}")
+    try:
+        return p.read_text(), str(path)
+    except (OSError, UnicodeDecodeError) as ex:
+        raise UserError(f"cannot read {path}: {ex}") from None
+
+
+def _lower(text, file):
+    from .api import lower_checked
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mod = lower_checked(text, file)
+    for w in caught:
+        print(str(w.message), file=sys.stderr)
+    return mod
+
+
+# ---- build
+
+def cmd_build(args):
+    text, file = _source(args.file)
+    if args.emit == "ast":
+        from .frontend.ast import dump
+        from .frontend.parse import parse
+        try:
+            print(dump(parse(text, file)))
+        except CompileError as ex:
+            raise CompileError(ex.render({file: text})) from None
+        return 0
+    if args.emit in ("llvm", "asm", "ptx"):
+        return _emit_native(args, text, file)
+    mod = _lower(text, file)
+    from .compiler.pipeline import optimize
+    from .compiler.verify import verify
+    if args.emit in ("ir", "grad-ir", "opt-ir"):
+        for name, g in mod.graphs.items():
+            if args.emit == "ir" and name in mod.derived:
+                continue
+            if args.emit == "opt-ir":
+                g = optimize(g, print_after=args.print_after, verify=verify)
+            print(g)
+            print()
+        return 0
+    from . import api
+    if not hasattr(api, "build"):
+        names = ", ".join(mod.graphs)
+        print(f"{file}: ok ({len(mod.graphs)} functions: {names})")
+        return 0
+    out = args.output or str(Path(file).with_suffix(".gcm"))
+    api.build(file, out, target=args.target)
+    print(f"wrote {out}")
+    return 0
+
+
+def _emit_native(args, text, file):
+    from . import api
+    fn = getattr(api, f"emit_{args.emit}", None)
+    if fn is None:
+        raise UserError(f"--emit {args.emit} is not available in this build of gradc")
+    print(fn(file, target=args.target) if args.emit == "ptx" else fn(file))
+    return 0
+
+
+# ---- run
+
+def parse_value(text: str, name: str):
+    """A command-line value: a number, a JSON list, or @file.npy."""
+    if text.startswith("@"):
+        try:
+            return np.load(text[1:], allow_pickle=False)
+        except (OSError, ValueError) as ex:
+            raise UserError(f"{name}: cannot load {text[1:]}: {ex}") from None
+    try:
+        v = json.loads(text)
+    except ValueError:
+        raise UserError(f"{name}: cannot read {text!r} as a number or a JSON list") from None
+    if not isinstance(v, (int, float, list, bool)):
+        raise UserError(f"{name}: expected a number or a JSON list, got {text!r}")
+    return v
+
+
+def _jsonable(x):
+    a = np.asarray(x)
+    if a.dtype.kind == "f":
+        return [_jsonable(v) for v in a] if a.ndim else _float(float(a))
+    return a.tolist()
+
+
+def _float(v):
+    return v if np.isfinite(v) else str(v)
+
+
+def _call(module, name, kwargs):
+    f = module.functions.get(name)
+    if f is None:
+        raise UserError(f"no function '{name}' in the program; it has: {', '.join(module.functions)}")
+    try:
+        out = f(**kwargs)
+    except (TypeError, ValueError) as ex:
+        raise UserError(str(ex)) from None
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def _format(outs) -> str:
+    return ", ".join(np.array2string(np.asarray(o), precision=6, separator=", ", max_line_width=160) for o in outs)
+
+
+def _compile(path, target):
+    from . import api
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = api.compile(path, target=target)
+    for w in caught:
+        print(str(w.message), file=sys.stderr)
+    return module
+
+
+def cmd_run(args):
+    text, file = _source(args.file)
+    target = args.target
+    if args.func is None:
+        return _run_examples(file, text, target, args.json)
+    kwargs = {}
+    for item in args.values:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise UserError(f"arguments are written NAME=VALUE, got {item!r}")
+        kwargs[name] = parse_value(value, name)
+    module = _compile(file, target)
+    outs = _call(module, args.func, kwargs)
+    if args.json:
+        print(json.dumps({"function": args.func, "outputs": [_jsonable(o) for o in outs]}))
+    else:
+        print(_format(outs))
+    return 0
+
+
+def _run_examples(file, text, target, as_json):
+    from .frontend.examples import ExampleError, parse_examples
+    try:
+        ex = parse_examples(text)
+    except ExampleError as e:
+        raise UserError(f"{file}: {e}") from None
+    if ex.errors:
+        try:
+            _compile(file, target)
+        except CompileError as err:
+            print(str(err), file=sys.stderr)
+            missing = [s for s in ex.errors if s not in str(err)]
+            if missing:
+                print(f"{file}: the error does not say: {missing[0]!r}", file=sys.stderr)
+                return 1
+            print(f"{file}: fails to compile, as expected")
+            return 0
+        print(f"{file}: expected a compile error, but it compiled", file=sys.stderr)
+        return 1
+    if not ex.calls:
+        raise UserError(f"{file} carries no example calls (# CALL: lines); name a function to run")
+    module = _compile(file, target)
+    failed = 0
+    for c in ex.calls:
+        outs = _call(module, c.func, c.args)
+        ok = c.expect is None or _matches(outs, c.expect, c.rtol, c.atol)
+        failed += not ok
+        args = ", ".join(f"{k}={json.dumps(v)}" for k, v in c.args.items())
+        if as_json:
+            print(json.dumps({"function": c.func, "outputs": [_jsonable(o) for o in outs]}))
+        else:
+            status = "" if c.expect is None else ("  ok" if ok else f"  MISMATCH: expected {c.expect}")
+            print(f"{c.func}({args}) -> {_format(outs)}{status}")
+    return 1 if failed else 0
+
+
+def _matches(outs, expect, rtol, atol) -> bool:
+    want = expect if len(outs) > 1 else [expect]
+    if len(want) != len(outs):
+        return False
+    try:
+        return all(np.shape(o) == np.shape(np.asarray(w, dtype=float)) and
+                   np.allclose(np.asarray(o, dtype=float), np.asarray(w, dtype=float), rtol=rtol, atol=atol,
+                               equal_nan=True) for o, w in zip(outs, want))
+    except ValueError:
+        return False
+
+
+# ---- check and graph
+
+def cmd_check(args):
+    from .check import check_program
+    text, file = _source(args.file)
+    mod = _lower(text, file)
+    report, ok = check_program(mod, text, args.func, seed=args.seed, rtol=args.rtol)
+    print(report)
+    return 0 if ok else 1
+
+
+def cmd_graph(args):
+    from .graph import to_dot, write_graph
+    text, file = _source(args.file)
+    mod = _lower(text, file)
+    if args.func not in mod.graphs:
+        raise UserError(f"no function '{args.func}' in {file}; it has: {', '.join(mod.graphs)}")
+    dot = to_dot(mod, args.func)
+    if args.output is None:
+        print(dot)
+    else:
+        write_graph(dot, args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def make_parser():
+    p = argparse.ArgumentParser(prog="gradc", description="Compile .ad programs and their derivatives.")
+    p.add_argument("--version", action="version", version=f"gradc {_version()}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="compile a program (or print a stage with --emit)")
+    b.add_argument("file")
+    b.add_argument("-o", "--output")
+    b.add_argument("--target", default=None)
+    b.add_argument("--emit", choices=STAGES)
+    b.add_argument("--print-after", metavar="PASS", help="with --emit opt-ir: print the graph after PASS")
+    r = sub.add_parser("run", help="run a function, or the example calls the program carries")
+    r.add_argument("file")
+    r.add_argument("func", nargs="?")
+    r.add_argument("values", nargs="*", metavar="NAME=VALUE")
+    r.add_argument("--target", default=None)
+    r.add_argument("--json", action="store_true")
+    c = sub.add_parser("check", help="compare gradients with central finite differences (float64)")
+    c.add_argument("file")
+    c.add_argument("func", nargs="?")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--rtol", type=float, default=1e-5)
+    g = sub.add_parser("graph", help="the forward and adjoint graph as Graphviz DOT, SVG or PNG")
+    g.add_argument("file")
+    g.add_argument("func")
+    g.add_argument("-o", "--output")
+    return p
+
+
+def _version():
+    from . import __version__
+    return __version__
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        if hasattr(args, "target"):
+            from . import api
+            args.target = args.target or getattr(api, "DEFAULT_TARGET", api.TARGETS[0])
+            if args.target not in api.TARGETS:
+                raise UserError(f"unknown target {args.target!r}; choose one of: {', '.join(api.TARGETS)}")
+        if args.cmd == "run" and args.func is not None and "=" in args.func:
+            raise UserError("name the function to call before its arguments: gradc run FILE FUNC NAME=VALUE")
+        return {"build": cmd_build, "run": cmd_run, "check": cmd_check, "graph": cmd_graph}[args.cmd](args)
+    except CompileError as ex:
+        print(str(ex), file=sys.stderr)
+        return 1
+    except (UserError, FileNotFoundError) as ex:
+        print(f"gradc: error: {ex}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
