@@ -299,8 +299,7 @@ _math("minimum", np.minimum, lambda e, z, x, y: (e.tie(y, x), e.tie(x, y)))
 # gmul: x * y, but exactly zero where x is zero, so a zero cotangent contributes nothing
 _math("gmul", lambda x, y: np.where(x == 0, np.zeros_like(x * y), x * y),
       lambda e, z, x, y: (y, x))
-_math("tie", lambda x, y: np.where(x > y, 1, np.where(x == y, 0.5, 0)).astype(x.dtype),
-      lambda e, z, x, y: (None, None))
+_nograd("tie", binary(FLOATS), lambda x, y: np.where(x > y, 1, np.where(x == y, 0.5, 0)).astype(x.dtype))
 
 for _name, _f in (("lt", np.less), ("le", np.less_equal), ("gt", np.greater),
                   ("ge", np.greater_equal), ("eq", np.equal), ("ne", np.not_equal)):

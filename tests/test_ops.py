@@ -1,0 +1,189 @@
+"""Every op's VJP and JVP, and their derivatives, against central finite differences in float64."""
+import numpy as np
+import pytest
+
+from gradc.compiler import autodiff
+from gradc.compiler.builder import Emitter, fresh
+from gradc.compiler.interp import run
+from gradc.compiler.ir import Graph
+from gradc.compiler.ops import COMPOSITES, OPS
+
+RNG = np.random.default_rng(1234)
+STEP = 1e-6
+
+
+def _double(shape):
+    e = Emitter()
+    g = fresh(shape, "f64")
+    out = e.mul(g, 2.0)
+    return Graph("double", (g,), tuple(e.nodes), (out,), ("g",))
+
+
+# (op, [(shape, domain)], attrs). Domains: "any" (-2, 2), "pos" (0.5, 2), "unit" (-0.9, 0.9), "nz" |x| > 0.5
+CASES = [
+    (name, [((3, 4), dom)], {}) for name, dom in [
+        ("neg", "any"), ("sin", "any"), ("cos", "any"), ("tan", "unit"), ("exp", "any"), ("log", "pos"),
+        ("log1p", "pos"), ("expm1", "any"), ("sqrt", "pos"), ("tanh", "any"), ("sigmoid", "any"),
+        ("softplus", "any"), ("abs", "nz"), ("relu", "nz")]
+] + [
+    (name, shapes, {}) for name in ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "gmul")
+    for shapes in ([((3, 4), "pos"), ((3, 4), "nz")], [((3, 4), "pos"), ((4,), "nz")],
+                   [((3, 1), "pos"), ((1, 4), "nz")], [((), "pos"), ((3,), "nz")])
+] + [
+    ("where", [((3, 4), "bool"), ((3, 4), "any"), ((4,), "any")], {}),
+    ("clamp", [((3, 4), "any"), ((), "lo"), ((4,), "hi")], {}),
+    ("cast", [((3, 4), "any")], {"dtype": "f64"}),
+    ("sum", [((3, 4), "any")], {"axes": (0, 1), "keepdims": False}),
+    ("sum", [((3, 4, 2), "any")], {"axes": (1,), "keepdims": True}),
+    ("max", [((3, 4), "any")], {"axes": (1,), "keepdims": False}),
+    ("min", [((3, 4), "any")], {"axes": (0, 1), "keepdims": True}),
+    ("reshape", [((3, 4), "any")], {"shape": (2, 6)}),
+    ("broadcast_to", [((3, 1), "any")], {"shape": (2, 3, 4)}),
+    ("transpose", [((2, 3, 4), "any")], {"perm": (2, 0, 1)}),
+    ("slice", [((5, 4), "any")], {"spec": (("s", 1, None, None), ("i", -1))}),
+    ("slice", [((6, 4), "any")], {"spec": (("s", None, -1, 2), ("s", -3, -1, None))}),
+    ("pad", [((2, 3), "any")], {"spec": (("s", 1, 3, None), ("s", 0, 3, None)), "shape": (4, 3)}),
+    ("concat", [((2, 3), "any"), ((1, 3), "any"), ((4, 3), "any")], {"axis": 0}),
+    ("matmul", [((3, 4), "any"), ((4, 2), "any")], {}),
+    ("mean", [((3, 4), "any")], {"axis": 1}),
+    ("logsumexp", [((3, 4), "any")], {"axis": 1}),
+    ("softmax", [((3, 4), "any")], {"axis": -1}),
+    ("log_softmax", [((3, 4), "any")], {"axis": 0}),
+]
+
+
+def _sample(shape, dom):
+    if dom == "bool":
+        return RNG.random(shape) < 0.5
+    lo, hi = {"any": (-2, 2), "pos": (0.5, 2), "unit": (-0.9, 0.9), "nz": (0.5, 2),
+              "lo": (-0.6, -0.5), "hi": (0.5, 0.6)}[dom]
+    x = RNG.uniform(lo, hi, shape)
+    if dom == "nz":
+        x = x * RNG.choice([-1.0, 1.0], shape)
+    return np.asarray(x, np.float64)
+
+
+def _graph(op, specs, attrs):
+    params = tuple(fresh(s, "bool" if d == "bool" else "f64") for s, d in specs)
+    e = Emitter()
+    out = e.emit(op, *params, **attrs) if op in OPS else COMPOSITES[op](e, *params, **attrs)
+    names = tuple(f"x{i}" for i in range(len(params)))
+    return Graph(op, params, tuple(e.nodes), (out,), names)
+
+
+def _wrt(g):
+    return [n for n, p in zip(g.param_names, g.params) if p.dtype == "f64"]
+
+
+def _fd_vjp(g, args, ct, i):
+    x = args[i]
+    out = np.zeros_like(x)
+    for k in np.ndindex(x.shape):
+        vals = []
+        for s in (1, -1):
+            xx = x.copy()
+            xx[k] += s * STEP
+            vals.append(np.sum(ct * run(g, args[:i] + [xx] + args[i + 1:])[0]))
+        out[k] = (vals[0] - vals[1]) / (2 * STEP)
+    return out
+
+
+def _check_vjp(g, args):
+    """The graph's vjp at args against finite differences; returns the vjp graph and its args."""
+    wrt = _wrt(g)
+    vg = autodiff.vjp(g, wrt, "vjp", warn=lambda m: None)
+    ct = RNG.uniform(-1, 1, g.outputs[0].shape)
+    grads = run(vg, args + [ct])
+    idx = [g.param_names.index(w) for w in wrt]
+    for i, got in zip(idx, grads):
+        np.testing.assert_allclose(got, _fd_vjp(g, args, ct, i), rtol=1e-5, atol=1e-7,
+                                   err_msg=f"vjp of {g.name} wrt {g.param_names[i]}")
+    return vg, args + [ct]
+
+
+def _check_jvp(g, args):
+    wrt = _wrt(g)
+    jg = autodiff.jvp(g, wrt, "jvp", warn=lambda m: None)
+    idx = [g.param_names.index(w) for w in wrt]
+    tans = [RNG.uniform(-1, 1, args[i].shape) for i in idx]
+    n_out = len(g.outputs)
+    got = run(jg, args + tans)
+    plus, minus = list(args), list(args)
+    for i, t in zip(idx, tans):
+        plus[i] = args[i] + STEP * t
+        minus[i] = args[i] - STEP * t
+    fd = [(p - m) / (2 * STEP) for p, m in zip(run(g, plus), run(g, minus))]
+    for k in range(n_out):
+        np.testing.assert_allclose(got[k], run(g, args)[k], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got[n_out + k], fd[k], rtol=1e-5, atol=1e-7, err_msg=f"jvp of {g.name}")
+
+
+@pytest.mark.parametrize("op,specs,attrs", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_first_order(op, specs, attrs):
+    g = _graph(op, specs, attrs)
+    args = [_sample(s, d) for s, d in specs]
+    np.testing.assert_equal(run(g, args)[0].shape, g.outputs[0].shape)
+    _check_vjp(g, args)
+    _check_jvp(g, args)
+
+
+@pytest.mark.parametrize("op,specs,attrs", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_second_order(op, specs, attrs):
+    """The derivative rules are graphs too: differentiate the vjp once more, in both modes."""
+    g = _graph(op, specs, attrs)
+    args = [_sample(s, d) for s, d in specs]
+    vg, vargs = _check_vjp(g, args)
+    wrt = _wrt(g) + ["ct"]         # with the cotangent, so that linear ops have something to check
+    # reduce the vjp's outputs to one value: sum of (random weight * gradient)
+    e = Emitter(vg.nodes)
+    weights = [fresh(o.shape, o.dtype) for o in vg.outputs]
+    total = None
+    for o, w in zip(vg.outputs, weights):
+        s = e.sum(e.mul(o, w), axes=tuple(range(len(o.shape))), keepdims=False)
+        total = s if total is None else e.add(total, s)
+    h = Graph("second", vg.params + tuple(weights), tuple(e.nodes), (total,),
+              vg.param_names + tuple(f"w{i}" for i in range(len(weights))))
+    hargs = vargs + [RNG.uniform(-1, 1, o.shape) for o in vg.outputs]
+    hg = autodiff.grad(h, wrt, "hess", warn=lambda m: None)
+    got = run(hg, hargs)
+    idx = [h.param_names.index(w) for w in wrt]
+    for i, gval in zip(idx, got):
+        np.testing.assert_allclose(gval, _fd_vjp(h, hargs, np.ones(()), i), rtol=1e-4, atol=1e-6,
+                                   err_msg=f"second derivative of {op} wrt {h.param_names[i]}")
+    _check_jvp(h, hargs)
+
+
+def test_every_op_is_tested_or_has_no_gradient():
+    tested = {c[0] for c in CASES} | {"hook"}       # hook: test_hook_passes_gradient_through_its_fn
+    for name, op in OPS.items():
+        if op.vjp is not None:
+            assert name in tested, f"op {name} has a gradient rule but no test case"
+        else:
+            assert op.jvp is None, f"op {name} has a jvp rule but no vjp rule"
+    assert set(COMPOSITES) <= tested
+
+
+@pytest.mark.parametrize("op", ["lt", "le", "gt", "ge", "eq", "ne", "sign", "tie"])
+def test_ops_without_gradient_cut_the_chain(op):
+    """f(x) = sum(cast(op(x, 0.25)) * x): the op's result is a constant factor, so df/dx is it."""
+    x = fresh((5,), "f64")
+    e = Emitter()
+    c = e.emit(op, x, 0.25) if op != "sign" else e.sign(e.sub(x, 0.25))
+    f = e.cast(c, dtype="f64")
+    out = e.sum(e.mul(f, x), axes=(0,), keepdims=False)
+    g = Graph("t", (x,), tuple(e.nodes), (out,), ("x",))
+    xs = np.array([-1.0, 0.0, 0.25, 0.5, 2.0])
+    factor = run(Graph("c", (x,), tuple(e.nodes), (f,), ("x",)), [xs])[0]
+    got = run(autodiff.grad(g, ("x",), "g", warn=lambda m: None), [xs])[0]
+    np.testing.assert_array_equal(got, factor)
+
+
+def test_hook_passes_gradient_through_its_fn():
+    """A hook that doubles the gradient: vjp is twice the finite differences; jvp is untouched."""
+    g = _graph("hook", [((3, 4), "any")], {"fn": _double((3, 4))})
+    args = [_sample((3, 4), "any")]
+    ct = RNG.uniform(-1, 1, (3, 4))
+    got = run(autodiff.vjp(g, ("x0",), "v", warn=lambda m: None), args + [ct])[0]
+    np.testing.assert_allclose(got, 2 * _fd_vjp(g, args, ct, 0), rtol=1e-6)
+    t = RNG.uniform(-1, 1, (3, 4))
+    np.testing.assert_allclose(run(autodiff.jvp(g, ("x0",), "j", warn=lambda m: None), args + [t])[1], t)
