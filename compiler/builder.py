@@ -4,6 +4,8 @@ from __future__ import annotations
 import itertools
 from functools import partial
 
+import numpy as np
+
 from .ir import FLOATS, INTS, Graph, Node, ShapeError, Value
 from .ops import COMPOSITES, OPS, broadcast_shapes
 
@@ -48,11 +50,19 @@ class Emitter:
         typed = [v.dtype for v in vals if v.dtype != "bool"] or [v.dtype for v in vals]
         out = []
         for v in ins:
-            if not isinstance(v, Value):
-                dtype = typed[0] if typed else literal_dtype(v)
-                v = self.const(v, dtype)
+            if isinstance(v, np.ndarray):          # an array literal
+                dtype = typed[0] if typed else literal_dtype(v.flat[0].item() if v.size else 0.0)
+                v = self.array(v, dtype)
+            elif not isinstance(v, Value):
+                v = self.const(v, typed[0] if typed else literal_dtype(v))
             out.append(v)
         return out
+
+    def array(self, data: np.ndarray, dtype) -> Value:
+        if data.dtype.kind == "f" and dtype in INTS and not np.all(np.mod(data, 1) == 0):
+            raise ShapeError(f"a floating-point array literal cannot be used with {dtype} values; use cast")
+        return self.add_node("literal", (), (("data", tuple(data.ravel().tolist())), ("dtype", dtype),
+                                             ("shape", data.shape)), self.loc)
 
     def const(self, value, dtype, shape=()) -> Value:
         if isinstance(value, float) and dtype in INTS and not value.is_integer():

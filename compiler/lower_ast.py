@@ -123,9 +123,8 @@ class Scope:
         if isinstance(v, DimRef):
             v = self.dim_number(v, node)
         if isinstance(v, np.ndarray):
-            return self.e.literal(data=tuple(v.ravel().tolist()), shape=v.shape,
-                                  dtype=dtype or ("f64" if v.dtype.kind == "f" else
-                                                  "bool" if v.dtype.kind == "b" else "i64"))
+            return self.e.array(v, dtype or ("f64" if v.dtype.kind == "f" else
+                                             "bool" if v.dtype.kind == "b" else "i64"))
         if isinstance(v, (bool, int, float)):
             return self.e.const(v, dtype or literal_dtype(v))
         raise CompileError(f"expected an array value, got {self.describe(v)}", node.loc)
@@ -203,11 +202,7 @@ class Scope:
             return _PY[op](a, b)
         if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)):   # division
             return a / b if b != 0 else self.e.div(float(a), float(b))
-        # array literals take the dtype of the other operand, as numbers do
-        peer = next((x.dtype for x in (a, b) if isinstance(x, Value)), None)
-        a, b = (self.as_value(x, n, peer) if isinstance(x, np.ndarray) else x
-                for x, n in ((a, node.left), (b, node.right)))
-        return self.e.emit(op, a, b)
+        return self.e.emit(op, a, b)        # numbers and array literals take the other side's dtype
 
     def matmul(self, a: Value, b: Value) -> Value:
         e = self.e
@@ -678,6 +673,7 @@ class Lowering:
                     raise CompileError(f"'{name}' is a built-in name; choose another", item.loc)
                 seen[name] = item.loc
             if isinstance(item, A.FnDef):
+                self._check_types(item)
                 f = UserFn(item, self)
                 self.globals[item.name] = f
                 if f.typed:
@@ -697,6 +693,19 @@ class Lowering:
                 raise CompileError(f"a top-level let binds a derived function or a constant, not "
                                    f"{scope.describe(v)}", item.value.loc)
         return mod
+
+    def _check_types(self, d: A.FnDef):
+        seen = set()
+        for p in d.params:
+            if p.name in seen:
+                raise CompileError(f"parameter '{p.name}' appears twice in {d.name}", p.loc)
+            seen.add(p.name)
+        for t in [p.type for p in d.params if p.type is not None] + list(d.ret or []):
+            if t.dtype not in DTYPES:
+                close = difflib.get_close_matches(t.dtype, DTYPES, n=1)
+                raise CompileError(f"unknown type '{t.dtype}'", t.loc,
+                                   [f"did you mean '{close[0]}'?" if close else
+                                    f"the types are {', '.join(DTYPES)}"])
 
     def _export(self, mod, name, f, item):
         g = self.instantiate(f, None, item)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as _replace
 from typing import Callable
 
 import numpy as np
@@ -122,19 +122,15 @@ def numel_of(shape):
     """Product of a shape's dims: (constant, sorted symbols)."""
     k, syms = 1, []
     for d in shape:
-        sym, off = dim_parts(d)
-        if sym is None:
-            k *= off
-        elif off == 0:
-            syms.append(sym)
+        if isinstance(d, int):
+            k *= d
         else:
-            return None
+            syms.append(d)           # "N" and "N-1" alike: equal names are equal sizes
     return k, tuple(sorted(syms))
 
 
 def _reshape_rule(x, shape):
-    a, b = numel_of(x.shape), numel_of(shape)
-    if a is None or b is None or a != b:
+    if numel_of(x.shape) != numel_of(shape):
         raise ShapeError(f"cannot reshape {_t(x)} to {type_str(shape, x.dtype)}")
     return tuple(shape), x.dtype
 
@@ -484,3 +480,50 @@ def softmax(e, x, axis=-1):
     axes = norm_axes(axis, len(x.shape))
     ex = e.exp(e.sub(x, e.detach(e.max(x, axes=axes, keepdims=True))))
     return e.div(ex, e.sum(ex, axes=axes, keepdims=True))
+
+
+# ---- lowering: one element of each elementwise op, written with the code generator's
+# typed helpers (compiler/codegen/scalar.py); layout, reduce and matmul ops lower as loops there
+
+_LOWER = {
+    "neg": lambda cg, x: cg.neg(x),
+    "sin": lambda cg, x: cg.call("sin", x),
+    "cos": lambda cg, x: cg.call("cos", x),
+    "tan": lambda cg, x: cg.call("tan", x),
+    "exp": lambda cg, x: cg.call("exp", x),
+    "log": lambda cg, x: cg.call("log", x),
+    "log1p": lambda cg, x: cg.call("log1p", x),
+    "expm1": lambda cg, x: cg.call("expm1", x),
+    "sqrt": lambda cg, x: cg.call("sqrt", x),
+    "tanh": lambda cg, x: cg.call("tanh", x),
+    "sigmoid": lambda cg, x: cg.sigmoid(x),
+    "softplus": lambda cg, x: cg.softplus(x),
+    "abs": lambda cg, x: cg.abs(x),
+    "relu": lambda cg, x: cg.maximum(x, cg.c(0, x)),
+    "sign": lambda cg, x: cg.sign(x),
+    "add": lambda cg, x, y: cg.add(x, y),
+    "sub": lambda cg, x, y: cg.sub(x, y),
+    "mul": lambda cg, x, y: cg.mul(x, y),
+    "div": lambda cg, x, y: cg.div(x, y),
+    "pow": lambda cg, x, y: cg.pow(x, y),
+    "maximum": lambda cg, x, y: cg.maximum(x, y),
+    "minimum": lambda cg, x, y: cg.minimum(x, y),
+    "gmul": lambda cg, x, y: cg.gmul(x, y),
+    "tie": lambda cg, x, y: cg.tie(x, y),
+    "lt": lambda cg, x, y: cg.lt(x, y),
+    "le": lambda cg, x, y: cg.le(x, y),
+    "gt": lambda cg, x, y: cg.gt(x, y),
+    "ge": lambda cg, x, y: cg.ge(x, y),
+    "eq": lambda cg, x, y: cg.eq(x, y),
+    "ne": lambda cg, x, y: cg.ne(x, y),
+    "and": lambda cg, x, y: cg.b.and_(x, y),
+    "or": lambda cg, x, y: cg.b.or_(x, y),
+    "not": lambda cg, x: cg.b.not_(x),
+    "where": lambda cg, c, a, b: cg.select(c, a, b),
+    "clamp": lambda cg, x, lo, hi: cg.minimum(cg.maximum(x, lo), hi),
+    "cast": lambda cg, x, dtype: cg.cast(x, dtype),
+    "detach": lambda cg, x: x,
+    "hook": lambda cg, x, fn: x,
+}
+for _name, _rule in _LOWER.items():
+    OPS[_name] = _replace(OPS[_name], lower=_rule)

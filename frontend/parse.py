@@ -174,9 +174,13 @@ class _ToAst(Transformer):
 
 
 def _expected(ex: UnexpectedInput) -> str:
-    names = sorted({_TOKEN_TEXT.get(t, t.lower().strip("_")) for t in getattr(ex, "expected", ())
-                    if not t.startswith("__ANON") or t in _TOKEN_TEXT})
-    return ", ".join(f"`{n}`" for n in names)
+    tokens = set(getattr(ex, "expected", ()))
+    if len(tokens) > 1:
+        tokens.discard("_NL")         # a newline is accepted almost anywhere; naming it helps nobody
+    names = {_TOKEN_TEXT.get(t, t.lower().strip("_")) for t in tokens
+             if not t.startswith("__ANON") or t in _TOKEN_TEXT}
+    quoted = sorted(n if n.startswith(("a ", "an ")) or " " in n else f"`{n}`" for n in names)
+    return ", ".join(quoted)
 
 
 def parse(text: str, file: str = "<source>") -> A.Program:

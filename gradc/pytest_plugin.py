@@ -101,14 +101,15 @@ class LitItem(pytest.Item):
         if not words or words[0] != "%gradc":
             raise AssertionError(f"RUN lines start with [not] %gradc, got: {self.command}")
         env = dict(os.environ, PYTHONWARNINGS="ignore")
-        res = subprocess.run([sys.executable, "-m", "gradc"] + words[1:], capture_output=True, text=True,
-                             cwd=self.path.parent, env=env, timeout=300)
-        output = res.stdout + (res.stderr if merge else "")
+        res = subprocess.run([sys.executable, "-m", "gradc"] + words[1:], text=True, cwd=self.path.parent,
+                             env=env, timeout=300, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT if merge else subprocess.PIPE)
+        output = res.stdout
         if expect_fail:
             assert res.returncode != 0, f"expected a failure, got exit 0:\n{output}"
         else:
-            assert res.returncode == 0, f"exit {res.returncode}:\n{res.stdout}\n{res.stderr}"
-        assert "Traceback" not in res.stderr, res.stderr
+            assert res.returncode == 0, f"exit {res.returncode}:\n{output}\n{res.stderr or ''}"
+        assert "Traceback" not in output + (res.stderr or ""), output + (res.stderr or "")
         if check.strip():
             checks = directives(self.text)
             assert checks, "a RUN line pipes into %filecheck, but the file has no CHECK lines"
