@@ -1,0 +1,22 @@
+"""Shared helpers for the tests."""
+import numpy as np
+import pytest
+
+
+def fd_grad(f, args, i, step=1e-6):
+    """Central finite differences of a scalar f(*args) with respect to args[i], in float64."""
+    x = np.array(args[i], dtype=np.float64)
+    out = np.zeros_like(x)
+    for k in np.ndindex(x.shape) if x.shape else [()]:
+        vals = []
+        for s in (1, -1):
+            xx = x.copy()
+            xx[k] += s * step
+            vals.append(float(f(*args[:i], xx, *args[i + 1:])))
+        out[k] = (vals[0] - vals[1]) / (2 * step)
+    return out
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
