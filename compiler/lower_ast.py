@@ -367,7 +367,10 @@ def _b_reshape(s, node, x, *shape):
         if not all(isinstance(d, int) for d in known + total):
             rest = [d for d in total if d not in known or known.remove(d)]
             if len(rest) != 1:
-                raise CompileError("reshape with -1 needs the other dims to match the input's", node.loc)
+                raise CompileError(f"reshape of {x.type} with -1 would need a product of symbolic "
+                                   "dimensions, which gradc does not represent", node.loc,
+                                   ["a dimension is a name plus a constant (N, N-1); keep the "
+                                    "symbolic axis separate, e.g. reshape(x, (N, -1))"])
             shape[shape.index(-1)] = rest[0]
         else:
             shape[shape.index(-1)] = int(np.prod(total)) // max(int(np.prod(known)), 1)
