@@ -13,6 +13,9 @@ def simplify(g: Graph) -> Graph:
     def is_c(v, k):
         return v in consts and consts[v] == k and not isinstance(consts[v], bool)
 
+    def finite_nonzero(v):
+        return v in consts and consts[v] != 0 and abs(consts[v]) != float("inf") and consts[v] == consts[v]
+
     def same(n, v):
         return v if v.shape == n.out.shape and v.dtype == n.out.dtype else None
 
@@ -33,9 +36,8 @@ def simplify(g: Graph) -> Graph:
                 return same(n, ins[1])
             if n.op == "gmul" and is_c(ins[0], 0):
                 return same(n, ins[0])
-            if n.op == "gmul" and ins[1] in consts and consts[ins[1]] not in (0,) and \
-                    abs(consts[ins[1]]) != float("inf") and consts[ins[1]] == consts[ins[1]]:
-                return emit("mul", ins, (), n.out.shape, n.out.dtype, n.loc)   # a finite non-zero factor
+            if n.op == "gmul" and (finite_nonzero(ins[1]) or ins[0] in consts and consts[ins[0]] != 0):
+                return emit("mul", ins, (), n.out.shape, n.out.dtype, n.loc)   # the guard cannot fire
             if n.op == "mul" and is_c(ins[1], -1):
                 return emit("neg", ins[:1], (), n.out.shape, n.out.dtype, n.loc) if same(n, ins[0]) else None
         if n.op == "div" and is_c(ins[1], 1):
