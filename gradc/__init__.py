@@ -1,6 +1,10 @@
 """gradc: compile .ad programs and their derivatives, and call them on NumPy arrays."""
-from .api import GradcWarning, compile
+from .api import VERSION as __version__
+from .api import GradcWarning, build, compile, load
 from .frontend.diagnostics import CompileError
+from .importer import install_import_hook, uninstall_import_hook
 
-__version__ = "0.1.0"
-__all__ = ["compile", "CompileError", "GradcWarning", "__version__"]
+install_import_hook()
+
+__all__ = ["compile", "build", "load", "install_import_hook", "uninstall_import_hook", "CompileError",
+           "GradcWarning", "__version__"]

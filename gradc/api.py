@@ -1,6 +1,7 @@
-"""The Python entry points: compile a .ad program and call its functions."""
+"""The Python entry points: compile a .ad program, build and load compiled modules, call functions."""
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -8,9 +9,12 @@ from pathlib import Path
 from .compiler import interp
 from .compiler.pipeline import lower, optimize
 from .frontend.diagnostics import CompileError, render
+from .runtime import artifact
 from .runtime.module import Function, Module, Signature
 
-TARGETS = ("reference",)
+VERSION = "0.1.0"
+TARGETS = ("cpu", "reference")
+DEFAULT_TARGET = "cpu"
 
 
 class GradcWarning(UserWarning):
@@ -35,7 +39,7 @@ def signature(g) -> Signature:
                      [(o.dtype, o.shape) for o in g.outputs], g.out_tuple)
 
 
-def lower_checked(text, file):
+def lower_checked(text, file, record=None):
     """Lower a program; compile errors come back rendered with the source line."""
     try:
         mod = lower(text, file)
@@ -43,21 +47,119 @@ def lower_checked(text, file):
         ex.args = (ex.render({file: text}),)
         raise
     for msg, loc in mod.diagnostics.warnings:
-        warnings.warn(render("warning", msg, loc, (), {file: text}), GradcWarning, stacklevel=3)
+        rendered = render("warning", msg, loc, (), {file: text})
+        if record is not None:
+            record.append(rendered)
+        warnings.warn(rendered, GradcWarning, stacklevel=3)
     return mod
 
 
-def compile(src, target: str = "reference") -> Module:
-    """Compile a .ad program (a path or source text) into a module of callable functions."""
+def target_available(target: str) -> tuple:
+    """(usable here, why not) for a target name."""
+    if target in TARGETS:
+        return True, ""
+    return False, f"unknown target {target!r}"
+
+
+def _check_target(target):
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
+
+
+def compile(src, target: str = DEFAULT_TARGET, cache: bool = True) -> Module:
+    """Compile a .ad program (a path or source text) into a module of callable functions.
+
+    target="cpu" (the default) runs native code, cached on disk ($GRADC_CACHE_DIR or
+    ~/.cache/gradc); target="reference" runs the NumPy evaluator.
+    """
+    _check_target(target)
+    text, file = read_source(src)
+    name = Path(file).stem if file != "<source>" else "module"
+    if target == "reference":
+        mod = lower_checked(text, file)
+        functions = {k: Function(signature(g), _reference(optimize(g)), Path(file).name)
+                     for k, g in mod.graphs.items()}
+        return Module(name, functions, target)
+    from . import cache as disk
+    data = disk.get(text, file) if cache else None
+    if data is not None:
+        try:
+            header, obj = artifact.unpack(data, file)
+            artifact.check_compatible(header, _host(), VERSION, file)
+        except artifact.ArtifactError:
+            data = None                      # a damaged cache entry: compile again over it
+        else:
+            for w in header.get("warnings", ()):
+                warnings.warn(w, GradcWarning, stacklevel=2)
+    if data is None:
+        data = build_bytes(text, file)
+        header, obj = artifact.unpack(data, file)
+        if cache:
+            disk.put(text, file, data)
+    return _load_native(name, header, obj)
+
+
+def build_bytes(text: str, file: str = "<source>") -> bytes:
+    """Compile source text to the bytes of a .gcm module for this machine."""
+    from .compiler.codegen import compile_graphs
+    seen = []
+    mod = lower_checked(text, file, record=seen)
+    graphs = {k: optimize(g) for k, g in mod.graphs.items()}
+    compiled = compile_graphs(graphs, Path(file).stem)
+    header = {
+        "gradc_version": VERSION, "target": "cpu",
+        "triple": compiled.triple, "cpu": compiled.cpu, "features": compiled.features,
+        "source_name": Path(file).name if file != "<source>" else None,
+        "source_hash": hashlib.sha256(text.encode()).hexdigest(),
+        "warnings": seen,
+        "functions": [{"signature": signature(mod.graphs[k]).to_json(), "symbol": compiled.entries[k][0],
+                       "dims": list(compiled.entries[k][1])} for k in graphs],
+    }
+    return artifact.pack(header, compiled.obj)
+
+
+def build(src, out=None, target: str = "cpu") -> Path:
+    """Compile a program into one .gcm file (next to the source unless out is given)."""
+    if target != "cpu":
+        raise ValueError(f"gradc.build makes native modules; target {target!r} is not one (use cpu)")
+    text, file = read_source(src)
+    if out is None:
+        out = Path(file).with_suffix(".gcm") if file != "<source>" else Path("module.gcm")
+    artifact.write_atomic(out, build_bytes(text, file))
+    return Path(out)
+
+
+def load(path) -> Module:
+    """Load a .gcm module built on this machine by this gradc version; nothing is recompiled."""
+    header, obj = artifact.read(path)
+    artifact.check_compatible(header, _host(), VERSION, str(path))
+    return _load_native(Path(path).stem, header, obj)
+
+
+def emit_llvm(src, optimized: bool = True) -> str:
+    """The LLVM IR of a program (after -O3 unless optimized=False): `gradc build --emit llvm`."""
+    from .compiler.codegen import emit_llvm as emit
     text, file = read_source(src)
     mod = lower_checked(text, file)
-    functions = {}
-    for name, g in mod.graphs.items():
-        opt = optimize(g)
-        functions[name] = Function(signature(g), _reference(opt), Path(file).name)
-    return Module(Path(file).stem, functions, target)
+    return emit({k: optimize(g) for k, g in mod.graphs.items()}, Path(file).stem, optimized)
+
+
+def emit_asm(src) -> str:
+    """The host assembly of a program: `gradc build --emit asm`."""
+    from .compiler.codegen import emit_asm as emit
+    text, file = read_source(src)
+    mod = lower_checked(text, file)
+    return emit({k: optimize(g) for k, g in mod.graphs.items()}, Path(file).stem)
+
+
+def _host():
+    from .runtime.cpu import host
+    return host()
+
+
+def _load_native(name, header, obj) -> Module:
+    from .runtime.cpu import load_native
+    return load_native(name, obj, header["functions"])
 
 
 def _reference(g):

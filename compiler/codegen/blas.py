@@ -1,0 +1,110 @@
+"""Matrix products: a call into the BLAS that the loader found, or a generated loop kernel without one."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from llvmlite import ir
+
+from .scalar import I64, LLTYPES
+
+PTR = ir.PointerType()
+I32 = ir.IntType(32)
+ZERO = ir.Constant(I64, 0)
+ONE = ir.Constant(I64, 1)
+
+# Globals the loader fills in (runtime/cpu.py): the cblas_?gemm address, and whether its
+# integers are 64-bit (NumPy's scipy_openblas64_) or 32-bit (a system libopenblas)
+BLAS_GLOBALS = {"f32": "gradc_blas_sgemm", "f64": "gradc_blas_dgemm"}
+ILP64_GLOBAL = "gradc_blas_ilp64"
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+
+
+def _global(module, name, ty):
+    gv = module.globals.get(name)
+    if gv is None:
+        gv = ir.GlobalVariable(module, ty, name)
+        gv.initializer = ir.Constant(ty, None if ty == PTR else 0)
+    return gv
+
+
+@contextmanager
+def _loop(b, count):
+    pre = b.block
+    head, body, done = (b.append_basic_block(s) for s in ("k.loop", "k.body", "k.done"))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64)
+    i.add_incoming(ZERO, pre)
+    b.cbranch(b.icmp_signed("<", i, count), body, done)
+    b.position_at_end(body)
+    yield i
+    i.add_incoming(b.add(i, ONE), b.block)
+    b.branch(head)
+    b.position_at_end(done)
+
+
+def gemm_function(module: ir.Module, dtype: str) -> ir.Function:
+    """C[M,N] = op(A) @ op(B), row-major: (ta, tb, M, N, K, A, lda, B, ldb, C, ldc)."""
+    name = f"gradc.gemm.{dtype}"
+    if name in module.globals:
+        return module.globals[name]
+    t = LLTYPES[dtype]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I32, I32, I64, I64, I64, PTR, I64, PTR, I64,
+                                                             PTR, I64]), name)
+    fn.linkage = "internal"
+    ta, tb, m, n, k, a, lda, bp, ldb, c, ldc = fn.args
+    blas_ptr = _global(module, BLAS_GLOBALS[dtype], PTR)
+    ilp64 = _global(module, ILP64_GLOBAL, I32)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    empty = b.or_(b.icmp_signed("==", m, ZERO), b.icmp_signed("==", n, ZERO))
+    with b.if_then(empty):
+        b.ret_void()
+    p = b.load(blas_ptr, typ=PTR)
+    # K == 0 is the zero matrix; left to the loop kernel, which writes it
+    use_blas = b.and_(b.icmp_unsigned("!=", p, ir.Constant(PTR, None)), b.icmp_signed(">", k, ZERO))
+    with b.if_then(use_blas):
+        flag = lambda tr: b.select(b.icmp_unsigned("!=", tr, ir.Constant(I32, 0)),
+                                   ir.Constant(I32, TRANS), ir.Constant(I32, NO_TRANS))
+        ea, eb = flag(ta), flag(tb)
+        wide = b.icmp_unsigned("!=", b.load(ilp64, typ=I32), ir.Constant(I32, 0))
+        with b.if_else(wide) as (then, other):
+            for block, it in ((then, I64), (other, I32)):
+                with block:
+                    conv = (lambda v: v) if it == I64 else (lambda v: b.trunc(v, I32))
+                    fty = ir.FunctionType(ir.VoidType(), [I32, I32, I32, it, it, it, t, PTR, it, PTR, it,
+                                                          t, PTR, it])
+                    b.call(_Callee(p, fty), [ir.Constant(I32, ROW_MAJOR), ea, eb, conv(m), conv(n),
+                                             conv(k), ir.Constant(t, 1.0), a, conv(lda), bp, conv(ldb),
+                                             ir.Constant(t, 0.0), c, conv(ldc)])
+        b.ret_void()
+    _loop_kernel(b, t, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc)
+    b.ret_void()
+    return fn
+
+
+class _Callee:
+    """An indirect call target with its function type (opaque pointers carry no type)."""
+
+    def __init__(self, p, fty):
+        self.p, self.function_type = p, fty
+        self.type = PTR
+
+    def get_reference(self):
+        return self.p.get_reference()
+
+
+def _loop_kernel(b, t, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc):
+    """i-k-j order: the inner loop streams rows of B and C, so LLVM vectorizes it."""
+    ta_on = b.icmp_unsigned("!=", ta, ir.Constant(I32, 0))
+    tb_on = b.icmp_unsigned("!=", tb, ir.Constant(I32, 0))
+    with _loop(b, m) as i:
+        row = b.mul(i, ldc)
+        with _loop(b, n) as j:
+            b.store(ir.Constant(t, 0.0), b.gep(c, [b.add(row, j)], source_etype=t))
+        with _loop(b, k) as kk:
+            ai = b.select(ta_on, b.add(b.mul(kk, lda), i), b.add(b.mul(i, lda), kk))
+            av = b.load(b.gep(a, [ai], source_etype=t), typ=t)
+            with _loop(b, n) as j:
+                bi = b.select(tb_on, b.add(b.mul(j, ldb), kk), b.add(b.mul(kk, ldb), j))
+                pc = b.gep(c, [b.add(row, j)], source_etype=t)
+                b.store(b.fadd(b.load(pc, typ=t), b.fmul(av, b.load(b.gep(bp, [bi], source_etype=t), typ=t))), pc)

@@ -1,0 +1,138 @@
+"""Index maps of the layout ops: one element of the result read from the right element of the input."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from ..ir import dim_parts
+from .scalar import I64, LLTYPES
+
+ZERO = ir.Constant(I64, 0)
+
+
+def broadcast_index(in_shape, out_shape, idx):
+    """The index into an input that NumPy broadcasting stretches to out_shape."""
+    lead = len(out_shape) - len(in_shape)
+    return tuple(ZERO if d == 1 else idx[k + lead] for k, d in enumerate(in_shape))
+
+
+def _broadcast_to(L, n, idx):
+    x = n.ins[0]
+    return L.elem(x, broadcast_index(x.shape, n.out.shape, idx))
+
+
+def _transpose(L, n, idx):
+    perm = n.attr("perm")
+    inner = [None] * len(perm)
+    for k, p in enumerate(perm):
+        inner[p] = idx[k]
+    return L.elem(n.ins[0], tuple(inner))
+
+
+def _reshape(L, n, idx):
+    x = n.ins[0]
+    src = [d for d in x.shape if d != 1]
+    dst = [(d, i) for d, i in zip(n.out.shape, idx) if d != 1]
+    if src == [d for d, _ in dst]:
+        # only unit axes come and go: the other indices carry over
+        it = iter(i for _, i in dst)
+        return L.elem(x, tuple(ZERO if d == 1 else next(it) for d in x.shape))
+    b = L.b
+    flat = ZERO
+    for d, i in zip(n.out.shape, idx):
+        flat = b.add(b.mul(flat, L.dim(d)), i)
+    inner = []
+    for d in reversed(x.shape):
+        dv = L.dim(d)
+        inner.append(b.urem(flat, dv))
+        flat = b.udiv(flat, dv)
+    return L.elem(x, tuple(reversed(inner)))
+
+
+def _start(L, d, s):
+    """(start, step) of slice spec s on dimension d, as LLVM values; NumPy's clamping rules."""
+    _, start, stop, step = s
+    sym, size = dim_parts(d)
+    if sym is None:
+        a, _, st = slice(start, stop, step).indices(size)
+        return ir.Constant(I64, a), st
+    if start is None:
+        return ZERO, 1
+    dv, b = L.dim(d), L.entry
+    if start >= 0:
+        return b.select(b.icmp_signed("<", dv, ir.Constant(I64, start)), dv, ir.Constant(I64, start)), 1
+    a = b.add(dv, ir.Constant(I64, start))
+    return b.select(b.icmp_signed("<", a, ZERO), ZERO, a), 1
+
+
+def _index(L, d, k):
+    if k >= 0:
+        return ir.Constant(I64, k)
+    sym, size = dim_parts(d)
+    return ir.Constant(I64, size + k) if sym is None else L.entry.add(L.dim(d), ir.Constant(I64, k))
+
+
+def _slice(L, n, idx):
+    x, spec = n.ins[0], n.attr("spec")
+    inner, q = [], 0
+    for d, s in zip(x.shape, spec):
+        if s[0] == "i":
+            inner.append(_index(L, d, s[1]))
+            continue
+        start, step = _start(L, d, s)
+        i = idx[q]
+        q += 1
+        inner.append(L.b.add(start, i if step == 1 else L.b.mul(i, ir.Constant(I64, step))))
+    inner += idx[q:]
+    return L.elem(x, tuple(inner))
+
+
+def _pad(L, n, idx):
+    g, spec = n.ins[0], n.attr("spec")
+    b = L.b
+    inner, conds, q = [], [], 0
+    for k, s in enumerate(spec):
+        d = n.out.shape[k]
+        if s[0] == "i":
+            conds.append(b.icmp_signed("==", idx[k], _index(L, d, s[1])))
+            continue
+        start, step = _start(L, d, s)
+        off = b.sub(idx[k], start)
+        j = off if step == 1 else b.sdiv(off, ir.Constant(I64, step))
+        if step != 1:
+            conds.append(b.icmp_signed("==", b.mul(j, ir.Constant(I64, step)), off))
+        conds.append(b.icmp_signed(">=", j, ZERO))
+        conds.append(b.icmp_signed("<", j, L.dim(g.shape[q])))
+        inner.append(j)
+        q += 1
+    inner += idx[len(spec):]
+    cond = conds[0] if conds else ir.Constant(ir.IntType(1), 1)
+    for c in conds[1:]:
+        cond = b.and_(cond, c)
+    zero = ir.Constant(LLTYPES[g.dtype], 0)
+    return L.branch(cond, lambda: L.elem(g, tuple(inner)), lambda: zero)
+
+
+def _concat(L, n, idx):
+    axis, xs = n.attr("axis"), n.ins
+    offs = [ZERO]
+    for x in xs[:-1]:
+        offs.append(L.entry.add(offs[-1], L.dim(x.shape[axis])))
+
+    def piece(i):
+        shifted = idx[:axis] + (L.b.sub(idx[axis], offs[i]),) + idx[axis + 1:]
+        if i == len(xs) - 1:
+            return L.elem(xs[i], shifted)
+        return L.branch(L.b.icmp_signed("<", idx[axis], offs[i + 1]),
+                        lambda: L.elem(xs[i], shifted), lambda: piece(i + 1))
+    return piece(0)
+
+
+def _one_hot(L, n, idx):
+    v = L.elem(n.ins[0], idx[:-1])
+    if v.type != I64:
+        v = L.b.sext(v, I64)
+    return L.cg.cast(L.b.icmp_signed("==", v, idx[-1]), n.attr("dtype"))
+
+
+INDEX_MAPS = {"broadcast_to": _broadcast_to, "transpose": _transpose, "reshape": _reshape,
+              "slice": _slice, "pad": _pad, "concat": _concat, "one_hot": _one_hot}

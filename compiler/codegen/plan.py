@@ -1,0 +1,105 @@
+"""Fusion plan: which values get a buffer; everything else is recomputed inside its consumer's loop."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..ir import Graph, symbols
+from ..ops import OPS
+
+SOURCES = ("const", "literal", "numel")
+LAYOUT = ("reshape", "broadcast_to", "transpose", "slice", "pad", "concat", "one_hot", "cast",
+          "detach", "hook")
+
+
+@dataclass
+class Plan:
+    """Roots (values with a buffer) in topological order and how each is read."""
+    producers: dict
+    roots: list                                 # nodes whose result is materialized, in order
+    buffers: set                                # values held in memory: params and roots
+    matmul_operands: dict = field(default_factory=dict)   # matmul node -> ((value, transposed), ...)
+    reads: dict = field(default_factory=dict)   # root value -> buffer values its loop reads
+    syms: tuple = ()                            # the dims array: symbol names, sorted
+
+
+def _is_t2(n):
+    return n is not None and n.op == "transpose" and tuple(n.attr("perm")) == (1, 0)
+
+
+def make_plan(g: Graph) -> Plan:
+    prod = {n.out: n for n in g.nodes}
+    params = set(g.params)
+    outputs = set(g.outputs)
+
+    # cheap values are recomputed wherever they are needed rather than stored
+    cheap = set(params)
+    for n in g.nodes:
+        kind = OPS[n.op].kind
+        ins_cheap = all(i in cheap for i in n.ins)
+        if kind in ("reduce", "matmul") or n.op in SOURCES:
+            cheap.add(n.out)
+        elif ins_cheap and (n.op in LAYOUT or all(d == 1 for d in n.out.shape)):
+            cheap.add(n.out)
+
+    owners = {}              # value -> roots whose loops compute it inline
+    need_buffer = set()
+    mat = set()
+    operands = {}
+    for n in reversed(g.nodes):
+        v = n.out
+        own = owners.get(v, set())
+        if not (v in outputs or v in need_buffer or own):
+            continue
+        kind = OPS[n.op].kind
+        if v in outputs or v in need_buffer or kind in ("reduce", "matmul") or \
+                (len(own) > 1 and v not in cheap):
+            mat.add(v)
+            own = {v}
+        if kind == "matmul":
+            ops = []
+            for x in n.ins:
+                p = prod.get(x)
+                # a transposed operand is read in place: BLAS takes the transpose flag
+                if _is_t2(p) and x not in outputs:
+                    ops.append((p.ins[0], True))
+                else:
+                    ops.append((x, False))
+            for x, _ in ops:
+                if x not in params:
+                    need_buffer.add(x)
+            operands[n] = tuple(ops)
+        elif n.op not in SOURCES:
+            for x in n.ins:
+                if x not in params:
+                    owners.setdefault(x, set()).update(own)
+    # need_buffer may name values seen after their consumers (a transposed operand's source)
+    for n in g.nodes:
+        if n.out in need_buffer:
+            mat.add(n.out)
+
+    roots = [n for n in g.nodes if n.out in mat]
+    buffers = params | mat
+    reads = {}
+    via = {}                 # non-buffer value -> buffers its computation reads
+    for n in g.nodes:
+        if n in operands:
+            r = {x for x, _ in operands[n]}
+        elif n.op in SOURCES:
+            r = set()
+        else:
+            r = set()
+            for i in n.ins:
+                r |= {i} if i in buffers else via.get(i, set())
+        if n.out in mat:
+            reads[n.out] = r
+        else:
+            via[n.out] = r
+    for o in g.outputs:
+        if o not in buffers:
+            reads.setdefault(("out", o), via.get(o, set()))
+    syms = set()
+    for v in g.params:
+        syms |= symbols(v.shape)
+    for n in g.nodes:
+        syms |= symbols(n.out.shape)
+    return Plan(prod, roots, buffers, operands, reads, tuple(sorted(syms)))

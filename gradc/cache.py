@@ -1,0 +1,53 @@
+"""The on-disk cache of compiled modules, keyed by everything that changes the object code."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from .runtime import artifact
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("GRADC_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gradc"
+
+
+def key(text: str, file: str, options: str = "") -> str:
+    from .api import VERSION
+    from .runtime.cpu import host
+    h = host()
+    parts = (VERSION, str(artifact.FORMAT), "cpu", h["triple"], h["cpu"], h["features"], options,
+             os.path.basename(file), text)        # the file name shows in warnings and errors
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
+
+
+def path_for(text: str, file: str) -> Path:
+    return cache_dir() / f"{key(text, file)}.gcm"
+
+
+def get(text: str, file: str):
+    """The cached module bytes, or None."""
+    try:
+        return path_for(text, file).read_bytes()
+    except OSError:
+        return None
+
+
+def put(text: str, file: str, data: bytes):
+    """Store atomically: concurrent compilers of one program each write whole files, last wins."""
+    try:
+        artifact.write_atomic(path_for(text, file), data)
+    except OSError:
+        pass                       # a read-only or full cache only costs a recompile next time
+
+
+def clear():
+    for p in cache_dir().glob("*.gcm"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
