@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import lru_cache
 from pathlib import Path
 
 from .runtime import artifact
@@ -16,12 +17,25 @@ def cache_dir() -> Path:
     return Path(base) / "gradc"
 
 
+@lru_cache(maxsize=None)
+def compiler_fingerprint() -> str:
+    """A hash of the compiler's own source: a changed compiler never reuses old object code."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for pkg in ("compiler", "frontend"):
+        d = root / pkg if (root / pkg).is_dir() else root.parent / pkg
+        for p in sorted(d.rglob("*")):
+            if p.suffix in (".py", ".lark", ".ad"):
+                h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def key(text: str, file: str, options: str = "") -> str:
     from .api import VERSION
     from .runtime.cpu import host
     h = host()
-    parts = (VERSION, str(artifact.FORMAT), "cpu", h["triple"], h["cpu"], h["features"], options,
-             os.path.basename(file), text)        # the file name shows in warnings and errors
+    parts = (VERSION, compiler_fingerprint(), str(artifact.FORMAT), "cpu", h["triple"], h["cpu"],
+             h["features"], options, os.path.basename(file), text)   # the file name shows in messages
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
 
 

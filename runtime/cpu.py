@@ -5,6 +5,7 @@ import ctypes
 import ctypes.util
 import glob
 import os
+import sys
 import threading
 
 import llvmlite.binding as llvm
@@ -23,10 +24,30 @@ def _init():
             llvm.initialize_native_target()
             llvm.initialize_native_asmprinter()
             # libm by name, so expm1, log1p, tanf... resolve even if the process did not link it
-            libm = ctypes.util.find_library("m")
-            if libm:
-                llvm.load_library_permanently(libm)
+            for name in ("m", "mvec"):      # libmvec: the vector variants loops call
+                lib = ctypes.util.find_library(name)
+                if lib:
+                    llvm.load_library_permanently(lib)
             _state["blas"] = _find_blas()
+            _tune_malloc()
+
+
+def _tune_malloc():
+    """Keep freed large blocks in the heap for reuse instead of handing them back to the OS.
+
+    glibc maps every block over 128 KiB fresh and unmaps it on free, so each call that
+    allocates a large result or intermediate pays a page fault per 4 KiB touched: that cost
+    exceeded the arithmetic several times over in the benchmarks. Off with GRADC_MALLOC_TUNING=0.
+    """
+    if os.environ.get("GRADC_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 1 << 30)
+    mallopt(m_trim_threshold, 1 << 30)
 
 
 def host() -> dict:
