@@ -11,6 +11,7 @@ import threading
 import llvmlite.binding as llvm
 import numpy as np
 
+from .fastcall import EXACT_INT, ScalarEntry, entry_address, flat_entry
 from .module import NP_DTYPES, Function, Module, Signature, dim_value
 
 _lock = threading.Lock()
@@ -85,7 +86,8 @@ def _find_blas():
                 continue                      # unsuffixed names in a 64-bit-int build: unsure of the ABI
             _state["blas_lib"] = lib           # keep it loaded
             addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value
-            return addr(s), addr(d), ilp64
+            gemv = [getattr(lib, pattern.format(t).replace("gemm", "gemv"), None) for t in "sd"]
+            return addr(s), addr(d), ilp64, *(addr(f) if f is not None else None for f in gemv)
     return None
 
 
@@ -108,7 +110,8 @@ class NativeCode:
         self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
         blas = _state["blas"]
-        for name, value in (("gradc_blas_sgemm", blas and blas[0]), ("gradc_blas_dgemm", blas and blas[1])):
+        for name, value in (("gradc_blas_sgemm", blas and blas[0]), ("gradc_blas_dgemm", blas and blas[1]),
+                            ("gradc_blas_sgemv", blas and blas[3]), ("gradc_blas_dgemv", blas and blas[4])):
             addr = self.engine.get_global_value_address(name)
             if addr:
                 ctypes.c_void_p.from_address(addr).value = value or None
@@ -171,6 +174,9 @@ class CpuFunction(Function):
         # per parameter: dtype, rank, and (axis, fixed size or symbol name) for each axis
         self._fast = [(np.dtype(NP_DTYPES[d]), len(s), tuple(enumerate(s))) for _, d, s in sig.params]
         self._scratch = threading.local()
+        scalar = entry_address(code, symbol + ".scalar")
+        self._scalar = ScalarEntry(sig, scalar) if scalar else None
+        self._flat = flat_entry(code, symbol, self._n_in + self._n_out, len(self._dim_names))
 
     def _fast_check(self, args):
         """(arrays, dims) when every argument is a C-contiguous array of the right type, else None."""
@@ -192,7 +198,10 @@ class CpuFunction(Function):
         return self._dims_t(*[dims[s] for s in self._dim_names])
 
     def _run(self, arrays, dims, outs):
-        rc = self._cfunc(self._in_t(*_pointers(arrays)), self._dims(dims), self._out_t(*_pointers(outs)))
+        if self._flat is not None:
+            rc = self._flat(*_pointers(arrays), *_pointers(outs), *[dims[s] for s in self._dim_names])
+        else:
+            rc = self._cfunc(self._in_t(*_pointers(arrays)), self._dims(dims), self._out_t(*_pointers(outs)))
         if rc:
             raise MemoryError(f"{self.sig.name}: out of memory for intermediate values")
 
@@ -206,6 +215,21 @@ class CpuFunction(Function):
         return outs
 
     def __call__(self, *args, out=None, accumulate=False, **kwargs):
+        direct = self._scalar
+        if direct is not None and out is None and not accumulate and not kwargs and len(args) == self._n_in:
+            # ScalarEntry.plain and .buffer written out: a Python call here costs a tenth of the call
+            for a, ok in zip(args, direct.accept):
+                c = a.__class__
+                if c not in ok and (c is not int or not -EXACT_INT <= a <= EXACT_INT):
+                    break
+            else:
+                try:
+                    addr, read = direct.tls.buf
+                except AttributeError:
+                    addr, read = direct.buffer()
+                if direct.call(*args, addr):
+                    raise MemoryError(f"{self.sig.name}: out of memory for intermediate values")
+                return read()
         checked = None if kwargs or len(args) != self._n_in else self._fast_check(args)
         if checked is None:
             arrays, dims = self.check(args, kwargs)
@@ -219,7 +243,7 @@ class CpuFunction(Function):
                 raise ValueError(f"{self.sig.name}: accumulate=True needs out= buffers to add into")
             outs = self._alloc(dims)
             self._run(arrays, dims, outs)
-            return tuple(outs) if self.sig.out_tuple else outs[0]
+            return self._results(outs)
         return self._call_out(arrays, dims, out, accumulate)
 
     def _call_out(self, arrays, dims, out, accumulate):

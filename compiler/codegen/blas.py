@@ -15,6 +15,7 @@ ONE = ir.Constant(I64, 1)
 # Globals the loader fills in (runtime/cpu.py): the cblas_?gemm address, and whether its
 # integers are 64-bit (NumPy's scipy_openblas64_) or 32-bit (a system libopenblas)
 BLAS_GLOBALS = {"f32": "gradc_blas_sgemm", "f64": "gradc_blas_dgemm"}
+GEMV_GLOBALS = {"f32": "gradc_blas_sgemv", "f64": "gradc_blas_dgemv"}
 ILP64_GLOBAL = "gradc_blas_ilp64"
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
@@ -67,6 +68,7 @@ def gemm_function(module: ir.Module, dtype: str) -> ir.Function:
                                    ir.Constant(I32, TRANS), ir.Constant(I32, NO_TRANS))
         ea, eb = flag(ta), flag(tb)
         wide = b.icmp_unsigned("!=", b.load(ilp64, typ=I32), ir.Constant(I32, 0))
+        _gemv_paths(b, module, dtype, wide, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc)
         with b.if_else(wide) as (then, other):
             for block, it in ((then, I64), (other, I32)):
                 with block:
@@ -80,6 +82,37 @@ def gemm_function(module: ir.Module, dtype: str) -> ir.Function:
     _loop_kernel(b, t, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc)
     b.ret_void()
     return fn
+
+
+def _gemv_paths(b, module, dtype, wide, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc):
+    """A product with one row or one column is a matrix-vector product: gemm would pack the
+    whole matrix first (4x slower for a 4096x512 matrix), gemv streams it once."""
+    t = LLTYPES[dtype]
+    p = b.load(_global(module, GEMV_GLOBALS[dtype], PTR), typ=PTR)
+    has = b.icmp_unsigned("!=", p, ir.Constant(PTR, None))
+    on = lambda tr: b.icmp_unsigned("!=", tr, ir.Constant(I32, 0))
+    flip = lambda cond: b.select(cond, ir.Constant(I32, NO_TRANS), ir.Constant(I32, TRANS))
+    keep = lambda cond: b.select(cond, ir.Constant(I32, TRANS), ir.Constant(I32, NO_TRANS))
+    # n == 1: C[:, 0] = op(A) @ B[:, 0]; the stored A is (m, k), or (k, m) when transposed
+    col = (b.and_(has, b.icmp_signed("==", n, ONE)), keep(on(ta)),
+           b.select(on(ta), k, m), b.select(on(ta), m, k), a, lda,
+           bp, b.select(on(tb), ONE, ldb), ldc)
+    # m == 1: C[0, :] = op(B)^T @ A[0, :]; the stored B is (k, n), or (n, k) when transposed
+    row = (b.and_(has, b.icmp_signed("==", m, ONE)), flip(on(tb)),
+           b.select(on(tb), n, k), b.select(on(tb), k, n), bp, ldb,
+           a, b.select(on(ta), lda, ONE), ONE)
+    for cond, trans, rows, cols, mat, ld, vec, inc, incy in (col, row):
+        with b.if_then(cond):
+            with b.if_else(wide) as (then, other):
+                for block, it in ((then, I64), (other, I32)):
+                    with block:
+                        conv = (lambda v: v) if it == I64 else (lambda v: b.trunc(v, I32))
+                        fty = ir.FunctionType(ir.VoidType(), [I32, I32, it, it, t, PTR, it, PTR, it, t,
+                                                              PTR, it])
+                        b.call(_Callee(p, fty), [ir.Constant(I32, ROW_MAJOR), trans, conv(rows), conv(cols),
+                                                 ir.Constant(t, 1.0), mat, conv(ld), vec, conv(inc),
+                                                 ir.Constant(t, 0.0), c, conv(incy)])
+            b.ret_void()
 
 
 class _Callee:

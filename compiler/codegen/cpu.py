@@ -10,6 +10,7 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 
 from .function import lower_graph
+from .vecmath import add_vector_variants
 
 _init_lock = threading.Lock()
 _initialized = False
@@ -60,6 +61,8 @@ def build_ir(graphs: dict, name: str = "gradc") -> tuple:
 def optimize_ir(text: str, tm, speed: int = 3):
     """Parse LLVM IR and run the -O3 pipeline (loop and SLP vectorization on)."""
     init_llvm()
+    if vector_math_library():
+        text = add_vector_variants(text, tm.feature_string if hasattr(tm, "feature_string") else host_cpu()[2])
     mod = llvm.parse_assembly(text)
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)
