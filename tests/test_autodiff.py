@@ -9,8 +9,18 @@ from gradc.frontend.diagnostics import CompileError
 from conftest import fd_grad
 
 
+@pytest.fixture(params=["reference", "cpu"], autouse=True)
+def target(request):
+    """Every test here runs on both targets: the NumPy reference and native code."""
+    TARGET[0] = request.param
+    return request.param
+
+
+TARGET = ["reference"]
+
+
 def compile_ref(src):
-    return gradc.compile(src, target="reference")
+    return gradc.compile(src, target=TARGET[0])
 
 
 def test_grad_matches_finite_differences_with_broadcasting(rng):
