@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace as _replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -20,7 +20,9 @@ class OpDef:
     vjp: Callable | None       # (e, g, out, *ins, **attrs) -> one cotangent per input, None = none
     jvp: Callable | None       # (e, tangents, out, *ins, **attrs) -> tangent of out, None = zero
     kind: str = "elementwise"  # elementwise | reduce | layout | matmul | source
-    lower: Callable | None = None   # (cg, *elems, **attrs) -> LLVM value of one element
+    lower: Callable | None = None   # (cg, *elems, **attrs) -> LLVM value of one element, written with
+    # the code generator's typed helpers (codegen/scalar.py); layout, reduce and matmul ops
+    # lower as loops in codegen/
 
 
 OPS: dict[str, OpDef] = {}
@@ -268,41 +270,69 @@ defop("numel", lambda x, axes, dtype: ((), dtype),
 
 # ---- elementwise math (partials written in the IR's own ops)
 
-_math("neg", np.negative, lambda e, y, x: (-1,), FLOATS + INTS)
-_math("sin", np.sin, lambda e, y, x: (e.cos(x),))
-_math("cos", np.cos, lambda e, y, x: (e.neg(e.sin(x)),))
-_math("tan", np.tan, lambda e, y, x: (e.add(1, e.mul(y, y)),))
-_math("exp", np.exp, lambda e, y, x: (y,))
-_math("log", np.log, lambda e, y, x: (e.div(1, x),))
-_math("log1p", np.log1p, lambda e, y, x: (e.div(1, e.add(x, 1)),))
-_math("expm1", np.expm1, lambda e, y, x: (e.add(y, 1),))
-_math("sqrt", np.sqrt, lambda e, y, x: (e.div(0.5, y),))
-_math("tanh", np.tanh, lambda e, y, x: (e.sub(1, e.mul(y, y)),))
-_math("sigmoid", _sigmoid, lambda e, y, x: (e.mul(y, e.sub(1, y)),))
-_math("softplus", lambda x: np.logaddexp(0, x).astype(x.dtype), lambda e, y, x: (e.sigmoid(x),))
-_math("abs", np.abs, lambda e, y, x: (e.sign(x),), FLOATS + INTS)
+_math("neg", np.negative, lambda e, y, x: (-1,), FLOATS + INTS,
+      lower=lambda cg, x: cg.neg(x))
+_math("sin", np.sin, lambda e, y, x: (e.cos(x),),
+      lower=lambda cg, x: cg.call("sin", x))
+_math("cos", np.cos, lambda e, y, x: (e.neg(e.sin(x)),),
+      lower=lambda cg, x: cg.call("cos", x))
+_math("tan", np.tan, lambda e, y, x: (e.add(1, e.mul(y, y)),),
+      lower=lambda cg, x: cg.call("tan", x))
+_math("exp", np.exp, lambda e, y, x: (y,),
+      lower=lambda cg, x: cg.call("exp", x))
+_math("log", np.log, lambda e, y, x: (e.div(1, x),),
+      lower=lambda cg, x: cg.call("log", x))
+_math("log1p", np.log1p, lambda e, y, x: (e.div(1, e.add(x, 1)),),
+      lower=lambda cg, x: cg.call("log1p", x))
+_math("expm1", np.expm1, lambda e, y, x: (e.add(y, 1),),
+      lower=lambda cg, x: cg.call("expm1", x))
+_math("sqrt", np.sqrt, lambda e, y, x: (e.div(0.5, y),),
+      lower=lambda cg, x: cg.call("sqrt", x))
+_math("tanh", np.tanh, lambda e, y, x: (e.sub(1, e.mul(y, y)),),
+      lower=lambda cg, x: cg.call("tanh", x))
+_math("sigmoid", _sigmoid, lambda e, y, x: (e.mul(y, e.sub(1, y)),),
+      lower=lambda cg, x: cg.sigmoid(x))
+_math("softplus", lambda x: np.logaddexp(0, x).astype(x.dtype), lambda e, y, x: (e.sigmoid(x),),
+      lower=lambda cg, x: cg.softplus(x))
+_math("abs", np.abs, lambda e, y, x: (e.sign(x),), FLOATS + INTS,
+      lower=lambda cg, x: cg.abs(x))
 _math("relu", lambda x: np.maximum(x, 0), lambda e, y, x: (e.cast(e.gt(x, 0), dtype=x.dtype),),
-      FLOATS + INTS)
-_nograd("sign", unary(FLOATS + INTS), np.sign)
-_math("add", np.add, lambda e, z, x, y: (1, 1))
-_math("sub", np.subtract, lambda e, z, x, y: (1, -1))
-_math("mul", np.multiply, lambda e, z, x, y: (y, x))
-_math("div", np.divide, lambda e, z, x, y: (e.div(1, y), e.neg(e.div(z, y))))
-_math("pow", np.power, lambda e, z, x, y: (e.mul(y, e.pow(x, e.sub(y, 1))), e.mul(z, e.log(x))))
+      FLOATS + INTS,
+      lower=lambda cg, x: cg.maximum(x, cg.c(0, x)))
+_nograd("sign", unary(FLOATS + INTS), np.sign,
+      lower=lambda cg, x: cg.sign(x))
+_math("add", np.add, lambda e, z, x, y: (1, 1), FLOATS + INTS,
+      lower=lambda cg, x, y: cg.add(x, y))
+_math("sub", np.subtract, lambda e, z, x, y: (1, -1), FLOATS + INTS,
+      lower=lambda cg, x, y: cg.sub(x, y))
+_math("mul", np.multiply, lambda e, z, x, y: (y, x), FLOATS + INTS,
+      lower=lambda cg, x, y: cg.mul(x, y))
+_math("div", np.divide, lambda e, z, x, y: (e.div(1, y), e.neg(e.div(z, y))),
+      lower=lambda cg, x, y: cg.div(x, y))
+_math("pow", np.power, lambda e, z, x, y: (e.mul(y, e.pow(x, e.sub(y, 1))), e.mul(z, e.log(x))),
+      lower=lambda cg, x, y: cg.pow(x, y))
 # the two sides of a tie share the gradient, as in PyTorch
-_math("maximum", np.maximum, lambda e, z, x, y: (e.tie(x, y), e.tie(y, x)))
-_math("minimum", np.minimum, lambda e, z, x, y: (e.tie(y, x), e.tie(x, y)))
+_math("maximum", np.maximum, lambda e, z, x, y: (e.tie(x, y), e.tie(y, x)), FLOATS + INTS,
+      lower=lambda cg, x, y: cg.maximum(x, y))
+_math("minimum", np.minimum, lambda e, z, x, y: (e.tie(y, x), e.tie(x, y)), FLOATS + INTS,
+      lower=lambda cg, x, y: cg.minimum(x, y))
 # gmul: x * y, but exactly zero where x is zero, so a zero cotangent contributes nothing
 _math("gmul", lambda x, y: np.where(x == 0, np.zeros_like(x * y), x * y),
-      lambda e, z, x, y: (y, x))
-_nograd("tie", binary(FLOATS), lambda x, y: np.where(x > y, 1, np.where(x == y, 0.5, 0)).astype(x.dtype))
+      lambda e, z, x, y: (y, x),
+      lower=lambda cg, x, y: cg.gmul(x, y))
+_nograd("tie", binary(FLOATS), lambda x, y: np.where(x > y, 1, np.where(x == y, 0.5, 0)).astype(x.dtype),
+      lower=lambda cg, x, y: cg.tie(x, y))
 
 for _name, _f in (("lt", np.less), ("le", np.less_equal), ("gt", np.greater),
                   ("ge", np.greater_equal), ("eq", np.equal), ("ne", np.not_equal)):
-    _nograd(_name, binary(FLOATS + INTS + ("bool",), "bool"), _f)
-_nograd("and", binary(("bool",)), np.logical_and)
-_nograd("or", binary(("bool",)), np.logical_or)
-_nograd("not", unary(("bool",)), np.logical_not)
+    _nograd(_name, binary(FLOATS + INTS + ("bool",), "bool"), _f,
+            lower=lambda cg, x, y, _n=_name: getattr(cg, _n)(x, y))
+_nograd("and", binary(("bool",)), np.logical_and,
+      lower=lambda cg, x, y: cg.b.and_(x, y))
+_nograd("or", binary(("bool",)), np.logical_or,
+      lower=lambda cg, x, y: cg.b.or_(x, y))
+_nograd("not", unary(("bool",)), np.logical_not,
+      lower=lambda cg, x: cg.b.not_(x))
 
 
 def _where_rule(c, a, b):
@@ -318,7 +348,8 @@ def _where_rule(c, a, b):
 defop("where", _where_rule, np.where,
       vjp=lambda e, g, z, c, a, b: (None, e.where(c, g, 0), e.where(c, 0, g)),
       jvp=lambda e, ts, z, c, a, b: e.where(c, ts[1] if ts[1] is not None else 0,
-                                            ts[2] if ts[2] is not None else 0))
+                                            ts[2] if ts[2] is not None else 0),
+      lower=lambda cg, c, a, b: cg.select(c, a, b))
 
 
 def _clamp_rule(x, lo, hi):
@@ -337,7 +368,8 @@ def _clamp_masks(e, x, lo, hi):
 
 defop("clamp", _clamp_rule, lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
       vjp=lambda e, g, z, x, lo, hi: tuple(e.where(m, g, 0) for m in _clamp_masks(e, x, lo, hi)),
-      jvp=lambda e, ts, z, x, lo, hi: _sum_masked(e, ts, _clamp_masks(e, x, lo, hi)))
+      jvp=lambda e, ts, z, x, lo, hi: _sum_masked(e, ts, _clamp_masks(e, x, lo, hi)),
+      lower=lambda cg, x, lo, hi: cg.minimum(cg.maximum(x, lo), hi))
 
 
 def _sum_masked(e, ts, masks):
@@ -360,11 +392,14 @@ def _cast_jvp(e, ts, z, x, dtype):
     return e.cast(ts[0], dtype=dtype) if dtype in FLOATS else None
 
 
-defop("cast", _cast_rule, lambda x, dtype: x.astype(NP_DTYPES[dtype]), _cast_vjp, _cast_jvp)
-defop("detach", lambda x: (x.shape, x.dtype), lambda x: x)
+defop("cast", _cast_rule, lambda x, dtype: x.astype(NP_DTYPES[dtype]), _cast_vjp, _cast_jvp,
+      lower=lambda cg, x, dtype: cg.cast(x, dtype))
+defop("detach", lambda x: (x.shape, x.dtype), lambda x: x,
+      lower=lambda cg, x: x)
 defop("hook", lambda x, fn: (x.shape, x.dtype), lambda x, fn: x,
       vjp=lambda e, g, z, x, fn: (e.call(fn, g)[0],),
-      jvp=lambda e, ts, z, x, fn: ts[0])
+      jvp=lambda e, ts, z, x, fn: ts[0],
+      lower=lambda cg, x, fn: x)
 
 
 def _one_hot_rule(i, n, dtype):
@@ -481,49 +516,3 @@ def softmax(e, x, axis=-1):
     ex = e.exp(e.sub(x, e.detach(e.max(x, axes=axes, keepdims=True))))
     return e.div(ex, e.sum(ex, axes=axes, keepdims=True))
 
-
-# ---- lowering: one element of each elementwise op, written with the code generator's
-# typed helpers (compiler/codegen/scalar.py); layout, reduce and matmul ops lower as loops there
-
-_LOWER = {
-    "neg": lambda cg, x: cg.neg(x),
-    "sin": lambda cg, x: cg.call("sin", x),
-    "cos": lambda cg, x: cg.call("cos", x),
-    "tan": lambda cg, x: cg.call("tan", x),
-    "exp": lambda cg, x: cg.call("exp", x),
-    "log": lambda cg, x: cg.call("log", x),
-    "log1p": lambda cg, x: cg.call("log1p", x),
-    "expm1": lambda cg, x: cg.call("expm1", x),
-    "sqrt": lambda cg, x: cg.call("sqrt", x),
-    "tanh": lambda cg, x: cg.call("tanh", x),
-    "sigmoid": lambda cg, x: cg.sigmoid(x),
-    "softplus": lambda cg, x: cg.softplus(x),
-    "abs": lambda cg, x: cg.abs(x),
-    "relu": lambda cg, x: cg.maximum(x, cg.c(0, x)),
-    "sign": lambda cg, x: cg.sign(x),
-    "add": lambda cg, x, y: cg.add(x, y),
-    "sub": lambda cg, x, y: cg.sub(x, y),
-    "mul": lambda cg, x, y: cg.mul(x, y),
-    "div": lambda cg, x, y: cg.div(x, y),
-    "pow": lambda cg, x, y: cg.pow(x, y),
-    "maximum": lambda cg, x, y: cg.maximum(x, y),
-    "minimum": lambda cg, x, y: cg.minimum(x, y),
-    "gmul": lambda cg, x, y: cg.gmul(x, y),
-    "tie": lambda cg, x, y: cg.tie(x, y),
-    "lt": lambda cg, x, y: cg.lt(x, y),
-    "le": lambda cg, x, y: cg.le(x, y),
-    "gt": lambda cg, x, y: cg.gt(x, y),
-    "ge": lambda cg, x, y: cg.ge(x, y),
-    "eq": lambda cg, x, y: cg.eq(x, y),
-    "ne": lambda cg, x, y: cg.ne(x, y),
-    "and": lambda cg, x, y: cg.b.and_(x, y),
-    "or": lambda cg, x, y: cg.b.or_(x, y),
-    "not": lambda cg, x: cg.b.not_(x),
-    "where": lambda cg, c, a, b: cg.select(c, a, b),
-    "clamp": lambda cg, x, lo, hi: cg.minimum(cg.maximum(x, lo), hi),
-    "cast": lambda cg, x, dtype: cg.cast(x, dtype),
-    "detach": lambda cg, x: x,
-    "hook": lambda cg, x, fn: x,
-}
-for _name, _rule in _LOWER.items():
-    OPS[_name] = _replace(OPS[_name], lower=_rule)
