@@ -30,6 +30,7 @@ def _init():
                 if lib:
                     llvm.load_library_permanently(lib)
             _state["blas"] = _find_blas()
+            _state["gomp"] = _find_gomp()
             _tune_malloc()
 
 
@@ -49,6 +50,86 @@ def _tune_malloc():
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_mmap_threshold, 1 << 30)
     mallopt(m_trim_threshold, 1 << 30)
+
+
+# the thread count every loaded module reads at each call (its gradc_num_threads points here)
+_threads = ctypes.c_int32(1)
+
+
+def _default_threads() -> int:
+    for var in ("GRADC_NUM_THREADS", "OMP_NUM_THREADS"):
+        try:
+            n = int(os.environ.get(var, "").split(",")[0])
+        except ValueError:
+            continue
+        if n > 0:
+            return n
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_threads.value = _default_threads()
+
+
+def set_num_threads(n: int):
+    """Threads that large loops may use from the next call on (1: always single-threaded)."""
+    _threads.value = max(1, int(n))
+
+
+def get_num_threads() -> int:
+    return _threads.value
+
+
+def _find_gomp():
+    """Addresses of libgomp's entry points, or None: then every loop runs on the calling thread.
+
+    A libgomp already in the process (torch's, say) is preferred, so that two thread pools do
+    not compete for the cores; GRADC_NO_OPENMP=1 turns threading off.
+    """
+    if os.environ.get("GRADC_NO_OPENMP"):
+        return None
+    candidates = []
+    try:
+        with open("/proc/self/maps") as f:
+            candidates += sorted({line.split()[-1] for line in f if "libgomp" in line.rsplit("/", 1)[-1]})
+    except OSError:
+        pass
+    loaded = set(candidates)                # already mapped: its settings are already made
+    found = ctypes.util.find_library("gomp")
+    if found:
+        candidates.append(found)
+    base = os.path.dirname(os.path.dirname(np.__file__))
+    for pat in ("torch/lib/libgomp*.so*", "scikit_learn.libs/libgomp*.so*", "torch.libs/libgomp*.so*"):
+        candidates += sorted(glob.glob(os.path.join(base, pat)))
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(path) if path in loaded else _load_gomp(path)
+            fns = [lib.GOMP_parallel, lib.GOMP_barrier, lib.omp_get_thread_num, lib.omp_get_num_threads]
+        except (OSError, AttributeError):
+            continue
+        _state["gomp_lib"] = lib              # keep it loaded
+        return [ctypes.cast(f, ctypes.c_void_p).value for f in fns]
+    return None
+
+
+def _load_gomp(path):
+    """Load libgomp with a short spin-wait unless the user chose one.
+
+    Its idle workers otherwise spin for about a millisecond after each region, taking the cores
+    that OpenBLAS's threads need for the next matmul (W4 ran 6x slower on 2 cores). libgomp reads
+    the setting once, when loaded, so the environment is restored right after.
+    """
+    if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        return ctypes.CDLL(path)
+    os.environ["GOMP_SPINCOUNT"] = "1000"
+    try:
+        return ctypes.CDLL(path)
+    finally:
+        del os.environ["GOMP_SPINCOUNT"]
+
+
+def threads_info() -> str:
+    _init()
+    return "one thread (no libgomp)" if _state["gomp"] is None else f"up to {get_num_threads()} threads (libgomp)"
 
 
 def host() -> dict:
@@ -118,6 +199,16 @@ class NativeCode:
         addr = self.engine.get_global_value_address("gradc_blas_ilp64")
         if addr:
             ctypes.c_int32.from_address(addr).value = int(bool(blas and blas[2]))
+        # without libgomp the pointers stay null and the code never starts a thread
+        gomp = _state["gomp"] or [None] * 4
+        for name, value in zip(("gradc_gomp_parallel", "gradc_gomp_barrier", "gradc_omp_thread_num",
+                                "gradc_omp_num_threads"), gomp):
+            addr = self.engine.get_global_value_address(name)
+            if addr:
+                ctypes.c_void_p.from_address(addr).value = value
+        addr = self.engine.get_global_value_address("gradc_num_threads")
+        if addr:
+            ctypes.c_void_p.from_address(addr).value = ctypes.addressof(_threads)
 
     def address(self, symbol: str) -> int:
         addr = self.engine.get_function_address(symbol)
@@ -241,8 +332,11 @@ class CpuFunction(Function):
         if out is None:
             if accumulate:
                 raise ValueError(f"{self.sig.name}: accumulate=True needs out= buffers to add into")
-            outs = self._alloc(dims)
-            self._run(arrays, dims, outs)
+            outs = [np.empty(mk(dims), dt) for mk, dt in self._makers]
+            if self._flat is None:
+                self._run(arrays, dims, outs)
+            elif self._flat(*_pointers(arrays), *_pointers(outs), *[dims[s] for s in self._dim_names]):
+                raise MemoryError(f"{self.sig.name}: out of memory for intermediate values")
             return self._results(outs)
         return self._call_out(arrays, dims, out, accumulate)
 

@@ -67,6 +67,7 @@ class Function:
                    inspect.Parameter("accumulate", inspect.Parameter.KEYWORD_ONLY, default=False)]
         self.__signature__ = inspect.Signature(params)
         self._names = {n: i for i, (n, _, _) in enumerate(sig.params)}
+        self._zero_d = [i for i, (_, s) in enumerate(sig.outputs) if not s]
 
     def __repr__(self):
         return f"<gradc function {self.sig}>"
@@ -145,8 +146,17 @@ class Function:
         results = self._execute(arrays, dims)
         if out is not None:
             results = self._into(out, results, accumulate)
-        elif accumulate:
+            return tuple(results) if self.sig.out_tuple else results[0]
+        if accumulate:
             raise ValueError(f"{self.sig.name}: accumulate=True needs out= buffers to add into")
+        return self._results(results)
+
+    def _results(self, results):
+        """What a call returns: a scalar result as a NumPy scalar of its dtype, as NumPy's reductions give."""
+        if self._zero_d:
+            results = list(results)
+            for i in self._zero_d:
+                results[i] = results[i][()]
         return tuple(results) if self.sig.out_tuple else results[0]
 
     def _into(self, out, results, accumulate):

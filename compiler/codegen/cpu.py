@@ -9,7 +9,7 @@ import threading
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from .function import lower_graph
+from .parallel import lower_graph
 from .vecmath import add_vector_variants
 
 _init_lock = threading.Lock()

@@ -1,4 +1,4 @@
-"""Lower one optimized graph to an LLVM function: a loop nest per planned root, fused chains inline."""
+"""Lower a phase of a graph to an LLVM function: a loop nest per planned root, fused chains inline."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -9,56 +9,41 @@ from ..ir import Graph, dim_parts
 from ..ops import OPS
 from .blas import gemm_function
 from .layout import INDEX_MAPS, ZERO, broadcast_index
-from .plan import make_plan
-from .reduce import emit_reduce
-from .scalar import I64, LLTYPES, SIZES, STORE_TYPES, Scalar
+from .reduce import emit_reduce, inner, inner_reduction, split_axis
+from .scalar import I64, LLTYPES, STORE_TYPES, Scalar
 
 PTR = ir.PointerType()
 I32 = ir.IntType(32)
 ONE = ir.Constant(I64, 1)
-
-
-def symbol(name: str) -> str:
-    """The exported symbol of a graph; prefixed so a function named `sin` cannot shadow libm."""
-    return f"gradc_fn_{name}"
-
-
-def lower_graph(module: ir.Module, g: Graph) -> tuple:
-    """Add `i32 gradc_fn_NAME(ptr inputs, ptr dims, ptr outputs)`; returns (symbol, dim names)."""
-    plan = make_plan(g)
-    body_ty = ir.FunctionType(I32, [PTR] * (len(g.params) + len(g.outputs)) + [I64] * len(plan.syms))
-    body = ir.Function(module, body_ty, f"{symbol(g.name)}.body")
-    body.linkage = "internal"
-    for a in body.args[:len(g.params) + len(g.outputs)]:
-        a.add_attribute("noalias")        # the runtime never passes overlapping buffers
-    FunctionLowering(module, g, plan, body).emit()
-
-    entry = ir.Function(module, ir.FunctionType(I32, [PTR, PTR, PTR]), symbol(g.name))
-    b = ir.IRBuilder(entry.append_basic_block("entry"))
-    ins, dims, outs = entry.args
-    at = lambda p, i, t: b.load(b.gep(p, [ir.Constant(I64, i)], source_etype=t), typ=t)
-    args = [at(ins, i, PTR) for i in range(len(g.params))]
-    args += [at(outs, i, PTR) for i in range(len(g.outputs))]
-    args += [at(dims, i, I64) for i in range(len(plan.syms))]
-    b.ret(b.call(body, args))
-    return symbol(g.name), plan.syms
+# below this many iterations a loop nest runs on one thread: waking others costs more
+PARALLEL_MIN = 1 << 16
+# a split of the innermost axis starts at a multiple of this, so every thread's vector loop
+# and scalar remainder cover the same elements as one thread's would: identical results
+ALIGN = 256
+ROW_ALIGN = 64
 
 
 class FunctionLowering:
-    def __init__(self, module, g, plan, fn):
+    """Builds one function; bufs: value -> pointer, syms: dim name -> i64, tid/nth: this thread."""
+
+    def __init__(self, module, g, plan, fn, bufs, syms, outs=(), tid=None, nth=None, extra=None):
         self.module, self.g, self.plan, self.fn = module, g, plan, fn
         self.entry_block = fn.append_basic_block("entry")
         self.entry = ir.IRBuilder(self.entry_block)
-        self.b = ir.IRBuilder(fn.append_basic_block("start"))
+        self.start = fn.append_basic_block("start")
+        self.b = ir.IRBuilder(self.start)
         self.cg = Scalar(module, self.b)
-        n_in = len(g.params)
-        self.syms = dict(zip(plan.syms, fn.args[n_in + len(g.outputs):]))
-        self.bufs = dict(zip(g.params, fn.args[:n_in]))
-        self.outs = fn.args[n_in:n_in + len(g.outputs)]
+        self.syms, self.bufs, self.outs = dict(syms), dict(bufs), list(outs)
+        self.tid = tid if tid is not None else ZERO
+        self.nth = nth if nth is not None else ONE
+        self.is_first = self.entry.icmp_signed("==", self.tid, ZERO)
+        self.extra = extra or {}            # ("partial" | "acc", node) -> scratch pointer
         self.memo = [{}]
         self.dims = {}
-        self.slots = {}                 # temp value -> alloca slot holding its malloc'd pointer
-        self.all_slots = []
+
+    def finish(self, ret=None):
+        self.b.ret(ret) if ret is not None else self.b.ret_void()
+        self.entry.branch(self.start)
 
     # ---- dims and buffers
 
@@ -104,34 +89,17 @@ class FunctionLowering:
             x = self.b.zext(x, STORE_TYPES["bool"])
         self.b.store(x, ptr if ptr is not None else self.ptr(v, idx))
 
-    def malloc(self, nbytes):
-        """A temporary buffer; its pointer sits in a slot that the failure path frees."""
-        slot = self.entry.alloca(PTR)
-        self.entry.store(ir.Constant(PTR, None), slot)
-        fn = self.cg.func("malloc", PTR, [I64])
-        p = self.b.call(fn, [self.b.add(nbytes, ONE)])     # +1: malloc(0) may return NULL
-        ok = self.b.append_basic_block("alloc.ok")
-        self.b.cbranch(self.b.icmp_unsigned("==", p, ir.Constant(PTR, None)), self.fail, ok)
-        self.b.position_at_end(ok)
-        self.b.store(p, slot)
-        self.all_slots.append(slot)
-        return p, slot
-
-    def free(self, slot):
-        self.b.call(self.cg.func("free", ir.VoidType(), [PTR]), [self.b.load(slot, typ=PTR)])
-        self.b.store(ir.Constant(PTR, None), slot)
-
     # ---- control flow
 
     @contextmanager
-    def loop(self, count):
+    def loop(self, count, start=ZERO):
         b = self.b
         pre = b.block
         head, body, done = (b.append_basic_block(s) for s in ("loop", "body", "done"))
         b.branch(head)
         b.position_at_end(head)
         i = b.phi(I64)
-        i.add_incoming(ZERO, pre)
+        i.add_incoming(start, pre)
         b.cbranch(b.icmp_signed("<", i, count), body, done)
         b.position_at_end(body)
         self.memo.append({})
@@ -141,12 +109,57 @@ class FunctionLowering:
         b.branch(head)
         b.position_at_end(done)
 
-    def nest(self, shape, body, idx=()):
-        """Loops over shape (innermost last, where memory is contiguous) around body(idx)."""
-        if len(idx) == len(shape):
-            return body(idx)
-        with self.loop(self.dim(shape[len(idx)])) as i:
-            self.nest(shape, body, idx + (i,))
+    def nest(self, shape, body, idx=(), bounds=None, hooks=None):
+        """Loops over shape (innermost last, where memory is contiguous) around body(idx).
+
+        bounds: {axis: (lo, hi)} narrows an axis to this thread's share; hooks: {depth:
+        ([before], [after])} run around the loops at that depth (a reduction's accumulator).
+        """
+        k = len(idx)
+        before, after = (hooks or {}).get(k, ((), ()))
+        for f in before:
+            f(idx)
+        if k == len(shape):
+            body(idx)
+        else:
+            lo, hi = (bounds or {}).get(k, (ZERO, self.dim(shape[k])))
+            with self.loop(hi, lo) as i:
+                self.nest(shape, body, idx + (i,), bounds, hooks)
+        for f in after:
+            f(idx)
+
+    # ---- threads
+
+    def split_cond(self, shape, axis):
+        """Whether threads share this nest: several of them, enough work, an axis to cut."""
+        if axis is None:
+            return ir.Constant(ir.IntType(1), 0)
+        e = self.entry
+        big = e.icmp_signed(">=", self.size(shape), ir.Constant(I64, PARALLEL_MIN))
+        cut = e.icmp_signed(">=", self.dim(shape[axis]), ir.Constant(I64, 2))
+        return e.and_(e.and_(e.icmp_signed(">", self.nth, ONE), big), cut)
+
+    def chunk(self, shape, axis, split):
+        """(lo, hi) of this thread on axis: a contiguous share if split, else all on thread 0."""
+        e = self.entry
+        n = self.dim(shape[axis])
+        per = e.sdiv(e.add(n, e.sub(self.nth, ONE)), self.nth)
+        if all(isinstance(d, int) for d in shape[axis + 1:]):
+            # LLVM unrolls inner loops of fixed size, and may then vectorize this one
+            align = ALIGN if axis == len(shape) - 1 else ROW_ALIGN
+            per = e.and_(e.add(per, ir.Constant(I64, align - 1)), ir.Constant(I64, -align))
+        umin = lambda x, y: e.select(e.icmp_signed("<", x, y), x, y)
+        lo = umin(e.mul(self.tid, per), n)
+        hi = umin(e.add(lo, per), n)
+        return e.select(split, lo, ZERO), e.select(split, hi, e.select(self.is_first, n, ZERO))
+
+    @contextmanager
+    def when(self, cond):
+        """A block run only if cond; values made inside stay inside."""
+        with self.b.if_then(cond):
+            self.memo.append({})
+            yield
+            self.memo.pop()
 
     def branch(self, cond, then, other):
         """then() if cond else other(), each in its own block; values merge in a phi."""
@@ -204,64 +217,53 @@ class FunctionLowering:
                                    source_etype=arr), typ=t)
         return self.b.trunc(x, LLTYPES["bool"]) if n.out.dtype == "bool" else x
 
-    # ---- the function
+    # ---- steps
 
-    def emit(self):
-        g, plan = self.g, self.plan
-        self.fail = self.fn.append_basic_block("fail")
-        start = self.b.block
-        storage = {}                  # a root that is an output is computed in the output buffer
-        for v, o in zip(g.outputs, self.outs):
-            if v not in g.params and v not in storage:
-                storage[v] = o
-        last = {}                     # buffer -> the last step that reads it
-        for step, n in enumerate(plan.roots):
-            for r in plan.reads[n.out]:
-                last[r] = step
-        for step, n in enumerate(plan.roots):
-            v = n.out
-            if v in storage:
-                self.bufs[v] = storage[v]
-            else:
-                nbytes = self.entry.mul(self.size(v.shape), ir.Constant(I64, SIZES[v.dtype]))
-                self.bufs[v], self.slots[v] = self.malloc(nbytes)
-            self.root(n)
-            for t in [t for t in self.slots if last.get(t) == step and not self._read_at_end(t)]:
-                self.free(self.slots.pop(t))
-        for v, o in zip(g.outputs, self.outs):
-            if storage.get(v) is not o:
-                def copy(idx, v=v, o=o):
-                    self.store(v, idx, self.elem(v, idx), self.b.gep(o, [self.offset(v.shape, idx)],
-                                                                   source_etype=STORE_TYPES[v.dtype]))
-                self.nest(v.shape, copy)
-                self.memo = [{}]
-        for t in list(self.slots):
-            self.free(self.slots.pop(t))
-        self.b.ret(ir.Constant(I32, 0))
-        self.entry.branch(start)
-        fb = ir.IRBuilder(self.fail)
-        for slot in self.all_slots:
-            fb.call(self.cg.func("free", ir.VoidType(), [PTR]), [fb.load(slot, typ=PTR)])
-        fb.ret(ir.Constant(I32, 1))
-
-    def _read_at_end(self, t):
-        return t in self.g.outputs or any(t in rs for k, rs in self.plan.reads.items()
-                                          if isinstance(k, tuple))
-
-    def root(self, n):
-        kind = OPS[n.op].kind
+    def step(self, steps, part):
+        """Steps of a phase (schedule.py): fused loops, a reduction's walk or combine, a matmul."""
         self.memo = [{}]
-        if kind == "reduce":
-            emit_reduce(self, n)
-        elif kind == "matmul":
-            (a, ta), (bm, tb) = self.plan.matmul_operands[n]
-            m, k = n.ins[0].shape
-            nn = n.ins[1].shape[1]
-            fn = gemm_function(self.module, n.out.dtype)
-            args = [ir.Constant(I32, int(ta)), ir.Constant(I32, int(tb)), self.dim(m), self.dim(nn),
-                    self.dim(k), self.bufs[a], self.dim(a.shape[1]), self.bufs[bm], self.dim(bm.shape[1]),
-                    self.bufs[n.out], self.dim(nn)]
-            self.b.call(fn, args)
+        n = steps[0].node
+        kind = OPS[n.op].kind if n is not None else None
+        if kind == "matmul":
+            self.matmul(n)
+        elif kind == "reduce" and (part == 1 or not inner(n)):
+            emit_reduce(self, n, part)
         else:
-            self.nest(n.out.shape, lambda idx: self.store(n.out, idx, self.node_elem(n, idx)))
+            self.fused(steps)
         self.memo = [{}]
+
+    def fused(self, steps):
+        """Steps over one shape share a loop nest, so the values they have in common are computed once."""
+        shape = steps[0].space
+        a = split_axis(shape)
+        split = self.split_cond(shape, a)
+        hooks, parts = {}, []
+        for s in steps:
+            v, n = s.value, s.node
+            if n is not None and OPS[n.op].kind == "reduce":
+                parts.append(inner_reduction(self, n, split, hooks))
+                continue
+            dest = self.bufs[v] if n is not None else self.outs[s.out]
+            elem = (lambda idx, n=n: self.node_elem(n, idx)) if n is not None else \
+                (lambda idx, v=v: self.elem(v, idx))
+            parts.append(lambda idx, v=v, dest=dest, elem=elem: self.store(
+                v, idx, elem(idx), self.b.gep(dest, [self.offset(v.shape, idx)], source_etype=STORE_TYPES[v.dtype])))
+
+        def body(idx):
+            for f in parts:
+                f(idx)
+        if a is None:
+            with self.when(self.is_first):
+                self.nest(shape, body, hooks=hooks)
+            return
+        self.nest(shape, body, bounds={a: self.chunk(shape, a, split)}, hooks=hooks)
+
+    def matmul(self, n):
+        (a, ta), (bm, tb) = self.plan.matmul_operands[n]
+        m, k = n.ins[0].shape
+        nn = n.ins[1].shape[1]
+        fn = gemm_function(self.module, n.out.dtype)
+        args = [ir.Constant(I32, int(ta)), ir.Constant(I32, int(tb)), self.dim(m), self.dim(nn),
+                self.dim(k), self.bufs[a], self.dim(a.shape[1]), self.bufs[bm], self.dim(bm.shape[1]),
+                self.bufs[n.out], self.dim(nn)]
+        self.b.call(fn, args)

@@ -9,6 +9,10 @@ from ..ops import OPS
 SOURCES = ("const", "literal", "numel")
 LAYOUT = ("reshape", "broadcast_to", "transpose", "slice", "pad", "concat", "one_hot", "cast",
           "detach", "hook")
+# elementwise ops without libm calls: a value made of a few of them is recomputed where needed
+ARITH = ("neg", "abs", "relu", "sign", "add", "sub", "mul", "maximum", "minimum", "gmul", "tie", "and",
+         "or", "not", "where", "clamp")
+RECOMPUTE_MAX = 8
 
 
 @dataclass
@@ -33,6 +37,7 @@ def make_plan(g: Graph) -> Plan:
 
     # cheap values are recomputed wherever they are needed rather than stored
     cheap = set(params)
+    flops = {}               # value -> arithmetic its recomputation repeats, where that is little
     for n in g.nodes:
         kind = OPS[n.op].kind
         ins_cheap = all(i in cheap for i in n.ins)
@@ -40,6 +45,13 @@ def make_plan(g: Graph) -> Plan:
             cheap.add(n.out)
         elif ins_cheap and (n.op in LAYOUT or all(d == 1 for d in n.out.shape)):
             cheap.add(n.out)
+            flops[n.out] = sum(flops.get(i, 0) for i in n.ins)
+        elif ins_cheap and n.op in ARITH:
+            # a few flops again in each loop cost less than writing the value and reading it back
+            f = 1 + sum(flops.get(i, 0) for i in n.ins)
+            if f <= RECOMPUTE_MAX:
+                cheap.add(n.out)
+                flops[n.out] = f
 
     owners = {}              # value -> roots whose loops compute it inline
     need_buffer = set()

@@ -1,0 +1,184 @@
+"""Lower one graph: a function per phase, run by one thread or by a libgomp team, and the entry."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from ..ir import Graph
+from .blas import _Callee
+from .direct import add_direct_entries
+from .function import ONE, PARALLEL_MIN, PTR, FunctionLowering
+from .plan import make_plan
+from .reduce import acc_dtype
+from .scalar import I64, SIZES
+from .schedule import make_schedule
+
+I32 = ir.IntType(32)
+VOID = ir.VoidType()
+# Globals the loader fills in (runtime/cpu.py): libgomp's entry points, null without it, and
+# the address of the process-wide thread count that set_num_threads changes between calls
+OMP_GLOBALS = ("gradc_gomp_parallel", "gradc_gomp_barrier", "gradc_omp_thread_num", "gradc_omp_num_threads")
+THREADS_GLOBAL = "gradc_num_threads"
+BLOCK = 64                    # arena blocks start on cache lines: threads never share one
+
+
+def symbol(name: str) -> str:
+    """The exported symbol of a graph; prefixed so a function named `sin` cannot shadow libm."""
+    return f"gradc_fn_{name}"
+
+
+def _globals(module):
+    gvs = {}
+    for name in OMP_GLOBALS:
+        gv = module.globals.get(name)
+        if gv is None:
+            gv = ir.GlobalVariable(module, PTR, name)
+            gv.initializer = ir.Constant(PTR, None)
+        gvs[name] = gv
+    gv = module.globals.get(THREADS_GLOBAL)
+    if gv is None:
+        # points at a constant 1 until the loader points it at the runtime's setting
+        one = ir.GlobalVariable(module, I32, "gradc.one_thread")
+        one.initializer, one.global_constant, one.linkage = ir.Constant(I32, 1), True, "internal"
+        gv = ir.GlobalVariable(module, PTR, THREADS_GLOBAL)
+        gv.initializer = one
+    gvs[THREADS_GLOBAL] = gv
+    return gvs
+
+
+def _call_ptr(b, gv, ret, args, values):
+    return b.call(_Callee(b.load(gv, typ=PTR), ir.FunctionType(ret, args)), values)
+
+
+def lower_graph(module: ir.Module, g: Graph) -> tuple:
+    """Add `i32 gradc_fn_NAME(ptr inputs, ptr dims, ptr outputs)`; returns (symbol, dim names)."""
+    plan = make_plan(g)
+    sched = make_schedule(g, plan)
+    gvs = _globals(module)
+    n_in, n_out = len(g.params), len(g.outputs)
+    n_ptr = n_in + n_out + len(sched.slots)
+    n_words = n_ptr + len(plan.syms)
+    name = symbol(g.name)
+
+    def lowering(fn, args, tid=None, nth=None):
+        ptrs = args[:n_ptr]
+        bufs = dict(zip(g.params, ptrs[:n_in]))
+        outs = ptrs[n_in:n_in + n_out]
+        for v, i in sched.storage.items():
+            bufs[v] = outs[i]
+        extra = {}
+        for key, s in sched.slot_of.items():
+            (extra if isinstance(key, tuple) else bufs)[key] = ptrs[n_in + n_out + s]
+        return FunctionLowering(module, g, plan, fn, bufs, dict(zip(plan.syms, args[n_ptr:n_words])), outs,
+                                tid, nth, extra)
+
+    # every phase takes all buffers, the dims, then (thread id, thread count)
+    phase_ty = ir.FunctionType(VOID, [PTR] * n_ptr + [I64] * (len(plan.syms) + 2))
+    phase_fns = []
+    for k, phase in enumerate(sched.phases):
+        fn = ir.Function(module, phase_ty, f"{name}.phase{k}")
+        fn.linkage = "internal"
+        for a in fn.args[:n_ptr]:
+            # the runtime never passes overlapping buffers; blocks sharing a slot live in
+            # different phases, and threads write disjoint parts within one phase
+            a.add_attribute("noalias")
+        L = lowering(fn, fn.args, fn.args[-2], fn.args[-1])
+        for steps, part in phase:
+            L.step(steps, part)
+        L.finish()
+        phase_fns.append(fn)
+
+    # a region's body as libgomp runs it on each thread: unpack the context, phases, barriers
+    regions = {}
+    for r, (par, idxs) in enumerate(sched.segments):
+        if not par:
+            continue
+        fn = ir.Function(module, ir.FunctionType(VOID, [PTR]), f"{name}.region{r}")
+        fn.linkage = "internal"
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ctx = fn.args[0]
+        words = [b.load(b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR), typ=PTR) for i in range(n_words)]
+        words[n_ptr:] = [b.ptrtoint(w, I64) for w in words[n_ptr:]]
+        tid = b.sext(_call_ptr(b, gvs["gradc_omp_thread_num"], I32, [], []), I64)
+        nth = b.sext(_call_ptr(b, gvs["gradc_omp_num_threads"], I32, [], []), I64)
+        for j, i in enumerate(idxs):
+            if j:
+                _call_ptr(b, gvs["gradc_gomp_barrier"], VOID, [], [])
+            b.call(phase_fns[i], words + [tid, nth])
+        b.ret_void()
+        regions[r] = fn
+
+    entry = ir.Function(module, ir.FunctionType(I32, [PTR, PTR, PTR]), name)
+    _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_out, n_ptr, n_words)
+    add_direct_entries(module, g, entry, plan.syms)
+    return name, plan.syms
+
+
+def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_out, n_ptr, n_words):
+    ins, dims, outs = entry.args
+    pre = ir.IRBuilder(entry.append_basic_block("args"))
+    at = lambda p, i, t: pre.load(pre.gep(p, [ir.Constant(I64, i)], source_etype=t), typ=t)
+    args = [at(ins, i, PTR) for i in range(n_in)] + [at(outs, i, PTR) for i in range(n_out)]
+    args += [ir.Constant(PTR, None)] * len(sched.slots)       # set below, once the arena exists
+    args += [at(dims, i, I64) for i in range(len(plan.syms))]
+    L = lowering(entry, args)
+    pre.branch(L.entry_block)
+    b, e = L.b, L.entry
+
+    # the thread count: the runtime's setting where libgomp was found, else 1
+    req = e.sext(e.load(e.load(gvs[THREADS_GLOBAL], typ=PTR), typ=I32), I64)
+    req = e.select(e.icmp_signed("<", req, ONE), ONE, req)
+    have = e.icmp_unsigned("!=", e.load(gvs["gradc_gomp_parallel"], typ=PTR), ir.Constant(PTR, None))
+    nth = e.select(have, req, ONE)
+
+    # one allocation holds every intermediate, per-thread partial and scratch
+    if sched.slots:
+        sizes = []
+        for keys in sched.slots:
+            size = ir.Constant(I64, 0)
+            for key in keys:
+                if isinstance(key, tuple):
+                    n = key[1]
+                    s = e.mul(L.size(n.out.shape), ir.Constant(I64, SIZES[acc_dtype(n)]))
+                    s = e.mul(s, nth) if key[0] == "partial" else s
+                else:
+                    s = e.mul(L.size(key.shape), ir.Constant(I64, SIZES[key.dtype]))
+                size = e.select(e.icmp_unsigned(">", s, size), s, size)
+            sizes.append(e.and_(e.add(size, ir.Constant(I64, BLOCK - 1)), ir.Constant(I64, -BLOCK)))
+        total = ir.Constant(I64, BLOCK)
+        for s in sizes:
+            total = b.add(total, s)
+        raw = b.call(L.cg.func("malloc", PTR, [I64]), [total])
+        fail, ok = entry.append_basic_block("fail"), entry.append_basic_block("ok")
+        b.cbranch(b.icmp_unsigned("==", raw, ir.Constant(PTR, None)), fail, ok)
+        ir.IRBuilder(fail).ret(ir.Constant(I32, 1))
+        b.position_at_end(ok)
+        skew = b.and_(b.sub(ir.Constant(I64, 0), b.ptrtoint(raw, I64)), ir.Constant(I64, BLOCK - 1))
+        off = skew
+        for k, s in enumerate(sizes):
+            args[n_in + n_out + k] = b.gep(raw, [off], source_etype=ir.IntType(8))
+            off = b.add(off, s)
+
+    ctx = e.alloca(PTR, size=max(n_words, 1))       # the buffers, then the dims as pointer-sized words
+    if regions:
+        for i, v in enumerate(args):
+            b.store(v if v.type == PTR else b.inttoptr(v, PTR), b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR))
+    serial = lambda idxs: [b.call(phase_fns[i], args + [ir.Constant(I64, 0), ONE]) for i in idxs]
+    for r, (par, idxs) in enumerate(sched.segments):
+        if not par:
+            serial(idxs)
+            continue
+        work = ir.Constant(I64, 0)
+        for i in idxs:
+            for steps, part in sched.phases[i]:
+                if part == 0:
+                    work = b.add(work, L.size(steps[0].space))
+        go = b.and_(b.icmp_signed(">", nth, ONE), b.icmp_signed(">=", work, ir.Constant(I64, PARALLEL_MIN)))
+        with b.if_else(go) as (par_blk, ser_blk):
+            with par_blk:
+                _call_ptr(b, gvs["gradc_gomp_parallel"], VOID, [PTR, PTR, I32, I32],
+                          [regions[r], ctx, b.trunc(nth, I32), ir.Constant(I32, 0)])
+            with ser_blk:
+                serial(idxs)
+    if sched.slots:
+        b.call(L.cg.func("free", VOID, [PTR]), [raw])
+    L.finish(ir.Constant(I32, 0))

@@ -1,0 +1,123 @@
+"""Parallel schedule: roots grouped into phases (a barrier between two) and regions, and the arena."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ops import OPS
+from .reduce import inner, needs_scratch, reduce_mode
+
+
+@dataclass
+class Step:
+    """One loop nest: a root computed into its buffer, or an output copied into its out slot."""
+    node: object                  # the root Node; None for a copy
+    value: object                 # the value the step writes
+    out: int | None = None        # a copy: the output's position
+    partials: bool = False        # threads reduce into partial results that a second phase combines
+
+    @property
+    def matmul(self) -> bool:
+        return self.node is not None and OPS[self.node.op].kind == "matmul"
+
+    @property
+    def space(self) -> tuple:
+        """The shape whose iterations the step runs (its work, for the parallel threshold)."""
+        if self.node is not None and OPS[self.node.op].kind == "reduce":
+            return self.node.ins[0].shape
+        return self.value.shape
+
+
+@dataclass
+class Schedule:
+    phases: list       # [(steps, part)]: steps sharing a loop nest; part 1 combines partials
+    segments: list     # [(parallel, [phase index])]: a matmul phase runs alone, outside any region
+    storage: dict      # value -> output position it is computed into
+    slots: list        # [[arena key]]: keys whose lifetimes do not overlap share one block
+    slot_of: dict      # arena key -> slot; keys: temp values, ("partial", node), ("acc", node)
+
+
+def make_schedule(g, plan) -> Schedule:
+    storage = {}
+    for i, v in enumerate(g.outputs):
+        if v not in g.params and v not in storage:
+            storage[v] = i
+    steps = [Step(n, n.out, partials=OPS[n.op].kind == "reduce" and reduce_mode(n)[0] == "partials")
+             for n in plan.roots]
+    steps += [Step(None, v, out=i) for i, v in enumerate(g.outputs) if storage.get(v) != i]
+
+    phases, segments, written, first = [], [], {}, 0
+    placed = []                                   # (step, phase of part 0)
+
+    def close():
+        if first < len(phases):
+            segments.append((True, list(range(first, len(phases)))))
+
+    for s in steps:
+        if s.matmul:
+            close()
+            phases.append([(s, 0)])
+            segments.append((False, [len(phases) - 1]))
+            written[s.value] = len(phases) - 1
+            placed.append((s, len(phases) - 1))
+            first = len(phases)
+            continue
+        # the earliest phase after everything it reads was written in this region
+        p = max([first] + [written[r] + 1 for r in _reads(plan, s) if written.get(r, -1) >= first])
+        for q in range(p, p + 1 + s.partials):
+            if q == len(phases):
+                phases.append([])
+            phases[q].append((s, q - p))
+        written[s.value] = p + s.partials
+        placed.append((s, p))
+    close()
+    phases = [_fuse(p) for p in phases]
+
+    # lifetimes in phases: a block may be reused once every thread is past a barrier
+    life = {}
+    for s, p in placed:
+        if s.node is not None and s.value not in storage and s.value not in g.params:
+            life[s.value] = [p, p]
+        if s.partials:
+            life[("partial", s.node)] = [p, p + 1]
+        if s.node is not None and OPS[s.node.op].kind == "reduce" and needs_scratch(s.node):
+            life[("acc", s.node)] = [p, p]
+    for s, p in placed:
+        for r in _reads(plan, s):
+            if r in life:
+                life[r][1] = max(life[r][1], p)
+    slots, ends, slot_of = [], [], {}
+    for key in sorted(life, key=lambda k: life[k][0]):
+        a, b = life[key]
+        free = [i for i, e in enumerate(ends) if e < a]
+        if free:
+            i = free[0]
+        else:
+            i = len(slots)
+            slots.append([])
+            ends.append(-1)
+        slots[i].append(key)
+        ends[i] = b
+        slot_of[key] = i
+    return Schedule(phases, segments, storage, slots, slot_of)
+
+
+def _fuse(phase):
+    """Group the phase's steps that loop over the same shape: nothing in a phase depends on another."""
+    groups, by_space = [], {}
+    for s, part in phase:
+        kind = OPS[s.node.op].kind if s.node is not None else None
+        if part == 0 and (kind not in ("reduce", "matmul") or (kind == "reduce" and inner(s.node))):
+            if s.space in by_space:
+                by_space[s.space].append(s)
+                continue
+            by_space[s.space] = [s]
+            groups.append((by_space[s.space], 0))
+        else:
+            groups.append(([s], part))
+    return [(tuple(g), part) for g, part in groups]
+
+
+def _reads(plan, s):
+    if s.node is not None:
+        return plan.reads[s.value]
+    return {s.value} if s.value in plan.buffers else plan.reads.get(("out", s.value), set())
