@@ -166,3 +166,17 @@ def _reference(g):
     def execute(arrays, dims):
         return interp.run(g, arrays)
     return execute
+
+
+def set_num_threads(n: int):
+    """Threads that large loops of native code may use from the next call on (1: one thread).
+
+    The default is GRADC_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs this process may run on.
+    """
+    from .runtime.cpu import set_num_threads as set_n
+    set_n(n)
+
+
+def get_num_threads() -> int:
+    from .runtime.cpu import get_num_threads as get_n
+    return get_n()
