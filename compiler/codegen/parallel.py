@@ -4,6 +4,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from ..ir import Graph
+from ..ops import OPS
 from .blas import _Callee
 from .direct import add_direct_entries
 from .function import ONE, PARALLEL_MIN, PTR, FunctionLowering
@@ -53,6 +54,10 @@ def lower_graph(module: ir.Module, g: Graph) -> tuple:
     """Add `i32 gradc_fn_NAME(ptr inputs, ptr dims, ptr outputs)`; returns (symbol, dim names)."""
     plan = make_plan(g)
     sched = make_schedule(g, plan)
+    if any(OPS[n.op].kind == "matmul" for n in g.nodes):
+        # BLAS's idle threads busy-wait after each product; a team of ours beside them made
+        # these functions slower on 2 cores, so their loops stay on the calling thread
+        sched.segments = [(False, idxs) for _, idxs in sched.segments]
     gvs = _globals(module)
     n_in, n_out = len(g.params), len(g.outputs)
     n_ptr = n_in + n_out + len(sched.slots)
@@ -77,6 +82,9 @@ def lower_graph(module: ir.Module, g: Graph) -> tuple:
     for k, phase in enumerate(sched.phases):
         fn = ir.Function(module, phase_ty, f"{name}.phase{k}")
         fn.linkage = "internal"
+        # called from a parallel region and from the one-thread path: inlined, each phase's
+        # loops would be vectorized twice, doubling compile time for nothing
+        fn.attributes.add("noinline")
         for a in fn.args[:n_ptr]:
             # the runtime never passes overlapping buffers; blocks sharing a slot live in
             # different phases, and threads write disjoint parts within one phase

@@ -10,8 +10,8 @@ SIZES = {"f32": 4, "f64": 8, "i32": 4, "i64": 8, "bool": 1}
 I64 = ir.IntType(64)
 
 # llvm.* intrinsics where LLVM has them; the rest resolve to libm at load time
-INTRINSICS = {"sin", "cos", "exp", "log", "sqrt", "fabs", "pow"}
-LIBM = {"tan", "tanh", "log1p", "expm1"}
+INTRINSICS = {"sqrt", "fabs", "pow"}
+LIBM = {"sin", "cos", "exp", "log", "tan", "tanh", "log1p", "expm1"}
 
 
 def is_float(v) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-FUNCTIONS = ("tanh", "log1p", "expm1")
+FUNCTIONS = ("sin", "cos", "exp", "log", "tan", "tanh", "log1p", "expm1")
 # ISA letter of the x86 vector ABI -> (the CPU feature it needs, lanes for f32, lanes for f64)
 ISAS = (("b", None, 4, 2), ("d", "+avx2", 8, 4), ("e", "+avx512f", 16, 8))
 _DECL = re.compile(r'^declare (float|double) @"?(\w+)"?\((?:float|double)[^)]*\)(.*)$', re.M)

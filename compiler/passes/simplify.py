@@ -6,7 +6,8 @@ from .rewrite import rewrite
 
 
 def simplify(g: Graph) -> Graph:
-    """x+0, x-0, x*1, x/1, x**1, --x, x**2 -> x*x, no-op layout and casts, where(c, a, a)."""
+    """x+0, x-0, x*1, x/1, x**1, --x, x**2 -> x*x, no-op layout and casts, where(c, a, a),
+    pad(a) + pad(b) -> pad(a + b)."""
     consts = {}            # value -> scalar of a uniform constant
     made = {}              # value -> node that made it
 
@@ -26,7 +27,15 @@ def simplify(g: Graph) -> Graph:
             return None
         ins = n.ins
         if n.op == "add":
-            return same(n, ins[0]) if is_c(ins[1], 0) else same(n, ins[1]) if is_c(ins[0], 0) else None
+            if is_c(ins[1], 0) or is_c(ins[0], 0):
+                return same(n, ins[0]) if is_c(ins[1], 0) else same(n, ins[1])
+            pa, pb = made.get(ins[0]), made.get(ins[1])
+            if pa is not None and pb is not None and pa.op == pb.op == "pad" and pa.attrs == pb.attrs \
+                    and pa.ins[0].shape == pb.ins[0].shape:
+                # pad(a) + pad(b) = pad(a + b): the zeros add up to zeros
+                inner = emit("add", (pa.ins[0], pb.ins[0]), (), pa.ins[0].shape, n.out.dtype, n.loc)
+                return emit("pad", (inner,), pa.attrs, n.out.shape, n.out.dtype, n.loc)
+            return None
         if n.op == "sub" and is_c(ins[1], 0):
             return same(n, ins[0])
         if n.op in ("mul", "gmul"):
