@@ -25,14 +25,27 @@ def _init():
         if not _state:
             llvm.initialize_native_target()
             llvm.initialize_native_asmprinter()
-            # libm by name, so expm1, log1p, tanf... resolve even if the process did not link it
-            for name in ("m", "mvec"):      # libmvec: the vector variants loops call
-                lib = ctypes.util.find_library(name)
+            # libm by name, so expm1, log1p, tanf... resolve even if the process did not link it;
+            # libmvec: the vector variants loops call. By soname first: find_library runs
+            # ldconfig or a compiler, tens of milliseconds of every load
+            for soname, name in (("libm.so.6", "m"), ("libmvec.so.1", "mvec")):
+                lib = _dlopenable(soname) or ctypes.util.find_library(name)
                 if lib:
                     llvm.load_library_permanently(lib)
             _state["blas"] = _find_blas()
             _state["gomp"] = _find_gomp()
             _tune_malloc()
+
+
+def _dlopenable(soname):
+    """soname if the dynamic loader finds it, else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        ctypes.CDLL(soname)
+    except OSError:
+        return None
+    return soname
 
 
 def _tune_malloc():
@@ -163,7 +176,7 @@ def _find_blas():
     for pat in ("numpy.libs/*openblas*", "numpy/.libs/*openblas*", "numpy/.dylibs/*openblas*",
                 "scipy_openblas64/lib/*openblas*", "scipy_openblas32/lib/*openblas*"):
         candidates += sorted(glob.glob(os.path.join(base, pat)))
-    for name in ("openblas", "blas"):
+    for name in ("openblas", "blas") if not candidates else ():
         found = ctypes.util.find_library(name)
         if found:
             candidates.append(found)

@@ -1,6 +1,7 @@
 """The CPU backend: optimized graphs to an LLVM module, then -O3 host-CPU object code or assembly."""
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
 import platform
 import sys
@@ -32,7 +33,11 @@ def vector_math_library():
     """glibc's libmvec where it serves this machine (x86-64 Linux), else None."""
     if platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"):
         return None
-    return ctypes.util.find_library("mvec")
+    try:
+        ctypes.CDLL("libmvec.so.1")
+    except OSError:
+        return ctypes.util.find_library("mvec")
+    return "libmvec.so.1"
 
 
 def host_cpu() -> tuple:
