@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -471,22 +472,18 @@ class Module:
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
 
 
-def _prelude():
+@lru_cache(maxsize=None)
+def _prelude() -> A.Program:
+    """The losses written in the language (frontend/prelude.ad), parsed once per process."""
     path = Path(__file__).parent.parent / "frontend" / "prelude.ad"
     return parse(path.read_text(), "<prelude>")
 
 
-_PRELUDE = None
-
-
 class Lowering:
     def __init__(self, program: A.Program, diagnostics: Diagnostics):
-        global _PRELUDE
-        if _PRELUDE is None:
-            _PRELUDE = _prelude()
         self.diag = diagnostics
         self.globals = {}
-        self.prelude = {f.name: UserFn(f, self) for f in _PRELUDE.items}
+        self.prelude = {f.name: UserFn(f, self) for f in _prelude().items}
         self.cache = {}
         self.stack = []
         self.program = program
