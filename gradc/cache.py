@@ -7,14 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .runtime import artifact
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("GRADC_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gradc"
+from .runtime.host import cache_dir  # noqa: F401 - shared with the loader's shared libraries
 
 
 @lru_cache(maxsize=None)
@@ -32,7 +25,7 @@ def compiler_fingerprint() -> str:
 
 def key(text: str, file: str, options: str = "") -> str:
     from .api import VERSION
-    from .runtime.cpu import host
+    from .runtime.host import host
     h = host()
     parts = (VERSION, compiler_fingerprint(), str(artifact.FORMAT), "cpu", h["triple"], h["cpu"],
              h["features"], options, os.path.basename(file), text)   # the file name shows in messages

@@ -1,4 +1,4 @@
-"""The compiled-module file (.gcm): a JSON header and host object code, sealed with a SHA-256."""
+"""The compiled-module file (.gcm): a JSON header, object files and a shared library, sealed with a SHA-256."""
 from __future__ import annotations
 
 import hashlib
@@ -6,12 +6,34 @@ import json
 import os
 import struct
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 MAGIC = b"GRADCMOD"
-FORMAT = 1
-_HEAD = struct.Struct("<8sIQQ")          # magic, format, header bytes, object bytes
+# 2: several object files (one per exported function) and an optional linked shared library
+FORMAT = 2
+_HEAD = struct.Struct("<8sIQQ")          # magic, format, header bytes, code bytes
 _DIGEST = 32
+
+
+@dataclass(frozen=True)
+class Code:
+    """A module's machine code: object files for MCJIT, and the same code linked by the system
+    linker into a shared library (None where no linker was found at build time)."""
+    objects: tuple
+    shared: bytes | None = None
+
+    def __bool__(self):
+        return bool(self.objects)
+
+
+def as_code(code) -> Code:
+    """A Code from a Code, one object file's bytes, or a sequence of them."""
+    if isinstance(code, Code):
+        return code
+    if isinstance(code, (bytes, bytearray)):
+        return Code((bytes(code),))
+    return Code(tuple(bytes(o) for o in code))
 
 
 class ArtifactError(ValueError):
@@ -22,14 +44,18 @@ class ArtifactMismatch(ArtifactError):
     """A valid module built for another CPU or another gradc version."""
 
 
-def pack(header: dict, obj: bytes) -> bytes:
+def pack(header: dict, code) -> bytes:
+    code = as_code(code)
+    # the sizes of the parts travel in the header: the code bytes are the parts end to end
+    header = dict(header, objects=[len(o) for o in code.objects], shared=len(code.shared or b""))
+    blob = b"".join(code.objects) + (code.shared or b"")
     head = json.dumps(header, sort_keys=True).encode()
-    body = _HEAD.pack(MAGIC, FORMAT, len(head), len(obj)) + head + obj
+    body = _HEAD.pack(MAGIC, FORMAT, len(head), len(blob)) + head + blob
     return body + hashlib.sha256(body).digest()
 
 
 def unpack(data: bytes, name: str = "<bytes>") -> tuple:
-    """(header, object code) of a module file's bytes, or ArtifactError saying what is wrong."""
+    """(header, Code) of a module file's bytes, or ArtifactError saying what is wrong."""
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
         raise ArtifactError(f"{name}: not a gradc compiled module (no {MAGIC.decode()} signature)")
     if len(data) < _HEAD.size:
@@ -49,7 +75,15 @@ def unpack(data: bytes, name: str = "<bytes>") -> tuple:
         header = json.loads(data[_HEAD.size:_HEAD.size + nhead])
     except ValueError:
         raise ArtifactError(f"{name}: corrupted gradc module (unreadable header)") from None
-    return header, bytes(data[_HEAD.size + nhead:end])
+    sizes, shared = (header.get("objects"), header.get("shared")) if isinstance(header, dict) else (0, 0)
+    if not (isinstance(sizes, list) and sizes and all(isinstance(n, int) and n > 0 for n in sizes)
+            and isinstance(shared, int) and shared >= 0 and sum(sizes) + shared == nobj):
+        raise ArtifactError(f"{name}: corrupted gradc module (object sizes do not add up)")
+    at, objects = _HEAD.size + nhead, []
+    for n in sizes:
+        objects.append(bytes(data[at:at + n]))
+        at += n
+    return header, Code(tuple(objects), bytes(data[at:end]) if shared else None)
 
 
 def check_compatible(header: dict, host: dict, version: str, name: str = "<bytes>"):

@@ -18,7 +18,7 @@ SLOT = 8
 
 def entry_address(code, symbol: str) -> int:
     """The address of an optional entry, 0 where the module (an older artifact, say) lacks it."""
-    return code.engine.get_function_address(symbol)
+    return code.function_address(symbol)
 
 
 def flat_entry(code, symbol: str, n_ptrs: int, n_dims: int):

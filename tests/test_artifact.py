@@ -1,4 +1,6 @@
 """Compiled-module files, the disk cache and the import hook."""
+import hashlib
+import json
 import subprocess
 import sys
 import textwrap
@@ -8,7 +10,10 @@ import pytest
 
 import gradc
 from gradc import cache
+from gradc.compiler.codegen import link
+from gradc.compiler.codegen.link import linker
 from gradc.runtime import artifact
+from gradc.runtime.cpu import load_native
 from gradc.runtime.artifact import ArtifactError, ArtifactMismatch
 
 SRC = textwrap.dedent("""\
@@ -51,9 +56,10 @@ def test_build_and_load(source, tmp_path):
         _same(m.loss(*args), ref.loss(*args))
         _same(m.loss_grad(*args), ref.loss_grad(*args))
     assert str(m.loss_grad.sig) == "loss_grad(w: f64[D], x: f64[N, D], y: f64[N]) -> f64[D]"
-    header, obj = artifact.read(out)
+    header, code = artifact.read(out)
     assert header["source_name"] == "lin.ad" and header["gradc_version"] == gradc.__version__
-    assert header["cpu"] and header["triple"] and len(header["source_hash"]) == 64 and obj
+    assert header["cpu"] and header["triple"] and len(header["source_hash"]) == 64 and code
+    assert len(code.objects) == 2                   # one object file per exported function
 
 
 def test_build_default_path(source):
@@ -144,7 +150,9 @@ def test_two_processes_compile_at_once(source, cache_dir):
     assert all(p.returncode == 0 for p in procs), outs
     assert {float(o) for o, _ in outs} == {4.0}
     assert len(list(cache_dir.glob("*.gcm"))) == 1
-    assert not [p for p in cache_dir.iterdir() if p.suffix != ".gcm"]      # no stray temp files
+    # no stray temp files; native/ holds the host description and the shared library
+    assert not [p for p in cache_dir.iterdir() if p.suffix != ".gcm" and p.name != "native"]
+    assert not [p for p in (cache_dir / "native").iterdir() if p.suffix not in (".so", ".json")]
     artifact.read(next(cache_dir.glob("*.gcm")))
 
 
@@ -185,3 +193,96 @@ def test_reference_target_still_available(source):
     _same(gradc.compile(source, target="reference").loss(*_args()), gradc.compile(source).loss(*_args()))
     with pytest.raises(ValueError, match="unknown target"):
         gradc.compile(source, target="tpu")
+
+
+def _kind(m):
+    return m.loss._code.kind
+
+
+@pytest.mark.skipif(linker() is None, reason="no system linker: modules hold object files only")
+def test_shared_library_and_mcjit_agree(source, tmp_path):
+    header, code = artifact.read(gradc.build(source, tmp_path / "a.gcm"))
+    assert code.shared and header["shared"] == len(code.shared)
+    shared = gradc.load(tmp_path / "a.gcm")
+    assert _kind(shared) == "shared"
+    p = tmp_path / "objects.gcm"
+    p.write_bytes(artifact.pack(header, artifact.Code(code.objects)))
+    jit = gradc.load(p)
+    assert _kind(jit) == "mcjit"
+    for n in (1, 6, 50):
+        args = _args(n)
+        assert shared.loss(*args) == jit.loss(*args)
+        np.testing.assert_array_equal(shared.loss_grad(*args), jit.loss_grad(*args))
+    again = gradc.load(tmp_path / "a.gcm")           # the same library twice: its own globals
+    assert again.loss._code.lib._handle != shared.loss._code.lib._handle
+    _same(again.loss(*_args()), jit.loss(*_args()))
+
+
+def test_no_linker_falls_back_to_mcjit(source, tmp_path, monkeypatch):
+    monkeypatch.setattr(link, "linker", lambda: None)
+    header, code = artifact.read(gradc.build(source, tmp_path / "a.gcm"))
+    assert code.shared is None and header["shared"] == 0
+    m = gradc.load(tmp_path / "a.gcm")
+    assert _kind(m) == "mcjit"
+    _same(m.loss_grad(*_args()), gradc.compile(source, target="reference").loss_grad(*_args()))
+
+
+@pytest.mark.skipif(linker() is None, reason="no system linker: modules hold object files only")
+def test_unloadable_library_falls_back_to_mcjit(source, tmp_path, monkeypatch):
+    out = gradc.build(source, tmp_path / "a.gcm")
+    from gradc.runtime import shared
+
+    def refuse(data):
+        raise OSError("cannot map")
+    monkeypatch.setattr(shared, "_dlopen", refuse)
+    m = gradc.load(out)
+    assert _kind(m) == "mcjit"
+    assert m.loss(*_args()) >= 0
+
+
+@pytest.mark.skipif(linker() is None, reason="no system linker: modules hold object files only")
+def test_load_needs_no_llvm(source, tmp_path, cache_dir):
+    out = gradc.build(source, tmp_path / "a.gcm")
+    code = ("import sys, gradc, numpy as np; m = gradc.load(sys.argv[1]); "
+            "print(m.loss(np.ones(3), np.ones((2, 3)), np.ones(2)), m.loss._code.kind, "
+            "'llvmlite.binding' in sys.modules)")
+    for _ in range(2):                  # the first run asks LLVM about the CPU, once
+        res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True,
+                             timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["4.0", "shared", "False"]
+
+
+def test_host_description_is_remembered(cache_dir):
+    from gradc.runtime import host as host_mod
+    from gradc.runtime.jit import llvm_host
+    assert host_mod.host() == llvm_host()
+    files = list((cache_dir / "native").glob("host-*.json")) if (cache_dir / "native").exists() else []
+    if files:                           # where /proc/cpuinfo exists
+        files[0].write_text("{not json")
+        assert host_mod._read(files[0]) is None
+
+
+def test_every_object_has_its_globals_patched(tmp_path):
+    src = SRC + "let loss_vg = value_and_grad(loss, wrt=w)\n"
+    header, code = artifact.read(gradc.build(src, tmp_path / "three.gcm"))
+    assert len(code.objects) == 3
+    jit = load_native("three", artifact.Code(code.objects), header["functions"])
+    assert jit.loss._code.kind == "mcjit"
+    ref = gradc.compile(src, target="reference")
+    for n in (1, 200):
+        args = _args(n)
+        _same(jit.loss_vg(*args)[1], ref.loss_grad(*args))
+        _same(jit.loss_grad(*args), ref.loss_grad(*args))
+
+
+@pytest.mark.parametrize("sizes", [[], [0, 1], "x", [10 ** 9]])
+def test_bad_object_table_is_refused(source, tmp_path, sizes):
+    header, code = artifact.read(gradc.build(source, tmp_path / "a.gcm"))
+    blob = b"".join(code.objects) + (code.shared or b"")
+    head = json.dumps(dict(header, objects=sizes)).encode()
+    body = artifact._HEAD.pack(artifact.MAGIC, artifact.FORMAT, len(head), len(blob)) + head + blob
+    p = tmp_path / "table.gcm"
+    p.write_bytes(body + hashlib.sha256(body).digest())
+    with pytest.raises(ArtifactError, match="object sizes"):
+        gradc.load(p)

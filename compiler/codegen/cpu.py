@@ -3,15 +3,24 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
+import re
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import llvmlite.binding as llvm
 from llvmlite import ir
+from llvmlite.binding import ffi
 
-from .parallel import lower_graph
+from .blas import BLAS_GLOBALS, GEMV_GLOBALS, ILP64_GLOBAL
+from .link import link_shared
+from .parallel import OMP_GLOBALS, THREADS_GLOBAL, lower_graph
 from .vecmath import add_vector_variants
+
+# what the loader patches (runtime/libs.py), in every module's copy
+LOADER_GLOBALS = (*OMP_GLOBALS, THREADS_GLOBAL, *BLAS_GLOBALS.values(), *GEMV_GLOBALS.values(), ILP64_GLOBAL)
 
 _init_lock = threading.Lock()
 _initialized = False
@@ -63,12 +72,12 @@ def build_ir(graphs: dict, name: str = "gradc") -> tuple:
     return module, entries
 
 
-def optimize_ir(text: str, tm, speed: int = 3):
+def optimize_ir(text: str, tm, speed: int = 3, context=None):
     """Parse LLVM IR and run the -O3 pipeline (loop and SLP vectorization on)."""
     init_llvm()
     if vector_math_library():
         text = add_vector_variants(text, tm.feature_string if hasattr(tm, "feature_string") else host_cpu()[2])
-    mod = llvm.parse_assembly(text)
+    mod = llvm.parse_assembly(text, context=context)
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)
     mod.verify()
@@ -79,26 +88,90 @@ def optimize_ir(text: str, tm, speed: int = 3):
     # and cost a fifth of the compile time
     pto.loop_unrolling = False
     pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
+    _unlocked("LLVMPY_RunNewModulePassManager")(pb.getModulePassManager(), mod, pb)
     return mod
+
+
+def _unlocked(name):
+    """An llvmlite C entry point without the lock llvmlite puts around every call.
+
+    That lock serializes all LLVM work in the process; a module in its own LLVMContext,
+    optimized and emitted by its own target machine, is safe to work on beside another (as
+    LLVM's own parallel code generation does), so the two long calls skip it.
+    """
+    fn = getattr(ffi.lib, name)
+    return getattr(fn, "_cfn", fn)
+
+
+def emit_object(tm, mod) -> bytes:
+    with ffi.OutputString() as err:
+        buf = _unlocked("LLVMPY_TargetMachineEmitToMemory")(tm, mod, 1, err)
+        if not buf:
+            raise RuntimeError(str(err))
+    try:
+        return ctypes.string_at(ffi.lib.LLVMPY_GetBufferStart(buf), ffi.lib.LLVMPY_GetBufferSize(buf))
+    finally:
+        ffi.lib.LLVMPY_DisposeMemoryBuffer(buf)
 
 
 class Compiled:
     """A module compiled for this CPU: object code plus what the loader needs to call it."""
 
-    def __init__(self, obj: bytes, entries: dict, triple: str, cpu: str, features: str):
-        self.obj, self.entries = obj, entries
+    def __init__(self, objects: list, entries: dict, triple: str, cpu: str, features: str, shared=None):
+        self.objects, self.shared, self.entries = tuple(objects), shared, entries
         self.triple, self.cpu, self.features = triple, cpu, features
 
+    @property
+    def obj(self) -> tuple:
+        return self.objects
 
-def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3) -> Compiled:
-    module, entries = build_ir(graphs, name)
+
+_LOADER_NAME = re.compile(r'@"?(' + "|".join(map(re.escape, LOADER_GLOBALS)) + r')"?(?=[^\w."])')
+
+
+def copy_name(name: str, i: int) -> str:
+    """The name of module i's copy of a loader global (runtime/libs.py patches every copy)."""
+    return name if i == 0 else f"{name}.{i}"
+
+
+def _split(graphs: dict, order: list, name: str):
+    """One LLVM module per function, as text, yielded as built: (function name, text, entry).
+
+    Each keeps its own copy of the globals the loader patches, renamed apart, so every object
+    stands alone: MCJIT resolved one object's GOT-relative references against another's GOT
+    when several that referred to each other shared an engine.
+    """
+    for i, fname in enumerate(order):
+        module, entries = build_ir({fname: graphs[fname]}, f"{name}.{fname}")
+        text = str(module)
+        if i:
+            text = _LOADER_NAME.sub(lambda m: f'@"{copy_name(m.group(1), i)}"', text)
+        yield fname, text, entries[fname]
+
+
+def _compile_one(text: str, opt: int) -> bytes:
     tm = target_machine(opt=opt)
-    mod = optimize_ir(str(module), tm, opt)
+    return emit_object(tm, optimize_ir(text, tm, opt, llvm.create_context()))
+
+
+def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool = True) -> Compiled:
+    """Object code of optimized graphs, one object file per function, compiled on parallel threads.
+
+    With link, also the objects linked into one shared library (None when no linker is found).
+    """
+    init_llvm()
     triple, cpu, feats = host_cpu()
-    return Compiled(tm.emit_object(mod), entries, triple, cpu, feats)
-
-
+    # the largest function first: it bounds the wall time, so it should start first
+    order = sorted(graphs, key=lambda k: -len(graphs[k].nodes))
+    workers = min(len(order), os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures, entries = {}, {}
+        for fname, text, entry in _split(graphs, order, name):
+            entries[fname] = entry
+            futures[fname] = pool.submit(_compile_one, text, opt)
+        objects = [futures[k].result() for k in order]
+    return Compiled(objects, {k: entries[k] for k in graphs}, triple, cpu, feats,
+                    link_shared(objects) if link else None)
 def emit_llvm(graphs: dict, name: str = "gradc", optimized: bool = True) -> str:
     module, _ = build_ir(graphs, name)
     if not optimized:
