@@ -29,19 +29,21 @@ def _global(module, name, ty):
 
 
 @contextmanager
-def _loop(b, count):
+def counted_loop(b, count, start=ZERO, prefix=""):
+    """for (i = start; i < count; i++) around the body emitted inside the with block."""
     pre = b.block
-    head, body, done = (b.append_basic_block(s) for s in ("k.loop", "k.body", "k.done"))
+    head, body, done = (b.append_basic_block(prefix + s) for s in ("loop", "body", "done"))
     b.branch(head)
     b.position_at_end(head)
     i = b.phi(I64)
-    i.add_incoming(ZERO, pre)
+    i.add_incoming(start, pre)
     b.cbranch(b.icmp_signed("<", i, count), body, done)
     b.position_at_end(body)
     yield i
     i.add_incoming(b.add(i, ONE), b.block)
     b.branch(head)
     b.position_at_end(done)
+
 
 
 def gemm_function(module: ir.Module, dtype: str) -> ir.Function:
@@ -130,14 +132,14 @@ def _loop_kernel(b, t, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc):
     """i-k-j order: the inner loop streams rows of B and C, so LLVM vectorizes it."""
     ta_on = b.icmp_unsigned("!=", ta, ir.Constant(I32, 0))
     tb_on = b.icmp_unsigned("!=", tb, ir.Constant(I32, 0))
-    with _loop(b, m) as i:
+    with counted_loop(b, m, prefix="k.") as i:
         row = b.mul(i, ldc)
-        with _loop(b, n) as j:
+        with counted_loop(b, n, prefix="k.") as j:
             b.store(ir.Constant(t, 0.0), b.gep(c, [b.add(row, j)], source_etype=t))
-        with _loop(b, k) as kk:
+        with counted_loop(b, k, prefix="k.") as kk:
             ai = b.select(ta_on, b.add(b.mul(kk, lda), i), b.add(b.mul(i, lda), kk))
             av = b.load(b.gep(a, [ai], source_etype=t), typ=t)
-            with _loop(b, n) as j:
+            with counted_loop(b, n, prefix="k.") as j:
                 bi = b.select(tb_on, b.add(b.mul(j, ldb), kk), b.add(b.mul(kk, ldb), j))
                 pc = b.gep(c, [b.add(row, j)], source_etype=t)
                 b.store(b.fadd(b.load(pc, typ=t), b.fmul(av, b.load(b.gep(bp, [bi], source_etype=t), typ=t))), pc)

@@ -7,7 +7,7 @@ from llvmlite import ir
 
 from ..ir import Graph, dim_parts
 from ..ops import OPS
-from .blas import gemm_function
+from .blas import counted_loop, gemm_function
 from .layout import INDEX_MAPS, ZERO, broadcast_index
 from .reduce import emit_reduce, inner, inner_reduction, split_axis
 from .scalar import I64, LLTYPES, STORE_TYPES, Scalar
@@ -93,21 +93,10 @@ class FunctionLowering:
 
     @contextmanager
     def loop(self, count, start=ZERO):
-        b = self.b
-        pre = b.block
-        head, body, done = (b.append_basic_block(s) for s in ("loop", "body", "done"))
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64)
-        i.add_incoming(start, pre)
-        b.cbranch(b.icmp_signed("<", i, count), body, done)
-        b.position_at_end(body)
-        self.memo.append({})
-        yield i
-        self.memo.pop()
-        i.add_incoming(b.add(i, ONE), b.block)
-        b.branch(head)
-        b.position_at_end(done)
+        with counted_loop(self.b, count, start) as i:
+            self.memo.append({})          # element values computed in the body stay in it
+            yield i
+            self.memo.pop()
 
     def nest(self, shape, body, idx=(), bounds=None, hooks=None):
         """Loops over shape (innermost last, where memory is contiguous) around body(idx).
