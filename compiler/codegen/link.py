@@ -1,4 +1,4 @@
-"""Link object files into a shared library with the system's C compiler, so loading needs no LLVM."""
+"""Link object files into a shared library with the system linker, so loading needs no LLVM."""
 from __future__ import annotations
 
 import os
