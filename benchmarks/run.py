@@ -223,6 +223,9 @@ def main(argv=None):
                 failures += sysname == "gradc"
                 print(f"{name:10} {sysname:15} {'-':>12} {'':>9} {'':>10}  disagrees with gradc: {bad}")
                 continue
+            # let the thread pools of whatever ran before go idle: BLAS, OpenMP and Eigen
+            # workers spin for a while after their last task and would take this system's cores
+            time.sleep(0.3)
             t = median_time(call, 0.15 if a.quick else 0.4)
             base = base or t
             ratio = f"{t / base:8.2f}x" if sysname != "gradc" else ""
