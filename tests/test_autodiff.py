@@ -1,6 +1,4 @@
 """The transforms through the language: grad, value_and_grad, vjp, jvp, wrt, detach, hook, composition."""
-import warnings
-
 import numpy as np
 import pytest
 

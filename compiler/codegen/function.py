@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 from llvmlite import ir
 
-from ..ir import Graph, dim_parts
+from ..ir import dim_parts
 from ..ops import OPS
 from .blas import counted_loop, gemm_function
 from .layout import INDEX_MAPS, ZERO, broadcast_index

@@ -1,0 +1,173 @@
+"""The built-in functions of the language: argument checking and the ops or composites they emit."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..frontend.diagnostics import CompileError
+from .ir import DTYPES, FLOATS, ShapeError, Value
+from .ops import norm_axes
+from .values import DimRef, DType, FnValue
+
+
+# ---- builtins: (scope, call node, *args, **kwargs) -> value
+
+def _unary(op):
+    def f(s, node, x):
+        x = s.as_value(x, node, "f64" if isinstance(x, (int, float)) else None)
+        return s.e.emit(op, x)
+    return f
+
+
+def _shape_arg(s, node, dims):
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list, np.ndarray)):
+        dims = tuple(dims[0].tolist() if isinstance(dims[0], np.ndarray) else dims[0])
+    out = []
+    for d in dims:
+        if isinstance(d, DimRef):
+            out.append(d.value)
+        elif isinstance(d, int) and not isinstance(d, bool) and d >= -1:
+            out.append(d)
+        else:
+            raise CompileError(f"a shape takes integers and dimension names, got {s.describe(d)}", node.loc)
+    return tuple(out)
+
+
+def _axis(s, node, axis, rank):
+    if axis is not None and not (isinstance(axis, int) or
+                                 (isinstance(axis, tuple) and all(isinstance(a, int) for a in axis))):
+        raise CompileError(f"axis must be a constant integer or a tuple of them, got {s.describe(axis)}",
+                           node.loc)
+    return norm_axes(axis, rank)
+
+
+def _reduce(op):
+    def f(s, node, x, axis=None, keepdims=False):
+        x = s.as_value(x, node)
+        return s.e.emit(op, x, axes=_axis(s, node, axis, len(x.shape)), keepdims=bool(keepdims))
+    return f
+
+
+def _composite(op, default_axis):
+    def f(s, node, x, axis=default_axis, keepdims=False):
+        x = s.as_value(x, node)
+        _axis(s, node, axis, len(x.shape))
+        kw = {"keepdims": bool(keepdims)} if op in ("mean", "logsumexp") else {}
+        if op not in ("mean", "logsumexp") and keepdims:
+            raise CompileError(f"{op}() has no keepdims", node.loc)
+        if op in ("mean", "logsumexp") and x.dtype not in FLOATS:
+            raise ShapeError(f"{op}: expected f32 or f64 values, got {x.type}")
+        return getattr(s.e, op)(x, axis, **kw)
+    return f
+
+
+def _dtype_arg(s, node, d):
+    if not isinstance(d, DType):
+        raise CompileError(f"expected a dtype ({', '.join(DTYPES)}), got {s.describe(d)}", node.loc)
+    return d.name
+
+
+def _fill(value):
+    def f(s, node, *dims, dtype=DType("f32")):
+        return s.e.const(value, _dtype_arg(s, node, dtype), _shape_arg(s, node, dims))
+    return f
+
+
+def _b_reshape(s, node, x, *shape):
+    x = s.as_value(x, node)
+    shape = list(_shape_arg(s, node, shape))
+    if shape.count(-1) > 1:
+        raise CompileError("reshape takes at most one -1", node.loc)
+    if -1 in shape:
+        known = [d for d in shape if d != -1]
+        total = [d for d in x.shape]
+        if not all(isinstance(d, int) for d in known + total):
+            rest = [d for d in total if d not in known or known.remove(d)]
+            if len(rest) != 1:
+                raise CompileError(f"reshape of {x.type} with -1 would need a product of symbolic "
+                                   "dimensions, which gradc does not represent", node.loc,
+                                   ["a dimension is a name plus a constant (N, N-1); keep the "
+                                    "symbolic axis separate, e.g. reshape(x, (N, -1))"])
+            shape[shape.index(-1)] = rest[0]
+        else:
+            shape[shape.index(-1)] = int(np.prod(total)) // max(int(np.prod(known)), 1)
+    return s.e.reshape(x, shape=tuple(shape))
+
+
+def _b_transpose(s, node, x, axes=None):
+    x = s.as_value(x, node)
+    perm = tuple(reversed(range(len(x.shape)))) if axes is None else axes
+    if not isinstance(perm, tuple) or not all(isinstance(a, int) for a in perm):
+        raise CompileError(f"transpose axes must be a tuple of integers, got {s.describe(axes)}", node.loc)
+    return s.e.transpose(x, perm=tuple(a % max(len(x.shape), 1) for a in perm))
+
+
+def _b_concat(s, node, *xs, axis=0):
+    if len(xs) == 1 and isinstance(xs[0], (tuple, list)):
+        xs = xs[0]
+    if not xs:
+        raise CompileError("concat needs at least one array", node.loc)
+    vals = [s.as_value(x, node) for x in xs]
+    return s.e.concat(*vals, axis=_axis(s, node, axis, len(vals[0].shape))[0])
+
+
+def _b_where(s, node, c, a, b):
+    c = s.as_value(c, node, "bool")
+    peer = next((x.dtype for x in (a, b) if isinstance(x, Value)), None)
+    return s.e.where(c, s.as_value(a, node, peer), s.as_value(b, node, peer))
+
+
+def _b_clamp(s, node, x, lo, hi):
+    x = s.as_value(x, node)
+    return s.e.clamp(x, lo, hi)
+
+
+def _b_pair(op):
+    def f(s, node, a, b):
+        if not isinstance(a, Value) and not isinstance(b, Value):
+            a = s.as_value(a, node, "f64")
+        return s.e.emit(op, a, b)
+    return f
+
+
+def _b_cast(s, node, x, dtype):
+    return s.e.cast(s.as_value(x, node), dtype=_dtype_arg(s, node, dtype))
+
+
+def _b_one_hot(s, node, i, n, dtype=DType("f32")):
+    if not isinstance(n, int):
+        raise CompileError(f"one_hot needs a constant number of classes, got {s.describe(n)}", node.loc)
+    return s.e.one_hot(s.as_value(i, node, "i64"), n=n, dtype=_dtype_arg(s, node, dtype))
+
+
+def _b_broadcast_to(s, node, x, *shape):
+    return s.e.broadcast_to(s.as_value(x, node), shape=_shape_arg(s, node, shape))
+
+
+def _b_detach(s, node, x):
+    return s.e.detach(s.as_value(x, node))
+
+
+def _b_hook(s, node, x, h):
+    x = s.as_value(x, node)
+    if not isinstance(h, FnValue):
+        raise CompileError(f"hook needs a function of the gradient, got {s.describe(h)}", node.loc)
+    g = s.low.instantiate(h, [(x.shape, x.dtype)], node)
+    if len(g.outputs) != 1 or g.outputs[0].shape != x.shape or g.outputs[0].dtype != x.dtype:
+        got = ", ".join(o.type for o in g.outputs)
+        raise CompileError(f"the hook {h.name} must return the gradient's type {x.type}, not {got}",
+                           node.loc)
+    return s.e.hook(x, fn=g)
+
+
+BUILTINS = {name: _unary(name) for name in
+            ("sin", "cos", "tan", "exp", "log", "log1p", "expm1", "sqrt", "abs", "sign", "tanh",
+             "sigmoid", "relu", "softplus")}
+BUILTINS.update({
+    "minimum": _b_pair("minimum"), "maximum": _b_pair("maximum"), "clamp": _b_clamp,
+    "where": _b_where, "sum": _reduce("sum"), "max": _reduce("max"), "min": _reduce("min"),
+    "mean": _composite("mean", None), "logsumexp": _composite("logsumexp", None),
+    "softmax": _composite("softmax", -1), "log_softmax": _composite("log_softmax", -1),
+    "reshape": _b_reshape, "transpose": _b_transpose, "broadcast_to": _b_broadcast_to,
+    "concat": _b_concat, "cast": _b_cast, "one_hot": _b_one_hot, "zeros": _fill(0), "ones": _fill(1),
+    "detach": _b_detach, "hook": _b_hook,
+})
