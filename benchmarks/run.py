@@ -232,6 +232,7 @@ def main(argv=None):
             bnd = f"{bound * 1e6:8.0f}us" if bound and sysname == "gradc" else ""
             print(f"{name:10} {sysname:15} {fmt(t):>12} {ratio:>9} {bnd:>10}")
         sys.stdout.flush()
+    grad_ratios(names, np, scale)
     if not a.only or "W6" in a.only.upper():
         compile_times(a.threads)
     return 1 if failures else 0
@@ -239,6 +240,26 @@ def main(argv=None):
 
 def fmt(t):
     return f"{t * 1e6:.1f} us" if t < 1e-3 else f"{t * 1e3:.2f} ms" if t < 1 else f"{t:.2f} s"
+
+
+FORWARD = {"W1": ("w1_latency", "z", "vg"), "W2": ("w2_elementwise", "f", "vg"), "W3": ("w3_logistic", "loss", "vg"),
+           "W4": ("w4_mlp", "loss", "vg"), "W5": ("w5_hvp", "rosen", "hvp")}
+
+
+def grad_ratios(names, np, scale):
+    """gradc's derivative function against its forward function: the cheap-gradient principle."""
+    import gradc
+    print(f"\n{'gradc':10} {'forward':>12} {'derivative':>12} {'ratio':>7}")
+    for name in names:
+        src, fwd, der = FORWARD[name.split("@")[0]]
+        m = gradc.compile(str(HERE / "workloads" / f"{src}.ad"), target=TARGET[0])
+        args = inputs(name, np, scale)
+        fargs = args[:1] if fwd == "rosen" else args
+        time.sleep(0.3)
+        tf = median_time(lambda: getattr(m, fwd)(*fargs), 0.3)
+        time.sleep(0.3)
+        td = median_time(lambda: getattr(m, der)(*args), 0.3)
+        print(f"{name:10} {fmt(tf):>12} {fmt(td):>12} {td / tf:6.2f}x")
 
 
 def cold_start(name, system):
