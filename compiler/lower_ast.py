@@ -14,7 +14,7 @@ from ..frontend.diagnostics import CompileError, Diagnostics
 from ..frontend.parse import parse
 from . import autodiff
 from .builder import Emitter, fresh, literal_dtype
-from .ir import DTYPES, Graph, ShapeError, Value, dim_parts, type_str
+from .ir import DTYPES, Graph, ShapeError, Value, dim_add, dim_parts, type_str
 from .builtins import BUILTINS
 from .values import DimRef, DType, FnValue
 
@@ -433,14 +433,22 @@ class Lowering:
             node = stmt.values[i] if i < len(stmt.values) else stmt
             v = scope.as_value(v, node, want.dtype if want is not None else None)
             if want is not None:
-                shape = tuple(dims.get(x, x) if isinstance(x, str) else x for x in want.dims)
-                if v.dtype != want.dtype or len(v.shape) != len(shape) or any(
-                        a != b for a, b in zip(v.shape, shape)
-                        if isinstance(a, int) == isinstance(b, int) or dim_parts(b)[0] not in dims):
+                shape = tuple(self._bound(x, dims) for x in want.dims)
+                if v.dtype != want.dtype or len(v.shape) != len(shape) or \
+                        any(a != b for a, b in zip(v.shape, shape)):
                     raise CompileError(f"{d.name} returns {v.type}, but is declared to return "
                                        f"{type_str(want.dims, want.dtype)}", node.loc)
             outs.append(v)
         return outs
+
+    @staticmethod
+    def _bound(d, dims):
+        """A declared dimension with the call's sizes put in: N-1 with N bound to 5 is 4."""
+        if isinstance(d, int):
+            return d
+        sym, off = dim_parts(d)
+        size = dims.get(sym, sym)
+        return size + off if isinstance(size, int) else dim_add(size, off)
 
     def call(self, f: FnValue, args, node: A.Call, scope: Scope):
         arity = self._arity(f) if isinstance(f, UserFn) else None
@@ -519,6 +527,12 @@ class Lowering:
             if p.name in seen:
                 raise CompileError(f"parameter '{p.name}' appears twice in {d.name}", p.loc)
             seen.add(p.name)
+        for p in d.params:
+            for dim in p.type.dims if p.type is not None else ():
+                if isinstance(dim, str) and not dim.isidentifier():
+                    raise CompileError(f"parameter '{p.name}' has dimension {dim}: a parameter's "
+                                       "dimensions are numbers or names", p.type.loc,
+                                       ["derived dimensions such as N-1 belong in the result type"])
         for t in [p.type for p in d.params if p.type is not None] + list(d.ret or []):
             if t.dtype not in DTYPES:
                 close = difflib.get_close_matches(t.dtype, DTYPES, n=1)

@@ -7,7 +7,7 @@ from pathlib import Path
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from ..compiler.ir import Loc
+from ..compiler.ir import Loc, dim_add
 from . import ast as A
 from .diagnostics import CompileError
 
@@ -84,6 +84,10 @@ class _ToAst(Transformer):
 
     def dim_name(self, meta, ch):
         return str(ch[0])
+
+    def dim_offset(self, meta, ch):          # N-1: a result's dimension derived from a parameter's
+        name, op, k = ch
+        return dim_add(str(name), int(k) if str(op) == "+" else -int(k))
 
     def block(self, meta, ch):
         return [c for c in ch if c is not None]
