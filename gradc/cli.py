@@ -213,7 +213,8 @@ def cmd_check(args):
     from .check import check_program
     text, file = _source(args.file)
     mod = _lower(text, file)
-    report, ok = check_program(mod, text, args.func, seed=args.seed, rtol=args.rtol)
+    report, ok = check_program(mod, text, args.func, seed=args.seed, rtol=args.rtol,
+                               at_examples=args.at_examples)
     print(report)
     return 0 if ok else 1
 
@@ -254,6 +255,8 @@ def make_parser():
     c.add_argument("func", nargs="?")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--rtol", type=float, default=1e-5)
+    c.add_argument("--at-examples", action="store_true",
+                   help="check at the values of the file's example calls, not at random points")
     g = sub.add_parser("graph", help="the forward and adjoint graph as Graphviz DOT, SVG or PNG")
     g.add_argument("file")
     g.add_argument("func")
