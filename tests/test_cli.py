@@ -118,3 +118,14 @@ def test_graph_dot_marks_leaves_wrt_and_adjoint(tmp_path):
 def test_version():
     res = gradc("--version")
     assert res.returncode == 0 and res.stdout.startswith("gradc ")
+
+
+def test_check_at_examples_of_a_fast_oscillating_function():
+    # sin(x**4.5) at 10.5 oscillates fast: plain central differences are off by 0.5% there
+    res = gradc("check", SAMPLES / "tutorial_sin_float32.ad", "z_grad", "--at-examples")
+    assert res.returncode == 0, res.stdout
+
+
+def test_check_notes_gradient_hooks():
+    res = gradc("check", SAMPLES / "tutorial_hook.ad", "f_vjp")
+    assert "a gradient hook changes this gradient on purpose" in res.stdout and res.returncode == 1
