@@ -50,7 +50,7 @@ def lower_checked(text, file, record=None):
         rendered = render("warning", msg, loc, (), {file: text})
         if record is not None:
             record.append(rendered)
-        warnings.warn(rendered, GradcWarning, stacklevel=3)
+        warnings.warn(rendered, GradcWarning, stacklevel=4)   # the caller of compile or build
     return mod
 
 
@@ -66,6 +66,12 @@ def _check_target(target):
         raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
 
 
+def _optimized(text, file, record=None) -> tuple:
+    """(the lowered module, its graphs after the optimization passes)."""
+    mod = lower_checked(text, file, record=record)
+    return mod, {k: optimize(g) for k, g in mod.graphs.items()}
+
+
 def compile(src, target: str = DEFAULT_TARGET, cache: bool = True) -> Module:
     """Compile a .ad program (a path or source text) into a module of callable functions.
 
@@ -76,9 +82,9 @@ def compile(src, target: str = DEFAULT_TARGET, cache: bool = True) -> Module:
     text, file = read_source(src)
     name = Path(file).stem if file != "<source>" else "module"
     if target == "reference":
-        mod = lower_checked(text, file)
-        functions = {k: Function(signature(g), _reference(optimize(g)), Path(file).name)
-                     for k, g in mod.graphs.items()}
+        mod, graphs = _optimized(text, file)
+        functions = {k: Function(signature(mod.graphs[k]), _reference(g), Path(file).name)
+                     for k, g in graphs.items()}
         return Module(name, functions, target)
     from . import cache as disk
     data = disk.get(text, file) if cache else None
@@ -109,8 +115,7 @@ def build_bytes(text: str, file: str = "<source>", link: bool = True) -> bytes:
     from .compiler.codegen import compile_graphs
     from .runtime.libs import tune_malloc
     seen = []
-    mod = lower_checked(text, file, record=seen)
-    graphs = {k: optimize(g) for k, g in mod.graphs.items()}
+    mod, graphs = _optimized(text, file, record=seen)
     # LLVM's threads (one per function) allocate fast enough for glibc's growing and
     # trimming of the heap to serialize them: a fifth of the compile time on 2 cores
     tune_malloc()
@@ -149,16 +154,14 @@ def emit_llvm(src, optimized: bool = True) -> str:
     """The LLVM IR of a program (after -O3 unless optimized=False): `gradc build --emit llvm`."""
     from .compiler.codegen import emit_llvm as emit
     text, file = read_source(src)
-    mod = lower_checked(text, file)
-    return emit({k: optimize(g) for k, g in mod.graphs.items()}, Path(file).stem, optimized)
+    return emit(_optimized(text, file)[1], Path(file).stem, optimized)
 
 
 def emit_asm(src) -> str:
     """The host assembly of a program: `gradc build --emit asm`."""
     from .compiler.codegen import emit_asm as emit
     text, file = read_source(src)
-    mod = lower_checked(text, file)
-    return emit({k: optimize(g) for k, g in mod.graphs.items()}, Path(file).stem)
+    return emit(_optimized(text, file)[1], Path(file).stem)
 
 
 def _host():
