@@ -72,11 +72,13 @@ def _optimized(text, file, record=None) -> tuple:
     return mod, {k: optimize(g) for k, g in mod.graphs.items()}
 
 
-def compile(src, target: str = DEFAULT_TARGET, cache: bool = True) -> Module:
+def compile(src, target: str = DEFAULT_TARGET, cache: bool = True, fast_math: bool = False) -> Module:
     """Compile a .ad program (a path or source text) into a module of callable functions.
 
     target="cpu" (the default) runs native code, cached on disk ($GRADC_CACHE_DIR or
-    ~/.cache/gradc); target="reference" runs the NumPy evaluator.
+    ~/.cache/gradc); target="reference" runs the NumPy evaluator. fast_math=True lets the
+    native code reassociate and contract floating-point arithmetic and assume finite values
+    (opt-in: results then differ from the exact ones in the last bits, or more near inf/nan).
     """
     _check_target(target)
     text, file = read_source(src)
@@ -87,7 +89,8 @@ def compile(src, target: str = DEFAULT_TARGET, cache: bool = True) -> Module:
                      for k, g in graphs.items()}
         return Module(name, functions, target)
     from . import cache as disk
-    data = disk.get(text, file) if cache else None
+    options = "fast-math" if fast_math else ""
+    data = disk.get(text, file, options) if cache else None
     if data is not None:
         try:
             header, obj = artifact.unpack(data, file)
@@ -99,14 +102,14 @@ def compile(src, target: str = DEFAULT_TARGET, cache: bool = True) -> Module:
                 warnings.warn(w, GradcWarning, stacklevel=2)
     if data is None:
         # linking pays only for a module that later processes load; cache=False writes nothing
-        data = build_bytes(text, file, link=cache)
+        data = build_bytes(text, file, link=cache, fast_math=fast_math)
         header, obj = artifact.unpack(data, file)
         if cache:
-            disk.put(text, file, data)
+            disk.put(text, file, data, options)
     return _load_native(name, header, obj)
 
 
-def build_bytes(text: str, file: str = "<source>", link: bool = True) -> bytes:
+def build_bytes(text: str, file: str = "<source>", link: bool = True, fast_math: bool = False) -> bytes:
     """Compile source text to the bytes of a .gcm module for this machine.
 
     With link, the module also holds a shared library (where a system linker is found), which
@@ -119,9 +122,9 @@ def build_bytes(text: str, file: str = "<source>", link: bool = True) -> bytes:
     # LLVM's threads (one per function) allocate fast enough for glibc's growing and
     # trimming of the heap to serialize them: a fifth of the compile time on 2 cores
     tune_malloc()
-    compiled = compile_graphs(graphs, Path(file).stem, link=link)
+    compiled = compile_graphs(graphs, Path(file).stem, link=link, fast_math=fast_math)
     header = {
-        "gradc_version": VERSION, "target": "cpu",
+        "gradc_version": VERSION, "target": "cpu", "fast_math": fast_math,
         "triple": compiled.triple, "cpu": compiled.cpu, "features": compiled.features,
         "source_name": Path(file).name if file != "<source>" else None,
         "source_hash": hashlib.sha256(text.encode()).hexdigest(),
@@ -132,14 +135,14 @@ def build_bytes(text: str, file: str = "<source>", link: bool = True) -> bytes:
     return artifact.pack(header, artifact.Code(compiled.objects, compiled.shared))
 
 
-def build(src, out=None, target: str = "cpu") -> Path:
+def build(src, out=None, target: str = "cpu", fast_math: bool = False) -> Path:
     """Compile a program into one .gcm file (next to the source unless out is given)."""
     if target != "cpu":
         raise ValueError(f"gradc.build makes native modules; target {target!r} is not one (use cpu)")
     text, file = read_source(src)
     if out is None:
         out = Path(file).with_suffix(".gcm") if file != "<source>" else Path("module.gcm")
-    artifact.write_atomic(out, build_bytes(text, file))
+    artifact.write_atomic(out, build_bytes(text, file, fast_math=fast_math))
     return Path(out)
 
 
@@ -150,18 +153,18 @@ def load(path) -> Module:
     return _load_native(Path(path).stem, header, obj)
 
 
-def emit_llvm(src, optimized: bool = True) -> str:
+def emit_llvm(src, optimized: bool = True, fast_math: bool = False) -> str:
     """The LLVM IR of a program (after -O3 unless optimized=False): `gradc build --emit llvm`."""
     from .compiler.codegen import emit_llvm as emit
     text, file = read_source(src)
-    return emit(_optimized(text, file)[1], Path(file).stem, optimized)
+    return emit(_optimized(text, file)[1], Path(file).stem, optimized, fast_math)
 
 
-def emit_asm(src) -> str:
+def emit_asm(src, fast_math: bool = False) -> str:
     """The host assembly of a program: `gradc build --emit asm`."""
     from .compiler.codegen import emit_asm as emit
     text, file = read_source(src)
-    return emit(_optimized(text, file)[1], Path(file).stem)
+    return emit(_optimized(text, file)[1], Path(file).stem, fast_math)
 
 
 def _host():

@@ -32,22 +32,22 @@ def key(text: str, file: str, options: str = "") -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
 
 
-def path_for(text: str, file: str) -> Path:
-    return cache_dir() / f"{key(text, file)}.gcm"
+def path_for(text: str, file: str, options: str = "") -> Path:
+    return cache_dir() / f"{key(text, file, options)}.gcm"
 
 
-def get(text: str, file: str):
+def get(text: str, file: str, options: str = ""):
     """The cached module bytes, or None."""
     try:
-        return path_for(text, file).read_bytes()
+        return path_for(text, file, options).read_bytes()
     except OSError:
         return None
 
 
-def put(text: str, file: str, data: bytes):
+def put(text: str, file: str, data: bytes, options: str = ""):
     """Store atomically: concurrent compilers of one program each write whole files, last wins."""
     try:
-        artifact.write_atomic(path_for(text, file), data)
+        artifact.write_atomic(path_for(text, file, options), data)
     except OSError:
         pass                       # a read-only or full cache only costs a recompile next time
 

@@ -71,7 +71,7 @@ def cmd_build(args):
         print(f"{file}: ok ({len(mod.graphs)} functions: {names})")
         return 0
     out = args.output or str(Path(file).with_suffix(".gcm"))
-    api.build(file, out, target=args.target)
+    api.build(file, out, target=args.target, fast_math=args.fast_math)
     print(f"wrote {out}")
     return 0
 
@@ -81,7 +81,7 @@ def _emit_native(args, text, file):
     fn = getattr(api, f"emit_{args.emit}", None)
     if fn is None:
         raise UserError(f"--emit {args.emit} is not available in this build of gradc")
-    print(fn(file, target=args.target) if args.emit == "ptx" else fn(file))
+    print(fn(file, fast_math=args.fast_math))
     return 0
 
 
@@ -129,11 +129,11 @@ def _format(outs) -> str:
     return ", ".join(np.array2string(np.asarray(o), precision=6, separator=", ", max_line_width=160) for o in outs)
 
 
-def _compile(path, target):
+def _compile(path, target, fast_math=False):
     from . import api
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        module = api.compile(path, target=target)
+        module = api.compile(path, target=target, fast_math=fast_math)
     for w in caught:
         print(str(w.message), file=sys.stderr)
     return module
@@ -143,14 +143,14 @@ def cmd_run(args):
     text, file = _source(args.file)
     target = args.target
     if args.func is None:
-        return _run_examples(file, text, target, args.json)
+        return _run_examples(file, text, target, args.json, args.fast_math)
     kwargs = {}
     for item in args.values:
         name, eq, value = item.partition("=")
         if not eq or not name:
             raise UserError(f"arguments are written NAME=VALUE, got {item!r}")
         kwargs[name] = parse_value(value, name)
-    module = _compile(file, target)
+    module = _compile(file, target, args.fast_math)
     outs = _call(module, args.func, kwargs)
     if args.json:
         print(json.dumps({"function": args.func, "outputs": [_jsonable(o) for o in outs]}))
@@ -159,7 +159,7 @@ def cmd_run(args):
     return 0
 
 
-def _run_examples(file, text, target, as_json):
+def _run_examples(file, text, target, as_json, fast_math=False):
     from .frontend.examples import ExampleError, parse_examples
     try:
         ex = parse_examples(text)
@@ -167,7 +167,7 @@ def _run_examples(file, text, target, as_json):
         raise UserError(f"{file}: {e}") from None
     if ex.errors:
         try:
-            _compile(file, target)
+            _compile(file, target, fast_math)
         except CompileError as err:
             print(str(err), file=sys.stderr)
             missing = [s for s in ex.errors if s not in str(err)]
@@ -180,7 +180,7 @@ def _run_examples(file, text, target, as_json):
         return 1
     if not ex.calls:
         raise UserError(f"{file} carries no example calls (# CALL: lines); name a function to run")
-    module = _compile(file, target)
+    module = _compile(file, target, fast_math)
     failed = 0
     for c in ex.calls:
         outs = _call(module, c.func, c.args)
@@ -242,6 +242,7 @@ def make_parser():
     b.add_argument("file")
     b.add_argument("-o", "--output")
     b.add_argument("--target", default=None)
+    b.add_argument("--fast-math", action="store_true", help="let native code reassociate and assume finite values")
     b.add_argument("--emit", choices=STAGES)
     b.add_argument("--print-after", metavar="PASS", help="with --emit opt-ir: print the graph after PASS")
     r = sub.add_parser("run", help="run a function, or the example calls the program carries")
@@ -249,6 +250,7 @@ def make_parser():
     r.add_argument("func", nargs="?")
     r.add_argument("values", nargs="*", metavar="NAME=VALUE")
     r.add_argument("--target", default=None)
+    r.add_argument("--fast-math", action="store_true", help="let native code reassociate and assume finite values")
     r.add_argument("--json", action="store_true")
     c = sub.add_parser("check", help="compare gradients with central finite differences (float64)")
     c.add_argument("file")

@@ -297,3 +297,26 @@ def test_emit_llvm_and_asm():
     src = "fn f(x: f64[N]) -> f64 { return sum(sin(x) * x) }\n"
     assert "@gradc_fn_f(" in gradc.api.emit_llvm(src)
     assert "gradc_fn_f" in gradc.api.emit_asm(src)
+
+
+def test_fast_math_is_opt_in_and_close():
+    """fast_math=True compiles a separate module whose results stay within float32 rounding."""
+    src = "fn f(x: f32[N]) -> f32 { return sum(1 / exp(sin(x ** 2))) }\nlet g = value_and_grad(f)\n"
+    x = np.linspace(-2, 2, 100_001).astype(np.float32)
+    exact = gradc.compile(src, cache=False).g(x)
+    fast = gradc.compile(src, cache=False, fast_math=True).g(x)
+    for a, b in zip(exact, fast):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert " fast " in gradc.api.emit_llvm(src, fast_math=True)
+    assert " fast " not in gradc.api.emit_llvm(src)
+
+
+def test_fast_math_is_recorded_in_the_module_file(tmp_path):
+    src = tmp_path / "m.ad"
+    src.write_text("fn f(x: f64) -> f64 { return x * x + 1 }\n")
+    from gradc.runtime import artifact
+    gradc.build(str(src), str(tmp_path / "fast.gcm"), fast_math=True)
+    gradc.build(str(src), str(tmp_path / "exact.gcm"))
+    assert artifact.read(str(tmp_path / "fast.gcm"))[0]["fast_math"] is True
+    assert artifact.read(str(tmp_path / "exact.gcm"))[0]["fast_math"] is False
+    assert gradc.load(str(tmp_path / "fast.gcm")).f(3.0) == 10.0

@@ -72,9 +72,16 @@ def build_ir(graphs: dict, name: str = "gradc") -> tuple:
     return module, entries
 
 
-def optimize_ir(text: str, tm, speed: int = 3, context=None):
+# floating-point instructions that fast-math marks: LLVM may then reassociate, contract to
+# FMA, use reciprocals, and assume no NaN, infinity or signed zero
+_FP_OPS = re.compile(r"= (fadd|fsub|fmul|fdiv|frem|fneg) (?!fast )")
+
+
+def optimize_ir(text: str, tm, speed: int = 3, context=None, fast_math: bool = False):
     """Parse LLVM IR and run the -O3 pipeline (loop and SLP vectorization on)."""
     init_llvm()
+    if fast_math:
+        text = _FP_OPS.sub(r"= \1 fast ", text)
     if vector_math_library():
         text = add_vector_variants(text, tm.feature_string if hasattr(tm, "feature_string") else host_cpu()[2])
     mod = llvm.parse_assembly(text, context=context)
@@ -149,12 +156,13 @@ def _split(graphs: dict, order: list, name: str):
         yield fname, text, entries[fname]
 
 
-def _compile_one(text: str, opt: int) -> bytes:
+def _compile_one(text: str, opt: int, fast_math: bool) -> bytes:
     tm = target_machine(opt=opt)
-    return emit_object(tm, optimize_ir(text, tm, opt, llvm.create_context()))
+    return emit_object(tm, optimize_ir(text, tm, opt, llvm.create_context(), fast_math))
 
 
-def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool = True) -> Compiled:
+def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool = True,
+                   fast_math: bool = False) -> Compiled:
     """Object code of optimized graphs, one object file per function, compiled on parallel threads.
 
     With link, also the objects linked into one shared library (None when no linker is found).
@@ -168,18 +176,20 @@ def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool =
         futures, entries = {}, {}
         for fname, text, entry in _split(graphs, order, name):
             entries[fname] = entry
-            futures[fname] = pool.submit(_compile_one, text, opt)
+            futures[fname] = pool.submit(_compile_one, text, opt, fast_math)
         objects = [futures[k].result() for k in order]
     return Compiled(objects, {k: entries[k] for k in graphs}, triple, cpu, feats,
                     link_shared(objects) if link else None)
-def emit_llvm(graphs: dict, name: str = "gradc", optimized: bool = True) -> str:
+
+
+def emit_llvm(graphs: dict, name: str = "gradc", optimized: bool = True, fast_math: bool = False) -> str:
     module, _ = build_ir(graphs, name)
     if not optimized:
         return str(module)
-    return str(optimize_ir(str(module), target_machine()))
+    return str(optimize_ir(str(module), target_machine(), fast_math=fast_math))
 
 
-def emit_asm(graphs: dict, name: str = "gradc") -> str:
+def emit_asm(graphs: dict, name: str = "gradc", fast_math: bool = False) -> str:
     tm = target_machine()
     module, _ = build_ir(graphs, name)
-    return tm.emit_assembly(optimize_ir(str(module), tm))
+    return tm.emit_assembly(optimize_ir(str(module), tm, fast_math=fast_math))
