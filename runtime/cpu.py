@@ -13,7 +13,6 @@ from .libs import (_init, _state, _threads, blas_info, get_num_threads, patch_gl
                    set_num_threads, threads_info, tune_malloc)
 from .module import NP_DTYPES, Function, Module, Signature, dim_value
 
-ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 
 
 def _data_offset():
@@ -52,12 +51,8 @@ class CpuFunction(Function):
     def __init__(self, sig: Signature, code, symbol: str, dim_names, module_name):
         super().__init__(sig, self._execute_native, module_name)
         self._code = code                      # keep the engine or library alive
-        self._cfunc = ENTRY(code.address(symbol))
         self._dim_names = tuple(dim_names)
         self._n_in, self._n_out = len(sig.params), len(sig.outputs)
-        self._in_t = ctypes.c_void_p * self._n_in
-        self._out_t = ctypes.c_void_p * self._n_out
-        self._dims_t = ctypes.c_int64 * len(self._dim_names)
         self._out_dtypes = [np.dtype(NP_DTYPES[d]) for d, _ in sig.outputs]
         self._makers = [(_shape_maker(s), dt) for (_, s), dt in zip(sig.outputs, self._out_dtypes)]
         self._offsets = any(not (isinstance(d, int) or d.isidentifier()) for _, s in sig.outputs for d in s)
@@ -66,6 +61,7 @@ class CpuFunction(Function):
         self._scratch = threading.local()
         scalar = entry_address(code, symbol + ".scalar")
         self._scalar = ScalarEntry(sig, scalar) if scalar else None
+        # the entry taking pointers and dims as separate arguments: no ctypes arrays per call
         self._flat = flat_entry(code, symbol, self._n_in + self._n_out, len(self._dim_names))
 
     def _fast_check(self, args):
@@ -84,15 +80,8 @@ class CpuFunction(Function):
                     return None
         return args, dims
 
-    def _dims(self, dims):
-        return self._dims_t(*[dims[s] for s in self._dim_names])
-
     def _run(self, arrays, dims, outs):
-        if self._flat is not None:
-            rc = self._flat(*_pointers(arrays), *_pointers(outs), *[dims[s] for s in self._dim_names])
-        else:
-            rc = self._cfunc(self._in_t(*_pointers(arrays)), self._dims(dims), self._out_t(*_pointers(outs)))
-        if rc:
+        if self._flat(*_pointers(arrays), *_pointers(outs), *[dims[s] for s in self._dim_names]):
             raise MemoryError(f"{self.sig.name}: out of memory for intermediate values")
 
     def _alloc(self, dims):
@@ -131,10 +120,9 @@ class CpuFunction(Function):
         if out is None:
             if accumulate:
                 raise ValueError(f"{self.sig.name}: accumulate=True needs out= buffers to add into")
+            # _alloc and _run written out: two Python calls are a tenth of an array call
             outs = [np.empty(mk(dims), dt) for mk, dt in self._makers]
-            if self._flat is None:
-                self._run(arrays, dims, outs)
-            elif self._flat(*_pointers(arrays), *_pointers(outs), *[dims[s] for s in self._dim_names]):
+            if self._flat(*_pointers(arrays), *_pointers(outs), *[dims[s] for s in self._dim_names]):
                 raise MemoryError(f"{self.sig.name}: out of memory for intermediate values")
             return self._results(outs)
         return self._call_out(arrays, dims, out, accumulate)

@@ -17,17 +17,14 @@ SLOT = 8
 
 
 def entry_address(code, symbol: str) -> int:
-    """The address of an optional entry, 0 where the module (an older artifact, say) lacks it."""
+    """The address of an optional entry (the scalar one), 0 where the function has none."""
     return code.function_address(symbol)
 
 
 def flat_entry(code, symbol: str, n_ptrs: int, n_dims: int):
-    """`i32 SYMBOL.flat(ptr..., i64...)` through ctypes, or None; it releases the GIL while it runs."""
-    addr = entry_address(code, symbol + ".flat")
-    if not addr:
-        return None
+    """`i32 SYMBOL.flat(ptr..., i64...)` through ctypes; it releases the GIL while it runs."""
     proto = ctypes.CFUNCTYPE(ctypes.c_int32, *[ctypes.c_void_p] * n_ptrs, *[ctypes.c_int64] * n_dims)
-    return proto(addr)
+    return proto(code.address(symbol + ".flat"))
 
 
 class ScalarEntry:

@@ -52,15 +52,15 @@ class JitCode:
         self.n_objects = len(self.engines)
 
     def global_address(self, name: str) -> int:
-        for engine in self.engines:
-            addr = engine.get_global_value_address(name)
-            if addr:
-                return addr
-        return 0
+        return self._first("get_global_value_address", name)
 
     def function_address(self, name: str) -> int:
+        return self._first("get_function_address", name)
+
+    def _first(self, lookup: str, name: str) -> int:
+        """The address in the first engine that defines name, 0 if none does."""
         for engine in self.engines:
-            addr = engine.get_function_address(name)
+            addr = getattr(engine, lookup)(name)
             if addr:
                 return addr
         return 0
