@@ -212,12 +212,13 @@ class Scope:
         return self.e.slice(x, spec=tuple(spec))
 
     def x_Call(self, node):
-        if isinstance(node.func, A.Name) and node.func.id in TRANSFORMS and \
-                node.func.id not in self.env and self.low.lookup(node.func.id, builtins=False) is None:
-            return self.transform(node)
-        if isinstance(node.func, A.Name) and node.func.id in BUILTINS and node.func.id not in self.env \
-                and self.low.lookup(node.func.id, builtins=False) is None:
-            return self.builtin(node.func.id, node)
+        # a transform or builtin name, unless the program binds that name itself
+        name = node.func.id if isinstance(node.func, A.Name) else None
+        if name is not None and name not in self.env and self.low.lookup(name, builtins=False) is None:
+            if name in TRANSFORMS:
+                return self.transform(node)
+            if name in BUILTINS:
+                return self.builtin(name, node)
         f = self.expr(node.func)
         if not isinstance(f, FnValue):
             raise CompileError(f"{self.describe(f)} is not a function", node.func.loc)
