@@ -29,14 +29,19 @@ def _source(path) -> tuple[str, str]:
         raise UserError(f"cannot read {path}: {ex}") from None
 
 
-def _lower(text, file):
-    from .api import lower_checked
+def _warnings_to_stderr(fn, *args, **kwargs):
+    """fn's result; the program's warnings go to stderr as plain diagnostics."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mod = lower_checked(text, file)
+        result = fn(*args, **kwargs)
     for w in caught:
         print(str(w.message), file=sys.stderr)
-    return mod
+    return result
+
+
+def _lower(text, file):
+    from .api import lower_checked
+    return _warnings_to_stderr(lower_checked, text, file)
 
 
 # ---- build
@@ -131,12 +136,7 @@ def _format(outs) -> str:
 
 def _compile(path, target, fast_math=False):
     from . import api
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = api.compile(path, target=target, fast_math=fast_math)
-    for w in caught:
-        print(str(w.message), file=sys.stderr)
-    return module
+    return _warnings_to_stderr(api.compile, path, target=target, fast_math=fast_math)
 
 
 def cmd_run(args):
