@@ -30,6 +30,26 @@ class ExampleError(ValueError):
     pass
 
 
+def mismatch(outs: list, c: Example):
+    """Why the results of example call c differ from its EXPECT line, or None where they agree."""
+    import numpy as np
+    if c.expect is None:
+        return None
+    want = c.expect if len(outs) > 1 else [c.expect]
+    if len(want) != len(outs):
+        return f"{len(outs)} results, EXPECT has {len(want)}"
+    for k, (o, w) in enumerate(zip(outs, want)):
+        try:
+            w = np.asarray(w, dtype=np.float64)
+        except ValueError:
+            return f"result {k}: EXPECT is not a regular array"
+        if np.shape(o) != w.shape:
+            return f"result {k} has shape {np.shape(o)}, EXPECT has {w.shape}"
+        if not np.allclose(np.asarray(o, np.float64), w, rtol=c.rtol, atol=c.atol, equal_nan=True):
+            return f"result {k} is {np.asarray(o).tolist()}, expected {w.tolist()} (rtol {c.rtol}, atol {c.atol})"
+    return None
+
+
 def _literal(text, line):
     try:
         return json.loads(text)          # numbers, lists, true/false, NaN, Infinity

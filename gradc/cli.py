@@ -160,7 +160,7 @@ def cmd_run(args):
 
 
 def _run_examples(file, text, target, as_json, fast_math=False):
-    from .frontend.examples import ExampleError, parse_examples
+    from .frontend.examples import ExampleError, mismatch, parse_examples
     try:
         ex = parse_examples(text)
     except ExampleError as e:
@@ -184,27 +184,15 @@ def _run_examples(file, text, target, as_json, fast_math=False):
     failed = 0
     for c in ex.calls:
         outs = _call(module, c.func, c.args)
-        ok = c.expect is None or _matches(outs, c.expect, c.rtol, c.atol)
-        failed += not ok
+        bad = mismatch(outs, c)
+        failed += bad is not None
         args = ", ".join(f"{k}={json.dumps(v)}" for k, v in c.args.items())
         if as_json:
             print(json.dumps({"function": c.func, "outputs": [_jsonable(o) for o in outs]}))
         else:
-            status = "" if c.expect is None else ("  ok" if ok else f"  MISMATCH: expected {c.expect}")
+            status = "" if c.expect is None else ("  ok" if bad is None else f"  MISMATCH: {bad}")
             print(f"{c.func}({args}) -> {_format(outs)}{status}")
     return 1 if failed else 0
-
-
-def _matches(outs, expect, rtol, atol) -> bool:
-    want = expect if len(outs) > 1 else [expect]
-    if len(want) != len(outs):
-        return False
-    try:
-        return all(np.shape(o) == np.shape(np.asarray(w, dtype=float)) and
-                   np.allclose(np.asarray(o, dtype=float), np.asarray(w, dtype=float), rtol=rtol, atol=atol,
-                               equal_nan=True) for o, w in zip(outs, want))
-    except ValueError:
-        return False
 
 
 # ---- check and graph

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import warnings
 
-import numpy as np
 import pytest
 
 _MARKS = ("# CALL:", "# ERROR:", "# RUN:")
@@ -49,7 +48,7 @@ class SampleItem(pytest.Item):
     def runtest(self):
         from . import api
         from .frontend.diagnostics import CompileError
-        from .frontend.examples import parse_examples
+        from .frontend.examples import mismatch, parse_examples
         ex = parse_examples(self.text)
         if ex.errors:
             with pytest.raises(CompileError) as info:
@@ -66,15 +65,8 @@ class SampleItem(pytest.Item):
         for c in ex.calls:
             out = getattr(module, c.func)(**c.args)
             outs = list(out) if isinstance(out, tuple) else [out]
-            if c.expect is None:
-                continue
-            want = c.expect if len(outs) > 1 else [c.expect]
-            assert len(want) == len(outs), f"line {c.line}: {len(outs)} outputs, EXPECT has {len(want)}"
-            for k, (o, w) in enumerate(zip(outs, want)):
-                w = np.asarray(w, dtype=np.float64)
-                assert np.shape(o) == w.shape, f"line {c.line}: output {k} has shape {np.shape(o)}, expected {w.shape}"
-                np.testing.assert_allclose(np.asarray(o, np.float64), w, rtol=c.rtol, atol=c.atol,
-                                           err_msg=f"{self.path.name}:{c.line}: {c.func} output {k}")
+            bad = mismatch(outs, c)
+            assert bad is None, f"{self.path.name}:{c.line}: {c.func}: {bad}"
 
     def reportinfo(self):
         return self.path, 0, f"{self.path.name}[{self.target}]"
