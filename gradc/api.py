@@ -95,18 +95,21 @@ def compile(src, target: str = DEFAULT_TARGET, cache: bool = True, fast_math: bo
         try:
             header, obj = artifact.unpack(data, file)
             artifact.check_compatible(header, _host(), VERSION, file)
+            module = _load_native(name, header, obj, file)
         except artifact.ArtifactError:
-            data = None                      # a damaged cache entry: compile again over it
+            pass                             # a damaged or edited cache entry: compile again over it
         else:
             for w in header.get("warnings", ()):
                 warnings.warn(w, GradcWarning, stacklevel=2)
-    if data is None:
-        # linking pays only for a module that later processes load; cache=False writes nothing
-        data = build_bytes(text, file, link=cache, fast_math=fast_math)
-        header, obj = artifact.unpack(data, file)
-        if cache:
-            disk.put(text, file, data, options)
-    return _load_native(name, header, obj)
+            return module
+    # linking pays only for a module that later processes load; cache=False writes nothing
+    data = build_bytes(text, file, link=cache, fast_math=fast_math)
+    header, obj = artifact.unpack(data, file)
+    if cache:
+        if any(header[k] != _host()[k] for k in ("triple", "cpu", "features")):
+            _host(refresh=True)              # the remembered host description was stale or damaged
+        disk.put(text, file, data, options)
+    return _load_native(name, header, obj, file)
 
 
 def build_bytes(text: str, file: str = "<source>", link: bool = True, fast_math: bool = False) -> bytes:
@@ -122,35 +125,58 @@ def build_bytes(text: str, file: str = "<source>", link: bool = True, fast_math:
     # LLVM's threads (one per function) allocate fast enough for glibc's growing and
     # trimming of the heap to serialize them: a fifth of the compile time on 2 cores
     tune_malloc()
-    compiled = compile_graphs(graphs, Path(file).stem, link=link, fast_math=fast_math)
-    header = {
+    from .compiler.codegen import host_cpu
+    from .runtime.trust import describe
+    triple, cpu, features = host_cpu()
+    facts = {
         "gradc_version": VERSION, "target": "cpu", "fast_math": fast_math,
-        "triple": compiled.triple, "cpu": compiled.cpu, "features": compiled.features,
+        "triple": triple, "cpu": cpu, "features": features,
         "source_name": Path(file).name if file != "<source>" else None,
         "source_hash": hashlib.sha256(text.encode()).hexdigest(),
         "warnings": seen,
-        "functions": [{"signature": signature(mod.graphs[k]).to_json(), "symbol": compiled.entries[k][0],
-                       "dims": list(compiled.entries[k][1])} for k in graphs],
     }
+
+    def entry(k, compiled_entry) -> dict:
+        return {"signature": signature(mod.graphs[k]).to_json(), "symbol": compiled_entry[0],
+                "dims": list(compiled_entry[1])}
+    # each function's code carries a digest of its header entry and of the facts (runtime/trust.py)
+    compiled = compile_graphs(graphs, Path(file).stem, link=link, fast_math=fast_math,
+                              describe=lambda k, e: describe(facts, entry(k, e)))
+    header = dict(facts, functions=[entry(k, compiled.entries[k]) for k in graphs])
     return artifact.pack(header, artifact.Code(compiled.objects, compiled.shared))
 
 
-def build(src, out=None, target: str = "cpu", fast_math: bool = False) -> Path:
-    """Compile a program into one .gcm file (next to the source unless out is given)."""
+def build(src, out=None, target: str = "cpu", fast_math: bool = False, key=None) -> Path:
+    """Compile a program into one .gcm file (next to the source unless out is given).
+
+    key (bytes, or the path of a key file) signs it: gradc.load(path, key=) then checks it.
+    """
     if target != "cpu":
         raise ValueError(f"gradc.build makes native modules; target {target!r} is not one (use cpu)")
+    if key is not None:
+        artifact.read_key(key)               # a bad key fails before the compile, not after
     text, file = read_source(src)
     if out is None:
         out = Path(file).with_suffix(".gcm") if file != "<source>" else Path("module.gcm")
-    artifact.write_atomic(out, build_bytes(text, file, fast_math=fast_math))
+    data = build_bytes(text, file, fast_math=fast_math)
+    artifact.write_atomic(out, data if key is None else artifact.sign(data, key))
     return Path(out)
 
 
-def load(path) -> Module:
-    """Load a .gcm module built on this machine by this gradc version; nothing is recompiled."""
-    header, obj = artifact.read(path)
-    artifact.check_compatible(header, _host(), VERSION, str(path))
-    return _load_native(Path(path).stem, header, obj)
+def load(path, key=None) -> Module:
+    """Load a .gcm module built on this machine by this gradc version; nothing is recompiled.
+
+    A module is native code: loading one runs it in this process. Load only files you trust;
+    with key (bytes, or the path of a key file), a file not signed with it is refused before
+    any of its code is looked at.
+    """
+    header, obj = artifact.read(path, key)
+    try:
+        artifact.check_compatible(header, _host(), VERSION, str(path))
+    except artifact.ArtifactMismatch:
+        # the remembered description of this machine may be what is wrong: ask LLVM once more
+        artifact.check_compatible(header, _host(refresh=True), VERSION, str(path))
+    return _load_native(Path(path).stem, header, obj, str(path))
 
 
 def emit_llvm(src, optimized: bool = True, fast_math: bool = False) -> str:
@@ -167,14 +193,20 @@ def emit_asm(src, fast_math: bool = False) -> str:
     return emit(_optimized(text, file)[1], Path(file).stem, fast_math)
 
 
-def _host():
+def _host(refresh: bool = False):
     from .runtime.host import host
-    return host()
+    return host(refresh)
 
 
-def _load_native(name, header, code) -> Module:
+def _load_native(name, header, code, file="<bytes>") -> Module:
+    """Map a module's code after checking that it keeps the header's promises (runtime/trust.py)."""
     from .runtime.cpu import load_native
-    return load_native(name, code, header["functions"])
+    from .runtime.trust import check_code
+    check_code(header, code, file)
+    try:
+        return load_native(name, code, header["functions"])
+    except (KeyError, TypeError, ValueError, LookupError, OSError) as ex:
+        raise artifact.ArtifactError(f"{file}: corrupted gradc module ({type(ex).__name__}: {ex})") from None
 
 
 def _reference(g):

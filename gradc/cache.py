@@ -1,4 +1,8 @@
-"""The on-disk cache of compiled modules, keyed by everything that changes the object code."""
+"""The on-disk cache of compiled modules, keyed by everything that changes the object code.
+
+Its entries are code that gets mapped into the process, so it is used only while private to
+its user (runtime/host.py); a damaged or edited entry is refused at load and compiled again.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .runtime import artifact
-from .runtime.host import cache_dir  # noqa: F401 - shared with the loader's shared libraries
+from .runtime.host import cache_dir, usable_cache
 
 
 @lru_cache(maxsize=None)
@@ -37,7 +41,9 @@ def path_for(text: str, file: str, options: str = "") -> Path:
 
 
 def get(text: str, file: str, options: str = ""):
-    """The cached module bytes, or None."""
+    """The cached module bytes, or None (also when the cache is not private)."""
+    if usable_cache() is None:
+        return None
     try:
         return path_for(text, file, options).read_bytes()
     except OSError:
@@ -46,6 +52,8 @@ def get(text: str, file: str, options: str = ""):
 
 def put(text: str, file: str, data: bytes, options: str = ""):
     """Store atomically: concurrent compilers of one program each write whole files, last wins."""
+    if usable_cache() is None:
+        return
     try:
         artifact.write_atomic(path_for(text, file, options), data)
     except OSError:

@@ -1,7 +1,9 @@
-"""The compiled-module file (.gcm): a JSON header, object files and a shared library, sealed with a SHA-256."""
+"""The compiled-module file (.gcm): a JSON header, object files and a shared library, sealed with a
+SHA-256, optionally signed with an HMAC-SHA256 trailer."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import struct
@@ -11,9 +13,13 @@ from pathlib import Path
 
 MAGIC = b"GRADCMOD"
 # 2: several object files (one per exported function) and an optional linked shared library
-FORMAT = 2
+# 4: each function's code carries a digest of its header entry (trust.py); an optional signature
+FORMAT = 4
 _HEAD = struct.Struct("<8sIQQ")          # magic, format, header bytes, code bytes
 _DIGEST = 32
+# the signature trailer after the seal: this tag, then HMAC-SHA256(key, every byte before the tag)
+SIGNED = b"GRADCSIG"
+_TRAILER = len(SIGNED) + _DIGEST
 
 
 @dataclass(frozen=True)
@@ -44,18 +50,74 @@ class ArtifactMismatch(ArtifactError):
     """A valid module built for another CPU or another gradc version."""
 
 
-def pack(header: dict, code) -> bytes:
+class SignatureError(ArtifactError):
+    """A module that is not signed with the key given to load it."""
+
+
+def pack(header: dict, code, key=None) -> bytes:
+    """The bytes of a module file; signed when a key (bytes, or a path to a key file) is given."""
     code = as_code(code)
     # the sizes of the parts travel in the header: the code bytes are the parts end to end
     header = dict(header, objects=[len(o) for o in code.objects], shared=len(code.shared or b""))
     blob = b"".join(code.objects) + (code.shared or b"")
     head = json.dumps(header, sort_keys=True).encode()
     body = _HEAD.pack(MAGIC, FORMAT, len(head), len(blob)) + head + blob
-    return body + hashlib.sha256(body).digest()
+    sealed = body + hashlib.sha256(body).digest()
+    return sealed if key is None else sign(sealed, key)
 
 
-def unpack(data: bytes, name: str = "<bytes>") -> tuple:
-    """(header, Code) of a module file's bytes, or ArtifactError saying what is wrong."""
+def read_key(key) -> bytes:
+    """A signing key: bytes as they are, or the bytes of a key file named by a path."""
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        data = bytes(key)
+    elif isinstance(key, (str, os.PathLike)):
+        try:
+            data = Path(key).read_bytes()
+        except OSError as ex:
+            raise ValueError(f"cannot read the key file {key}: {ex.strerror or ex}") from None
+    else:
+        raise TypeError(f"key must be bytes or the path of a key file, not {type(key).__name__}")
+    if not data:
+        raise ValueError("the signing key is empty")
+    return data
+
+
+def sign(sealed: bytes, key) -> bytes:
+    """A sealed module with its signature trailer (any earlier trailer replaced)."""
+    sealed = _sealed_part(sealed)
+    return sealed + SIGNED + hmac.new(read_key(key), sealed, hashlib.sha256).digest()
+
+
+def _sealed_part(data: bytes) -> bytes:
+    """The file without its signature trailer, if it has one."""
+    if len(data) >= _HEAD.size and data[:len(MAGIC)] == MAGIC:
+        _, _, nhead, nobj = _HEAD.unpack_from(data)
+        end = _HEAD.size + nhead + nobj + _DIGEST
+        if len(data) == end + _TRAILER and data[end:end + len(SIGNED)] == SIGNED:
+            return data[:end]
+    return data
+
+
+def verify(data: bytes, key, name: str = "<bytes>") -> bytes:
+    """The sealed part of a module signed with key, or SignatureError; nothing else is read."""
+    k = read_key(key)
+    sealed = _sealed_part(data)
+    if len(sealed) == len(data):
+        raise SignatureError(f"{name}: refused: the module is not signed, and a key was given "
+                             f"(sign it with `gradc build --sign-key`)")
+    mac = data[len(sealed) + len(SIGNED):]
+    if not hmac.compare_digest(mac, hmac.new(k, sealed, hashlib.sha256).digest()):
+        raise SignatureError(f"{name}: refused: the module's signature does not match the key "
+                             f"(signed with another key, or changed since it was signed)")
+    return sealed
+
+
+def unpack(data: bytes, name: str = "<bytes>", key=None) -> tuple:
+    """(header, Code) of a module file's bytes, or ArtifactError saying what is wrong.
+
+    With a key, the signature is checked first, before anything else of the file is read.
+    """
+    data = verify(data, key, name) if key is not None else _sealed_part(data)
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
         raise ArtifactError(f"{name}: not a gradc compiled module (no {MAGIC.decode()} signature)")
     if len(data) < _HEAD.size:
@@ -119,10 +181,10 @@ def write_atomic(path, data: bytes):
         raise
 
 
-def read(path) -> tuple:
+def read(path, key=None) -> tuple:
     path = Path(path)
     try:
         data = path.read_bytes()
     except IsADirectoryError:
         raise ArtifactError(f"{path}: is a directory, not a gradc module") from None
-    return unpack(data, str(path))
+    return unpack(data, str(path), key)

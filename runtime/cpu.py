@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import threading
+import weakref
 
 import numpy as np
 
@@ -157,10 +159,30 @@ class CpuFunction(Function):
         return cache[1]
 
 
+# the code mapped in this process, by content: loading a module again reuses its mapping, and
+# the mapping goes (dlclose, or the MCJIT engines disposed) with the last function using it
+_mapped = weakref.WeakValueDictionary()
+_mapped_lock = threading.Lock()
+
+
 def native_code(code):
     """Machine code mapped into this process: the shared library by dlopen where there is one
-    (no LLVM loaded), else the object files by MCJIT."""
+    (no LLVM loaded), else the object files by MCJIT; the one mapping of the same code."""
     code = as_code(code)
+    h = hashlib.sha256()
+    for part in (*code.objects, code.shared or b""):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    key = h.digest()
+    with _mapped_lock:
+        loaded = _mapped.get(key)
+        if loaded is None:
+            loaded = _map(code)
+            _mapped[key] = loaded
+        return loaded
+
+
+def _map(code):
     if code.shared is not None:
         from .shared import SharedCode
         try:

@@ -1,22 +1,28 @@
 """Load a module's shared library with dlopen: no LLVM in the process, so loading takes milliseconds."""
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import hashlib
 import os
 import tempfile
 import threading
+import weakref
 
 from .artifact import write_atomic
-from .host import native_dir
+from .host import usable_native
 from .libs import _init
 
 _lock = threading.Lock()
-_opened = set()          # paths this process has dlopened: dlopen gives the same handle again
 
 
 class SharedCode:
-    """A shared library of compiled functions, dlopened from a file named by its hash."""
+    """A shared library of compiled functions, dlopened from a file named by its hash.
+
+    One per content in a process (cpu.native_code keeps the table); dlclosed when no function
+    refers to it any more. No thread can be inside its code then: a call holds its function,
+    and libgomp's workers leave a region's code before GOMP_parallel returns.
+    """
 
     kind = "shared"
 
@@ -24,6 +30,7 @@ class SharedCode:
         _init()                               # libm and libmvec global first: the library needs them
         self.lib = _dlopen(data)
         self.n_objects = n_objects            # the copies of the loader's globals it holds
+        weakref.finalize(self, _dlclose, self.lib._handle)
 
     def global_address(self, name: str) -> int:
         try:
@@ -40,23 +47,27 @@ class SharedCode:
         return addr
 
 
+def _dlclose(handle):
+    try:
+        _ctypes.dlclose(handle)
+    except OSError:
+        pass
+
+
 def _dlopen(data: bytes):
     """dlopen needs a file: the cache's copy, written once and checked byte for byte, or a
-    private copy where that copy is already open here, since every module patches its own globals."""
-    d = native_dir()
-    path = os.path.join(d, hashlib.sha256(data).hexdigest()[:32] + ".so")
-    with _lock:
-        if path not in _opened:
+    private copy where the cache is not usable."""
+    d = usable_native()
+    if d is not None:
+        path = os.path.join(d, hashlib.sha256(data).hexdigest()[:32] + ".so")
+        with _lock:
             try:
                 if not _same(path, data):
-                    write_atomic(path, data)
-                lib = ctypes.CDLL(path)       # RTLD_NOW: an unresolved symbol fails here, not in a call
+                    write_atomic(path, data)      # a damaged or changed copy is replaced
+                return ctypes.CDLL(path)          # RTLD_NOW: an unresolved symbol fails here, not in a call
             except OSError:
                 pass
-            else:
-                _opened.add(path)
-                return lib
-        return _private(data, d)
+    return _private(data, d)
 
 
 def _same(path, data) -> bool:
@@ -71,6 +82,8 @@ def _private(data: bytes, d):
     """A copy only this load uses, removed at once: the mapping outlives the file."""
     err = OSError("no directory to write a shared library to")
     for where in (d, tempfile.gettempdir()):
+        if where is None:
+            continue
         try:
             os.makedirs(where, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".gradc-", suffix=".so", dir=where)

@@ -141,19 +141,29 @@ def copy_name(name: str, i: int) -> str:
     return name if i == 0 else f"{name}.{i}"
 
 
-def _split(graphs: dict, order: list, name: str):
+def _split(graphs: dict, order: list, name: str, describe=None):
     """One LLVM module per function, as text, yielded as built: (function name, text, entry).
 
     Each keeps its own copy of the globals the loader patches, renamed apart, so every object
     stands alone: MCJIT resolved one object's GOT-relative references against another's GOT
-    when several that referred to each other shared an engine.
+    when several that referred to each other shared an engine. describe(name, entry), where
+    given, gives bytes the object carries as the constant SYMBOL.desc (runtime/trust.py).
     """
     for i, fname in enumerate(order):
         module, entries = build_ir({fname: graphs[fname]}, f"{name}.{fname}")
+        if describe is not None:
+            _add_constant(module, entries[fname][0] + ".desc", describe(fname, entries[fname]))
         text = str(module)
         if i:
             text = _LOADER_NAME.sub(lambda m: f'@"{copy_name(m.group(1), i)}"', text)
         yield fname, text, entries[fname]
+
+
+def _add_constant(module, name: str, data: bytes):
+    ty = ir.ArrayType(ir.IntType(8), len(data))
+    g = ir.GlobalVariable(module, ty, name=name)
+    g.global_constant = True
+    g.initializer = ir.Constant(ty, bytearray(data))
 
 
 def _compile_one(text: str, opt: int, fast_math: bool) -> bytes:
@@ -162,10 +172,11 @@ def _compile_one(text: str, opt: int, fast_math: bool) -> bytes:
 
 
 def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool = True,
-                   fast_math: bool = False) -> Compiled:
+                   fast_math: bool = False, describe=None) -> Compiled:
     """Object code of optimized graphs, one object file per function, compiled on parallel threads.
 
     With link, also the objects linked into one shared library (None when no linker is found).
+    describe: see _split.
     """
     init_llvm()
     triple, cpu, feats = host_cpu()
@@ -174,7 +185,7 @@ def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool =
     workers = min(len(order), os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures, entries = {}, {}
-        for fname, text, entry in _split(graphs, order, name):
+        for fname, text, entry in _split(graphs, order, name, describe):
             entries[fname] = entry
             futures[fname] = pool.submit(_compile_one, text, opt, fast_math)
         objects = [futures[k].result() for k in order]
