@@ -76,8 +76,14 @@ def cmd_build(args):
         print(f"{file}: ok ({len(mod.graphs)} functions: {names})")
         return 0
     out = args.output or str(Path(file).with_suffix(".gcm"))
-    api.build(file, out, target=args.target, fast_math=args.fast_math)
-    print(f"wrote {out}")
+    key = None
+    if args.sign_key:
+        try:
+            key = api.artifact.read_key(args.sign_key)
+        except ValueError as ex:
+            raise UserError(str(ex)) from None
+    api.build(file, out, target=args.target, fast_math=args.fast_math, key=key)
+    print(f"wrote {out}" + (" (signed)" if key else ""))
     return 0
 
 
@@ -233,6 +239,8 @@ def make_parser():
     b.add_argument("--fast-math", action="store_true", help="let native code reassociate and assume finite values")
     b.add_argument("--emit", choices=STAGES)
     b.add_argument("--print-after", metavar="PASS", help="with --emit opt-ir: print the graph after PASS")
+    b.add_argument("--sign-key", metavar="FILE",
+                   help="sign the module with the key in FILE (HMAC-SHA256); gradc.load(path, key=) checks it")
     r = sub.add_parser("run", help="run a function, or the example calls the program carries")
     r.add_argument("file")
     r.add_argument("func", nargs="?")

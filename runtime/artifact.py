@@ -187,4 +187,6 @@ def read(path, key=None) -> tuple:
         data = path.read_bytes()
     except IsADirectoryError:
         raise ArtifactError(f"{path}: is a directory, not a gradc module") from None
-    return unpack(data, str(path), key)
+    if key is not None:
+        data = verify(data, key, str(path))          # before anything else of the file is read
+    return unpack(data, str(path))
