@@ -30,7 +30,8 @@ class SharedCode:
         _init()                               # libm and libmvec global first: the library needs them
         self.lib = _dlopen(data)
         self.n_objects = n_objects            # the copies of the loader's globals it holds
-        weakref.finalize(self, _dlclose, self.lib._handle)
+        # not at exit: a daemon thread may still be inside the code while the interpreter ends
+        weakref.finalize(self, _dlclose, self.lib._handle).atexit = False
 
     def global_address(self, name: str) -> int:
         try:
