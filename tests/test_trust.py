@@ -24,24 +24,36 @@ SRC = textwrap.dedent("""\
     """)
 
 
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """A cache holding the program, and its module file: compiled once for all the tests here."""
+    d = tmp_path_factory.mktemp("seed")
+    (d / "lin.ad").write_text(SRC)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADC_CACHE_DIR", str(d / "cache"))
+        host._host.clear()                         # so that the host description is written there
+        gradc.compile(d / "lin.ad")
+        gradc.build(d / "lin.ad", d / "lin.gcm")
+    return d
+
+
 @pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
+def cache_dir(tmp_path, monkeypatch, seeded):
     d = tmp_path / "cache"
+    shutil.copytree(seeded / "cache", d)
     monkeypatch.setenv("GRADC_CACHE_DIR", str(d))
     monkeypatch.setattr(host, "_warned", set())
     return d
 
 
 @pytest.fixture
-def source(tmp_path):
-    p = tmp_path / "lin.ad"
-    p.write_text(SRC)
-    return p
+def source(tmp_path, seeded):
+    return shutil.copy(seeded / "lin.ad", tmp_path / "lin.ad")
 
 
 @pytest.fixture
-def built(source, tmp_path):
-    return gradc.build(source, tmp_path / "lin.gcm")
+def built(tmp_path, seeded):
+    return shutil.copy(seeded / "lin.gcm", tmp_path / "lin.gcm")
 
 
 def _args(n=5):
@@ -68,6 +80,7 @@ def _release():
 # ---- the cache directory
 
 def test_cache_is_created_private(source, cache_dir):
+    shutil.rmtree(cache_dir)
     gradc.compile(source)
     assert cache_dir.stat().st_mode & 0o777 == 0o700
     assert (cache_dir / "native").stat().st_mode & 0o777 == 0o700
@@ -75,6 +88,7 @@ def test_cache_is_created_private(source, cache_dir):
 
 @pytest.mark.parametrize("why", ["writable by other users", "owned by another user"])
 def test_shared_cache_is_refused(source, cache_dir, monkeypatch, why):
+    shutil.rmtree(cache_dir)
     cache_dir.mkdir()
     if why.startswith("writable"):
         cache_dir.chmod(0o777)
@@ -87,6 +101,7 @@ def test_shared_cache_is_refused(source, cache_dir, monkeypatch, why):
 
 
 def test_shared_cache_warning_from_the_command_line(source, cache_dir, capsys):
+    shutil.rmtree(cache_dir)
     cache_dir.mkdir()
     cache_dir.chmod(0o777)
     assert main(["run", str(source), "s", "a=0.5", "b=2"]) == 0
@@ -120,11 +135,9 @@ def _damage(path, how):
 
 @pytest.mark.parametrize("how", ["truncate", "garble", "poison"])
 @pytest.mark.parametrize("kind", ["module", "library", "host"])
-def test_damaged_cache_entries_are_rebuilt(source, cache_dir, tmp_path, kind, how):
+def test_damaged_cache_entries_are_rebuilt(source, built, cache_dir, kind, how):
     if kind == "library" and linker() is None:
         pytest.skip("no system linker: no shared libraries")
-    _release()
-    _expect(gradc.compile(source))
     _release()
     [path] = _entries(cache_dir, kind)
     good = path.read_bytes()
@@ -135,7 +148,7 @@ def test_damaged_cache_entries_are_rebuilt(source, cache_dir, tmp_path, kind, ho
         assert path.read_bytes() == good           # compiled (or written) again over the damage
     else:
         _release()                                 # a new process trusts the description again
-        _expect(gradc.load(gradc.build(source, tmp_path / "again.gcm")))
+        _expect(gradc.load(built))
 
 
 # ---- headers checked against the code
@@ -241,7 +254,7 @@ def test_elf_reader_refuses_garbage(data):
 
 # ---- signatures
 
-def test_signed_modules(source, tmp_path, monkeypatch):
+def test_signed_modules(source, built, tmp_path, monkeypatch):
     key = os.urandom(32)
     keyfile = tmp_path / "key"
     keyfile.write_bytes(key)
@@ -250,7 +263,7 @@ def test_signed_modules(source, tmp_path, monkeypatch):
     _expect(gradc.load(signed, key=keyfile))
     _expect(gradc.load(signed, key=str(keyfile)))
     _expect(gradc.load(signed))                    # without a key: the file loads as any other
-    unsigned = gradc.build(source, tmp_path / "plain.gcm")
+    unsigned = built
     tampered = tmp_path / "tampered.gcm"
     data = bytearray(signed.read_bytes())
     header, code = artifact.unpack(bytes(data))
