@@ -309,7 +309,15 @@ _math("mul", np.multiply, lambda e, z, x, y: (y, x), FLOATS + INTS,
       lower=lambda cg, x, y: cg.mul(x, y))
 _math("div", np.divide, lambda e, z, x, y: (e.div(1, y), e.neg(e.div(z, y))),
       lower=lambda cg, x, y: cg.div(x, y))
-_math("pow", np.power, lambda e, z, x, y: (e.mul(y, e.pow(x, e.sub(y, 1))), e.mul(z, e.log(x))),
+def _pow_partials(e, z, x, y):
+    # as PyTorch: x ** 0 has derivative 0 in x everywhere (0 * 0 ** -1 would be NaN at x = 0),
+    # and 0 ** y (y >= 0) has derivative 0 in y (z * log 0 would be NaN)
+    dx = e.where(e.eq(y, 0), 0, e.mul(y, e.pow(x, e.sub(y, 1))))
+    dy = e.where(e.and_(e.eq(x, 0), e.ge(y, 0)), 0, e.mul(z, e.log(x)))
+    return dx, dy
+
+
+_math("pow", np.power, _pow_partials,
       lower=lambda cg, x, y: cg.pow(x, y))
 # the two sides of a tie share the gradient, as in PyTorch
 _math("maximum", np.maximum, lambda e, z, x, y: (e.tie(x, y), e.tie(y, x)), FLOATS + INTS,
@@ -498,8 +506,10 @@ def mean(e, x, axis=None, keepdims=False):
 @composite
 def logsumexp(e, x, axis=None, keepdims=False):
     axes = norm_axes(axis, len(x.shape))
-    # the shift is detached: its derivative cancels exactly, and it keeps exp from overflowing
+    # the shift is detached: its derivative cancels exactly, and it keeps exp from overflowing;
+    # an infinite maximum shifts by 0, so [inf, 1] gives inf and [-inf, -inf] gives -inf (not NaN)
     m = e.detach(e.max(x, axes=axes, keepdims=True))
+    m = e.where(e.lt(e.abs(m), math.inf), m, 0)
     s = e.log(e.sum(e.exp(e.sub(x, m)), axes=axes, keepdims=True))
     out = e.add(s, m)
     return out if keepdims else e.reshape(out, shape=reduce_shape(x.shape, axes, False))

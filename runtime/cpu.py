@@ -129,12 +129,13 @@ class CpuFunction(Function):
 
     def _call_out(self, arrays, dims, out, accumulate):
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        self._check_disjoint(outs)
         shapes = self.sig.output_shapes(dims)
         usable = len(outs) == self._n_out and all(
             isinstance(o, np.ndarray) and o.shape == s and o.dtype == dt and o.flags.c_contiguous
             and o.flags.writeable for o, s, dt in zip(outs, shapes, self._out_dtypes))
-        if usable and len({id(o) for o in outs}) == len(outs) and \
-                not any(np.may_share_memory(o, a) for o in outs for a in arrays):
+        # an out= buffer that overlaps an input is written after the call, from fresh results
+        if usable and not any(np.may_share_memory(o, a) for o in outs for a in arrays):
             if accumulate:
                 # results land in per-thread scratch that is reused from call to call
                 tmp = self._scratch_for(shapes)

@@ -5,6 +5,7 @@ import inspect
 
 import numpy as np
 
+_TOO_HARD = getattr(np, "exceptions", np).TooHardError
 NP_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
 
 
@@ -163,6 +164,7 @@ class Function:
         outs = out if isinstance(out, (tuple, list)) else (out,)
         if len(outs) != len(results):
             raise ValueError(f"{self.sig.name}: out= needs {len(results)} array(s), got {len(outs)}")
+        self._check_disjoint(outs)
         for i, (o, r) in enumerate(zip(outs, results)):
             if not isinstance(o, np.ndarray) or o.shape != r.shape or o.dtype != r.dtype:
                 got = f"{o.dtype}{list(o.shape)}" if isinstance(o, np.ndarray) else type(o).__name__
@@ -175,6 +177,27 @@ class Function:
             else:
                 o[...] = r
         return list(outs)
+
+
+    def _check_disjoint(self, outs):
+        """Two out= buffers that share memory would each hold a result: ValueError. (A buffer that
+        shares memory with an input is fine: results are computed before any is written.)"""
+        arrays = [o for o in outs if isinstance(o, np.ndarray)]
+        for i, a in enumerate(arrays):
+            for j in range(i + 1, len(arrays)):
+                if overlap(a, arrays[j]):
+                    raise ValueError(f"{self.sig.name}: out[{i}] and out[{j}] share memory; "
+                                     f"each result needs a buffer of its own")
+
+
+def overlap(a, b) -> bool:
+    """Whether two arrays share memory; a case too hard to decide exactly counts as sharing."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return np.shares_memory(a, b, max_work=10_000)
+    except _TOO_HARD:
+        return True
 
 
 class Module:
