@@ -12,9 +12,9 @@ from .compiler.pipeline import optimize
 
 FORWARD, DERIVATIVE = "#a8dadc", "#ffd6a5"
 WRT, LEAF = "#f4a261", "#dddddd"
-HIDDEN = ("reshape", "broadcast_to")      # index maps inside a fused loop: left out of labels
+INDEX_MAPS = ("reshape", "broadcast_to")  # index maps inside a fused loop: left out of labels
 LINE = 24                                 # characters of op names per label line
-SOURCES = ("const", "literal", "numel")     # read no data of their inputs
+SOURCES = ("const", "literal", "numel")   # read no data of their inputs
 PASS_NAMES = {"grad": "backward", "value_and_grad": "backward", "vjp": "backward", "jvp": "tangents"}
 
 
@@ -102,7 +102,8 @@ class _View:
         if not self.kind:
             return clusters[True] + edges
         lines = []
-        for fwd, label in ((True, f"forward: {self.base_name}"), (False, PASS_NAMES[self.kind])):
+        derivative = PASS_NAMES.get(self.kind, "derivative")
+        for fwd, label in ((True, f"forward: {self.base_name}"), (False, derivative)):
             lines.append(f"  subgraph cluster_{'forward' if fwd else 'derivative'} {{")
             lines.append(f'    label="{label}"; fontsize=11; style="rounded,filled"; color="#999999"; '
                          f'fillcolor="{"#eef7f8" if fwd else "#fff6ea"}";')
@@ -114,7 +115,7 @@ class _View:
         last = _last(part)
         shown = [n for n in part.nodes if n.out not in part.hidden]
         if optimized:
-            ops = [n for n in shown if n.op not in HIDDEN] or shown
+            ops = [n for n in shown if n.op not in INDEX_MAPS] or shown
             text = _wrap([n.op if n.op != "const" else format_attr(n.attr("value")) for n in ops])
         else:
             attrs = [f"{k}={format_attr(v)}" for k, v in last.attrs if k not in ("dtype", "shape", "data")]
@@ -212,7 +213,6 @@ def _forward_values(g, base) -> set:
     """Values of g that base computes too: equal op, attributes and inputs, followed back to
     the parameters (the passes may rebuild a forward node, so identity is not enough)."""
     canon = {}
-    keys = {}
 
     def key_of(graph):
         ids = {p: canon.setdefault(("param", i), len(canon)) for i, p in enumerate(graph.params)}
