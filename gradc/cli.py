@@ -213,7 +213,7 @@ def cmd_graph(args):
     mod = _lower(text, file)
     if args.func not in mod.graphs:
         raise UserError(f"no function '{args.func}' in {file}; it has: {', '.join(mod.graphs)}")
-    dot = to_dot(mod, args.func)
+    dot = to_dot(mod, args.func, optimized=not args.unoptimized)
     if args.output is None:
         print(dot)
     else:
@@ -251,6 +251,8 @@ def make_parser():
     g.add_argument("file")
     g.add_argument("func")
     g.add_argument("-o", "--output")
+    g.add_argument("--unoptimized", action="store_true",
+                   help="every node of the graph before optimization, unused gradients included")
     return p
 
 
