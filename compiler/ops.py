@@ -23,6 +23,21 @@ class OpDef:
     lower: Callable | None = None   # (cg, *elems, **attrs) -> LLVM value of one element, written with
     # the code generator's typed helpers (codegen/scalar.py); layout, reduce and matmul ops
     # lower as loops in codegen/
+    needs: Callable | None = None   # (*in_values, **attrs) -> [Need]: sizes the inputs must have
+    # at run time (compiler/checks.py collects them, the runtime tests them once per call)
+
+
+@dataclass(frozen=True)
+class Need:
+    """Axis `axis` of input `value` must have at least `min` elements, else `error`.
+
+    what: the phrase the message starts with ("index 5", "slice 0:10", "max").
+    """
+    error: str                 # "IndexError" | "ValueError"
+    value: object              # the input Value
+    axis: int
+    min: int
+    what: str
 
 
 OPS: dict[str, OpDef] = {}
@@ -37,8 +52,8 @@ def _quiet(f):
     return g
 
 
-def defop(name, shape, ref, vjp=None, jvp=None, kind="elementwise", lower=None):
-    OPS[name] = OpDef(name, shape, _quiet(ref), vjp, jvp, kind, lower)
+def defop(name, shape, ref, vjp=None, jvp=None, kind="elementwise", lower=None, needs=None):
+    OPS[name] = OpDef(name, shape, _quiet(ref), vjp, jvp, kind, lower, needs)
 
 
 def composite(fn):
@@ -181,8 +196,50 @@ def _slice_rule(x, spec):
             if isinstance(d, int) and not -d <= k < d:
                 raise ShapeError(f"index {k} is out of range for a dimension of size {d}")
         else:
+            _check_bounds(d, *s[1:])
             out.append(slice_len(d, *s[1:]))
     return tuple(out) + tuple(x.shape[len(spec):]), x.dtype
+
+
+def _slice_text(start, stop, step):
+    text = f"{'' if start is None else start}:{'' if stop is None else stop}"
+    return text + (f":{step}" if step is not None else "")
+
+
+def _bound_min(k):
+    """The least axis size on which the bound k lies within the axis (0 <= bound <= size)."""
+    return 0 if k is None else (k if k >= 0 else -k)
+
+
+def slice_min(start, stop):
+    """The least size of an axis that d[start:stop] fits: 0 <= start <= stop <= size, negative
+    bounds counted from the end (no clamping, unlike NumPy: the shape rule counts on it)."""
+    m = max(_bound_min(start), _bound_min(stop))
+    if start is not None and stop is not None and start >= 0 > stop:
+        m = max(m, start - stop)
+    return m
+
+
+def _check_bounds(d, start, stop, step):
+    sym, size = dim_parts(d)
+    if start is not None and stop is not None and (start >= 0) == (stop >= 0) and start > stop:
+        raise ShapeError(f"slice {_slice_text(start, stop, step)} ends before it starts")
+    if sym is None and slice_min(start, stop) > size:
+        raise ShapeError(f"slice {_slice_text(start, stop, step)} is out of range for a dimension "
+                         f"of size {size}")
+
+
+def _slice_needs(x, spec):
+    needs = []
+    for axis, (d, s) in enumerate(zip(x.shape, spec)):
+        if isinstance(d, int):
+            continue              # checked by the shape rule
+        if s[0] == "i":
+            k = s[1]
+            needs.append(Need("IndexError", x, axis, k + 1 if k >= 0 else -k, f"index {k}"))
+        elif slice_min(s[1], s[2]) > 0:
+            needs.append(Need("IndexError", x, axis, slice_min(s[1], s[2]), f"slice {_slice_text(*s[1:])}"))
+    return needs
 
 
 def slice_key(spec):
@@ -245,14 +302,14 @@ def _nograd(name, shape, ref, lower=None):
     defop(name, shape, ref, None, None, lower=lower)
 
 
-def _linear(name, shape, ref, vjp, kind="layout"):
+def _linear(name, shape, ref, vjp, kind="layout", needs=None):
     """An op linear in its inputs: its tangent is the op applied to the tangents."""
     def jvp(e, ts, z, *xs, **attrs):
         if len(xs) == 1:
             return e.emit(name, ts[0], **attrs)
         ts = [t if t is not None else e.zeros_like(x) for t, x in zip(ts, xs)]
         return e.emit(name, *ts, **attrs)
-    defop(name, shape, ref, vjp, jvp, kind=kind)
+    defop(name, shape, ref, vjp, jvp, kind=kind, needs=needs)
 
 
 def _sigmoid(x):
@@ -426,13 +483,22 @@ def _extremum_weights(e, z, x, axes, keepdims):
     return e.div(mask, e.broadcast_to(e.sum(mask, axes=axes, keepdims=True), shape=x.shape))
 
 
+def _extremum_rule(x, axes, keepdims):
+    if any(x.shape[a] == 0 for a in axes):
+        raise ShapeError(f"{_t(x)} has an empty axis to reduce, and max and min have no identity")
+    return _reduce_rule(x, axes, keepdims)
+
+
 def _extremum(name, ref):
-    defop(name, _reduce_rule, lambda x, axes, keepdims: ref(x, axis=axes, keepdims=keepdims),
+    # an empty axis has no maximum: NumPy raises, and so does every target (checked per call)
+    needs = lambda x, axes, keepdims: [Need("ValueError", x, a, 1, name) for a in axes
+                                       if not isinstance(x.shape[a], int)]
+    defop(name, _extremum_rule, lambda x, axes, keepdims: ref(x, axis=axes, keepdims=keepdims),
           vjp=lambda e, g, z, x, axes, keepdims: (
               e.gmul(_keep(e, g, x, axes, keepdims), _extremum_weights(e, z, x, axes, keepdims)),),
           jvp=lambda e, ts, z, x, axes, keepdims: e.sum(
               e.gmul(ts[0], _extremum_weights(e, z, x, axes, keepdims)), axes=axes, keepdims=keepdims),
-          kind="reduce")
+          kind="reduce", needs=needs)
 
 
 defop("sum", _reduce_rule, lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims),
@@ -451,7 +517,7 @@ _linear("broadcast_to", _broadcast_to_rule, lambda x, shape: np.broadcast_to(x, 
 _linear("transpose", _transpose_rule, lambda x, perm: np.transpose(x, perm),
         lambda e, g, z, x, perm: (e.transpose(g, perm=tuple(np.argsort(perm).tolist())),))
 _linear("slice", _slice_rule, lambda x, spec: np.array(x[slice_key(spec)]),
-        lambda e, g, z, x, spec: (e.pad(g, spec=spec, shape=x.shape),))
+        lambda e, g, z, x, spec: (e.pad(g, spec=spec, shape=x.shape),), needs=_slice_needs)
 _linear("pad", lambda g, spec, shape: (tuple(shape), g.dtype), _pad_ref,
         lambda e, g, z, x, spec, shape: (e.slice(g, spec=spec),))
 

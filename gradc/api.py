@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 from .compiler import interp
+from .compiler.checks import requirements
 from .compiler.pipeline import lower, optimize
 from .frontend.diagnostics import CompileError, render
 from .runtime import artifact
@@ -36,7 +37,7 @@ def read_source(src) -> tuple[str, str]:
 
 def signature(g) -> Signature:
     return Signature(g.name, [(n, p.dtype, p.shape) for n, p in zip(g.param_names, g.params)],
-                     [(o.dtype, o.shape) for o in g.outputs], g.out_tuple)
+                     [(o.dtype, o.shape) for o in g.outputs], g.out_tuple, requirements(g))
 
 
 def lower_checked(text, file, record=None):

@@ -58,6 +58,7 @@ class CpuFunction(Function):
         self._offsets = any(not (isinstance(d, int) or d.isidentifier()) for _, s in sig.outputs for d in s)
         # per parameter: dtype, rank, and (axis, fixed size or symbol name) for each axis
         self._fast = [(np.dtype(NP_DTYPES[d]), len(s), tuple(enumerate(s))) for _, d, s in sig.params]
+        self._needs = bool(sig.needs)         # the fast path tests them too
         self._scratch = threading.local()
         scalar = entry_address(code, symbol + ".scalar")
         self._scalar = ScalarEntry(sig, scalar) if scalar else None
@@ -117,6 +118,8 @@ class CpuFunction(Function):
             arrays, dims = checked
             if self._offsets:
                 arrays, dims = self.check(args, kwargs)     # reports an "N-1" that comes out negative
+            elif self._needs:
+                self.sig.check_needs(dims)
         if out is None:
             if accumulate:
                 raise ValueError(f"{self.sig.name}: accumulate=True needs out= buffers to add into")

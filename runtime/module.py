@@ -12,14 +12,28 @@ def type_str(shape, dtype) -> str:
     return f"{dtype}[{', '.join(str(d) for d in shape)}]" if shape else dtype
 
 
-class Signature:
-    """A function's parameters and results: (name, dtype, shape) with symbolic dims as names."""
+# the exceptions a size requirement or a run-time check may raise (a module header names them)
+ERRORS = {"IndexError": IndexError, "ValueError": ValueError}
 
-    def __init__(self, name, params, outputs, out_tuple):
+
+class Signature:
+    """A function's parameters and results: (name, dtype, shape) with symbolic dims as names.
+
+    needs: the size requirements its ops put on the symbolic dims (compiler/checks.py), each
+    {"error", "dim", "min", "message"}: dim must be at least min, or the call raises error with
+    the message ("{size}" in it replaced by the actual size). Function.check tests them.
+    """
+
+    def __init__(self, name, params, outputs, out_tuple, needs=()):
         self.name = name
         self.params = tuple((n, d, tuple(s)) for n, d, s in params)
         self.outputs = tuple((d, tuple(s)) for d, s in outputs)
         self.out_tuple = out_tuple
+        self.needs = tuple(dict(n) for n in needs)
+        for n in self.needs:
+            if n.get("error") not in ERRORS or not isinstance(n.get("min"), int) or \
+                    not isinstance(n.get("dim"), (int, str)) or not isinstance(n.get("message"), str):
+                raise ValueError(f"{name}: malformed size requirement {n!r:.200}")
 
     def __str__(self):
         ps = ", ".join(f"{n}: {type_str(s, d)}" for n, d, s in self.params)
@@ -29,11 +43,28 @@ class Signature:
 
     def to_json(self):
         return {"name": self.name, "params": [list(p) for p in self.params],
-                "outputs": [list(o) for o in self.outputs], "out_tuple": self.out_tuple}
+                "outputs": [list(o) for o in self.outputs], "out_tuple": self.out_tuple,
+                "needs": [dict(n) for n in self.needs]}
 
     @classmethod
     def from_json(cls, d):
-        return cls(d["name"], d["params"], d["outputs"], d["out_tuple"])
+        return cls(d["name"], d["params"], d["outputs"], d["out_tuple"], d["needs"])
+
+    def check_needs(self, dims: dict):
+        """Raise the first size requirement the bound dims break (IndexError or ValueError)."""
+        for n in self.needs:
+            try:
+                size = dim_value(n["dim"], dims)
+            except KeyError:
+                continue                    # a dim no parameter binds by its plain name
+            if size < n["min"]:
+                raise ERRORS[n["error"]](f"{self.name}: " + n["message"].replace("{size}", str(size)))
+
+
+def check_failed(fn_name: str, error: str, message: str, value) -> Exception:
+    """The exception of a failed run-time check (the error channel, docs/internals.md): the same
+    on every target. message has "{value}" where the offending value goes."""
+    return ERRORS.get(error, ValueError)(f"{fn_name}: " + message.replace("{value}", str(value)))
 
     def output_shapes(self, dims: dict) -> list:
         return [tuple(dim_value(x, dims) for x in s) for _, s in self.outputs]
@@ -112,6 +143,8 @@ class Function:
                 else:
                     dims.setdefault(want, got)
                     origin.setdefault(want, f"parameter '{origin.get(want, name)}'")
+        if self.sig.needs:
+            self.sig.check_needs(dims)
         for _, s in self.sig.outputs:
             for d in s:
                 if not isinstance(d, int) and dim_value(d, dims) < 0:
