@@ -60,14 +60,14 @@ class Signature:
             if size < n["min"]:
                 raise ERRORS[n["error"]](f"{self.name}: " + n["message"].replace("{size}", str(size)))
 
+    def output_shapes(self, dims: dict) -> list:
+        return [tuple(dim_value(x, dims) for x in s) for _, s in self.outputs]
+
 
 def check_failed(fn_name: str, error: str, message: str, value) -> Exception:
     """The exception of a failed run-time check (the error channel, docs/internals.md): the same
     on every target. message has "{value}" where the offending value goes."""
     return ERRORS.get(error, ValueError)(f"{fn_name}: " + message.replace("{value}", str(value)))
-
-    def output_shapes(self, dims: dict) -> list:
-        return [tuple(dim_value(x, dims) for x in s) for _, s in self.outputs]
 
 
 def dim_value(d, dims):
