@@ -13,7 +13,7 @@ from ..frontend import ast as A
 from ..frontend.diagnostics import CompileError, Diagnostics
 from ..frontend.parse import parse
 from . import autodiff
-from .builder import Emitter, fresh, literal_dtype
+from .builder import INT_RANGE, Emitter, check_int_range, fresh, literal_dtype
 from .ir import DTYPES, Graph, ShapeError, Value, dim_add, dim_parts, type_str
 from .builtins import BUILTINS
 from .values import DimRef, DType, FnValue
@@ -157,9 +157,14 @@ class Scope:
         items = [self.expr(i) for i in node.items]
         if all(_is_const(i) for i in items):
             try:
-                return np.array(items)
+                arr = np.array(items)
             except ValueError:
                 raise CompileError("array literal rows differ in length", node.loc) from None
+            except OverflowError:
+                arr = np.array([], object)
+            if arr.dtype == object:          # Python ints beyond 64 bits
+                raise CompileError("an integer literal in this array is out of range for i64", node.loc)
+            return arr
         return items
 
     def x_UnOp(self, node):
@@ -186,7 +191,18 @@ class Scope:
             return _PY[op](a, b)
         if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)):   # division
             return a / b if b != 0 else self.e.div(float(a), float(b))
-        return self.e.emit(op, a, b)        # numbers and array literals take the other side's dtype
+        # numbers and array literals take the other side's dtype, which they must fit
+        for x, other, n in ((a, b, node.left), (b, a, node.right)):
+            if isinstance(other, Value) and other.dtype in INT_RANGE and not isinstance(x, Value):
+                try:
+                    if isinstance(x, int) and not isinstance(x, bool):
+                        check_int_range(x, other.dtype)
+                    elif isinstance(x, np.ndarray) and x.size and x.dtype.kind in "iu":
+                        check_int_range(int(x.min()), other.dtype)
+                        check_int_range(int(x.max()), other.dtype)
+                except ShapeError as ex:
+                    raise CompileError(str(ex), n.loc) from None
+        return self.e.emit(op, a, b)
 
     def matmul(self, a: Value, b: Value) -> Value:
         e = self.e

@@ -172,6 +172,14 @@ class Function:
         if (kind == "i" and a.dtype.kind == "f") or (kind == "b" and a.dtype.kind != "b"):
             raise TypeError(f"{self.sig.name}: parameter '{name}' expects {type_str(shape, dtype)}, "
                             f"got {a.dtype.name} values {v!r:.60}")
+        if kind == "i" and a.size and not np.can_cast(a.dtype, want):
+            # astype would wrap 2**32 + 1 to 1 without a word
+            info = np.iinfo(want)
+            for x in (a.min(), a.max()):
+                if not info.min <= int(x) <= info.max:
+                    raise ValueError(f"{self.sig.name}: parameter '{name}' expects "
+                                     f"{type_str(shape, dtype)}, got the value {int(x)}, out of "
+                                     f"the range of {dtype} ({info.min} to {info.max})")
         return a.astype(want)
 
     def __call__(self, *args, out=None, accumulate=False, **kwargs):
