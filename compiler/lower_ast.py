@@ -50,12 +50,12 @@ class Derived(FnValue):
 
 
 def _binop_name(op):
-    return {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "<": "lt", "<=": "le",
+    return {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "**": "pow", "<": "lt", "<=": "le",
             ">": "gt", ">=": "ge", "==": "eq", "!=": "ne", "and": "and", "or": "or"}[op]
 
 
 _PY = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-       "pow": lambda a, b: a ** b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
+       "pow": lambda a, b: a ** b, "floordiv": lambda a, b: a // b, "mod": lambda a, b: a % b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
        "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "eq": lambda a, b: a == b,
        "ne": lambda a, b: a != b, "and": lambda a, b: a and b, "or": lambda a, b: a or b}
 
@@ -187,9 +187,13 @@ class Scope:
         for x, n in ((a, node.left), (b, node.right)):
             if not (isinstance(x, Value) or _is_const(x)):
                 raise CompileError(f"`{node.op}` needs array values, got {self.describe(x)}", n.loc)
-        if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)) and op in _PY:
+        if op == "div" and any(isinstance(x, Value) and x.dtype in INT_RANGE for x in (a, b)):
+            raise CompileError("`/` is not defined for integers", node.loc,
+                               ["use // for floor division, or cast to f32 or f64 for true division"])
+        number = lambda x: isinstance(x, (bool, int, float))
+        if number(a) and number(b) and op in _PY and not (op in ("floordiv", "mod") and b == 0):
             return _PY[op](a, b)
-        if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)):   # division
+        if op == "div" and number(a) and number(b):
             return a / b if b != 0 else self.e.div(float(a), float(b))
         # numbers and array literals take the other side's dtype, which they must fit
         for x, other, n in ((a, b, node.left), (b, a, node.right)):

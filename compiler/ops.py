@@ -312,6 +312,16 @@ def _linear(name, shape, ref, vjp, kind="layout", needs=None):
     defop(name, shape, ref, vjp, jvp, kind=kind, needs=needs)
 
 
+def _int_zero_safe(f):
+    """f with an integer divisor of 0 giving 0, as NumPy does (here without its warning)."""
+    def g(x, y):
+        x, y = np.asarray(x), np.asarray(y)
+        if y.dtype.kind not in "iu":
+            return f(x, y)
+        return np.where(y == 0, np.zeros((), x.dtype), f(x, np.where(y == 0, np.ones((), y.dtype), y)))
+    return g
+
+
 def _sigmoid(x):
     return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
 
@@ -366,6 +376,12 @@ _math("mul", np.multiply, lambda e, z, x, y: (y, x), FLOATS + INTS,
       lower=lambda cg, x, y: cg.mul(x, y))
 _math("div", np.divide, lambda e, z, x, y: (e.div(1, y), e.neg(e.div(z, y))),
       lower=lambda cg, x, y: cg.div(x, y))
+# Python's floor semantics, as NumPy's floor_divide and mod; an integer divisor of 0 gives 0
+# (NumPy's result, without its warning): no trap, no error
+_nograd("floordiv", binary(FLOATS + INTS), _int_zero_safe(np.floor_divide),
+        lower=lambda cg, x, y: cg.floordiv(x, y))
+_math("mod", _int_zero_safe(np.mod), lambda e, z, x, y: (1, e.neg(e.floordiv(x, y))), FLOATS + INTS,
+      lower=lambda cg, x, y: cg.mod(x, y))
 _math("pow", np.power, lambda e, z, x, y: (e.mul(y, e.pow(x, e.sub(y, 1))), e.mul(z, e.log(x))),
       lower=lambda cg, x, y: cg.pow(x, y))
 # the two sides of a tie share the gradient, as in PyTorch

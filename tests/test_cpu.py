@@ -42,6 +42,8 @@ CASES += [_bin(op, sa, sb, "pos" if op == "pow" else "ties" if op in TIES else "
           for op in ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "gmul", "tie")
           for sa, sb in ((("N", 4), ("N", 4)), (("N", 4), (4,)), (("N", 1), (1, "M")), ((), ("N",)))]
 CASES += [_bin(op, ("N", 3), (3,), "ties", "ties") for op in ("lt", "le", "gt", "ge", "eq", "ne")]
+CASES += [_bin(op, sa, sb, "any", db) for op in ("floordiv", "mod")
+          for sa, sb, db in ((("N", 4), ("N", 4), "ties"), (("N", 4), (4,), "pos"), ((), ("N",), "any"))]
 CASES += [
     _case("logic", [(("N",), "F", "zeros"), (("N",), "F", "zeros")],
           lambda e, x, y: e.where(e.or_(e.and_(e.lt(x, y), e.not_(e.eq(x, 0))), e.ge(y, 0.5)), x, e.mul(y, 3))),
@@ -188,7 +190,7 @@ def test_op(ops_module, name):
 @pytest.mark.parametrize("dtype", ["i32", "i64"])
 def test_integer_ops(dtype):
     cases = [_case(op, [(("N", 4), dtype, "any"), ((4,), dtype, "any")],
-                   (lambda op: lambda e, x, y: e.emit(op, x, y))(op)) for op in INT_OPS[:3]]
+                   (lambda op: lambda e, x, y: e.emit(op, x, y))(op)) for op in INT_OPS[:3] + ("floordiv", "mod")]
     cases += [_case("iclamp", [(("N", 4), dtype, "any"), ((4,), dtype, "any")],
                     lambda e, x, y: e.where(e.gt(x, 0), e.clamp(x, y, e.abs(y)), y))]
     cases += [_case(op, [(("N", 4), dtype, "any")], (lambda op: lambda e, x: e.emit(op, x))(op))
