@@ -475,6 +475,30 @@ defop("hook", lambda x, fn: (x.shape, x.dtype), lambda x, fn: x,
       lower=lambda cg, x, fn: x)
 
 
+class CheckFailed(Exception):
+    """A run-time check failed in the reference evaluator: (error, message, value), as the
+    native error channel reports it (runtime/module.py check_failed makes the exception)."""
+
+
+def _check_range_rule(x, lo, hi, error, message):
+    if x.dtype not in INTS:
+        raise ShapeError(f"a range check needs integer values, got {_t(x)}")
+    return x.shape, x.dtype
+
+
+def _check_range_ref(x, lo, hi, error, message):
+    bad = (x < lo) | (x >= hi)
+    if np.any(bad):
+        raise CheckFailed(error, message, int(x[bad].flat[0]))
+    return x
+
+
+# x itself, once every element is in [lo, hi) (hi an int or a dim); else the call raises error
+# with message ("{value}": the first offending element). Backends test it once, after x is
+# computed and before anything that reads the result runs (docs/internals.md, the error channel)
+defop("check_range", _check_range_rule, _check_range_ref, kind="check", lower=lambda cg, x, **_: x)
+
+
 def _one_hot_rule(i, n, dtype):
     if i.dtype not in INTS:
         raise ShapeError(f"one_hot needs integer class indices, got {_t(i)}")

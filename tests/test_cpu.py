@@ -86,7 +86,8 @@ CASES += [
     _case("matmul_t", [((4, "N"), "F", "any"), (("M", 4), "F", "any")],
           lambda e, x, y: e.matmul(e.transpose(e.tanh(x), perm=(1, 0)), e.transpose(y, perm=(1, 0)))),
     _case("one_hot", [(("N",), "i32", "labels"), (("N", 5), "F", "any")],
-          lambda e, i, y: e.mul(e.one_hot(i, n=5, dtype=y.dtype), y)),
+          lambda e, i, y: e.mul(e.one_hot(e.check_range(i, lo=0, hi=5, error="ValueError", message="{value}"),
+                                          n=5, dtype=y.dtype), y)),
     _case("softmax", [(("N", 4), "F", "any")], lambda e, x: e.softmax(x, axis=-1)),
     _case("logsumexp", [(("N", 4), "F", "any")], lambda e, x: e.logsumexp(x, axis=0)),
 ]
@@ -132,7 +133,8 @@ def _modules(dtype, cases):
             doms[k] = [dom for _, _, dom in params]
     opt = {k: optimize(g) for k, g in graphs.items()}
     c = compile_graphs(opt, f"ops_{dtype}")
-    fns = [{"signature": signature(g).to_json(), "symbol": c.entries[k][0], "dims": list(c.entries[k][1])}
+    fns = [{"signature": signature(g).to_json(), "symbol": c.entries[k][0], "dims": list(c.entries[k][1]),
+            "checks": c.entries[k][2]}
            for k, g in graphs.items()]
     return opt, doms, load_native(f"ops_{dtype}", c.obj, fns)
 
