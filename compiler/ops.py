@@ -223,9 +223,9 @@ def slice_min(start, stop):
 def _check_bounds(d, start, stop, step):
     sym, size = dim_parts(d)
     if start is not None and stop is not None and (start >= 0) == (stop >= 0) and start > stop:
-        raise ShapeError(f"slice {_slice_text(start, stop, step)} ends before it starts")
+        raise ShapeError(f"bounds {_slice_text(start, stop, step)} end before they start")
     if sym is None and slice_min(start, stop) > size:
-        raise ShapeError(f"slice {_slice_text(start, stop, step)} is out of range for a dimension "
+        raise ShapeError(f"bounds {_slice_text(start, stop, step)} are out of range for a dimension "
                          f"of size {size}")
 
 
