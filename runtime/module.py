@@ -30,10 +30,13 @@ class Signature:
         self.outputs = tuple((d, tuple(s)) for d, s in outputs)
         self.out_tuple = out_tuple
         self.needs = tuple(dict(n) for n in needs)
+        self._tests = []                  # (symbol, offset, least size, requirement), parsed once
         for n in self.needs:
             if n.get("error") not in ERRORS or not isinstance(n.get("min"), int) or \
-                    not isinstance(n.get("dim"), (int, str)) or not isinstance(n.get("message"), str):
+                    not isinstance(n.get("dim"), str) or not isinstance(n.get("message"), str):
                 raise ValueError(f"{name}: malformed size requirement {n!r:.200}")
+            sym, off = _dim_parts(n["dim"])
+            self._tests.append((sym, off, n["min"] - off, n))
 
     def __str__(self):
         ps = ", ".join(f"{n}: {type_str(s, d)}" for n, d, s in self.params)
@@ -52,13 +55,10 @@ class Signature:
 
     def check_needs(self, dims: dict):
         """Raise the first size requirement the bound dims break (IndexError or ValueError)."""
-        for n in self.needs:
-            try:
-                size = dim_value(n["dim"], dims)
-            except KeyError:
-                continue                    # a dim no parameter binds by its plain name
-            if size < n["min"]:
-                raise ERRORS[n["error"]](f"{self.name}: " + n["message"].replace("{size}", str(size)))
+        for sym, off, least, n in self._tests:
+            size = dims.get(sym)
+            if size is not None and size < least:      # None: a dim no parameter binds by its name
+                raise ERRORS[n["error"]](f"{self.name}: " + n["message"].replace("{size}", str(size + off)))
 
     def output_shapes(self, dims: dict) -> list:
         return [tuple(dim_value(x, dims) for x in s) for _, s in self.outputs]
@@ -68,6 +68,15 @@ def check_failed(fn_name: str, error: str, message: str, value) -> Exception:
     """The exception of a failed run-time check (the error channel, docs/internals.md): the same
     on every target. message has "{value}" where the offending value goes."""
     return ERRORS.get(error, ValueError)(f"{fn_name}: " + message.replace("{value}", str(value)))
+
+
+def _dim_parts(d: str) -> tuple:
+    """(symbol, offset) of a symbolic dim: "N" -> ("N", 0), "N-1" -> ("N", -1)."""
+    for sign in "+-":
+        if sign in d[1:]:
+            i = d.index(sign, 1)
+            return d[:i], int(d[i:])
+    return d, 0
 
 
 def dim_value(d, dims):
