@@ -11,15 +11,18 @@ def requirements(g: Graph) -> list:
     Collected from the lowered graph before optimization, so that no pass can drop one and every
     target checks the same. Each is a dict: error ("IndexError" | "ValueError"), dim (a symbolic
     dim such as "N" or "N-1"), min (the least size it may have) and message (with "{size}" where
-    the actual size goes). Also, a value's dimension "N-k" must not come out negative.
+    the actual size goes). Also, a value's dimension "N-k" must not come out negative. In
+    program order, so the first that fails is the one a call reports; one that an earlier one
+    implies is left out.
     """
     params = dict(zip(g.params, g.param_names))
-    out, seen = [], set()
+    out, strongest = [], {}         # symbol -> the least size an earlier requirement asks of it
 
     def add(error, dim, least, message):
-        key = (error, dim, least)
-        if key not in seen:
-            seen.add(key)
+        sym, off = dim_parts(dim)
+        # N + k >= least always holds for N <= 0, and one implied by an earlier one adds nothing
+        if least - off > strongest.get(sym, 0):
+            strongest[sym] = least - off
             out.append({"error": error, "dim": dim, "min": least, "message": message})
 
     for n in g.nodes:
