@@ -30,8 +30,8 @@ def run(g: Graph, args, promote: bool = False) -> list:
         attrs = n.kw
         if "shape" in attrs:
             attrs["shape"] = concrete(attrs["shape"], dims)
-        if n.op == "check_range" and isinstance(attrs["hi"], str):
-            attrs["hi"] = concrete((attrs["hi"],), dims)[0]
+        if OPS[n.op].kind == "check" and isinstance(attrs.get("hi"), str):
+            attrs["hi"] = concrete((attrs["hi"],), dims)[0]      # a bound given as a dimension
         if "dtype" in attrs:
             attrs["dtype"] = dt(attrs["dtype"])
         if n.op == "hook":

@@ -237,3 +237,28 @@ def test_integer_literals_at_the_ends_of_the_range():
                       "fn g(x: i64) -> i64 { return x - 9223372036854775807 }", target="cpu")
     assert m.f(np.int32(0)) == (2147483647, -2147483648)
     assert m.g(np.int64(-1)) == -2 ** 63
+
+
+def test_check_range_with_a_dimension_bound():
+    """The error channel as gather indices will use it: indices in [0, N) of another parameter."""
+    from gradc.api import signature
+    from gradc.compiler.builder import Emitter, fresh
+    from gradc.compiler.codegen import compile_graphs
+    from gradc.compiler.interp import run
+    from gradc.compiler.ir import Graph
+    from gradc.compiler.ops import CheckFailed
+    from gradc.compiler.pipeline import optimize
+    from gradc.runtime.cpu import load_native
+    e = Emitter()
+    i, x = fresh(("K",), "i32"), fresh(("N",), "f64")
+    j = e.check_range(i, lo=0, hi="N", error="IndexError", message="index {value} is past the end")
+    out = e.add(e.sum(e.cast(j, dtype="f64"), axes=(0,), keepdims=False), e.sum(x, axes=(0,), keepdims=False))
+    g = optimize(Graph("t", (i, x), tuple(e.nodes), (out,), ("i", "x")))
+    c = compile_graphs({"t": g}, "t")
+    m = load_native("t", c.obj, [{"signature": signature(g).to_json(), "symbol": c.entries["t"][0],
+                                  "dims": list(c.entries["t"][1]), "checks": c.entries["t"][2]}])
+    assert m.t(np.array([0, 2], np.int32), np.ones(3)) == 5.0
+    assert str(_raises(IndexError, m.t, np.array([0, 3, 7], np.int32), np.ones(3))) == "t: index 3 is past the end"
+    with pytest.raises(CheckFailed) as info:
+        run(g, [np.array([0, 3, 7], np.int32), np.ones(3)])
+    assert info.value.args == ("IndexError", "index {value} is past the end", 3)
