@@ -50,12 +50,14 @@ class Derived(FnValue):
 
 
 def _binop_name(op):
-    return {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "**": "pow", "<": "lt", "<=": "le",
-            ">": "gt", ">=": "ge", "==": "eq", "!=": "ne", "and": "and", "or": "or"}[op]
+    return {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "**": "pow",
+            "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne", "and": "and",
+            "or": "or"}[op]
 
 
 _PY = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-       "pow": lambda a, b: a ** b, "floordiv": lambda a, b: a // b, "mod": lambda a, b: a % b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
+       "pow": lambda a, b: a ** b, "floordiv": lambda a, b: a // b, "mod": lambda a, b: a % b,
+       "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
        "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "eq": lambda a, b: a == b,
        "ne": lambda a, b: a != b, "and": lambda a, b: a and b, "or": lambda a, b: a or b}
 

@@ -222,11 +222,16 @@ def slice_min(start, stop):
 
 def _check_bounds(d, start, stop, step):
     sym, size = dim_parts(d)
-    if start is not None and stop is not None and (start >= 0) == (stop >= 0) and start > stop:
-        raise ShapeError(f"bounds {_slice_text(start, stop, step)} end before they start")
-    if sym is None and slice_min(start, stop) > size:
-        raise ShapeError(f"bounds {_slice_text(start, stop, step)} are out of range for a dimension "
-                         f"of size {size}")
+    text = _slice_text(start, stop, step)
+    if sym is None:
+        if slice_min(start, stop) > size:
+            raise ShapeError(f"bounds {text} are out of range for a dimension of size {size}")
+        begin = 0 if start is None else start % size if size else 0
+        end = size if stop is None else stop + size if stop < 0 else stop
+        if begin > end:
+            raise ShapeError(f"bounds {text} end before they start (on a dimension of size {size})")
+    elif start is not None and stop is not None and (start >= 0) == (stop >= 0) and start > stop:
+        raise ShapeError(f"bounds {text} end before they start")
 
 
 def _slice_needs(x, spec):
