@@ -136,16 +136,22 @@ def _emit_check(L, b, entry, n, index, ptr, err, free):
     x = n.ins[0]
     t = LLTYPES[x.dtype]
     lo, hi = n.attr("lo"), n.attr("hi")
-    lo_v = ir.Constant(I64, lo)
-    hi_v = L.dim(hi)
+    # compare in the values' own width where the bounds fit it: twice the lanes for i32
+    ct = t if isinstance(hi, int) and -2 ** (t.width - 1) <= lo <= hi < 2 ** (t.width - 1) else I64
+    lo_v = ir.Constant(ct, lo)
+    hi_v = ir.Constant(ct, hi) if ct is t else L.dim(hi)
     count = L.size(x.shape)
     e = L.entry
     anyv, found, value = e.alloca(BIT), e.alloca(BIT), e.alloca(I64)
 
     def bad_at(i):
         v = b.load(b.gep(ptr, [i], source_etype=t), typ=t)
-        v = v if t == I64 else b.sext(v, I64)
-        return v, b.or_(b.icmp_signed("<", v, lo_v), b.icmp_signed(">=", v, hi_v))
+        w = v if ct is t else b.sext(v, I64)
+        if lo == 0:               # one unsigned comparison: a negative value is a huge one
+            bad = b.icmp_unsigned(">=", w, hi_v)
+        else:
+            bad = b.or_(b.icmp_signed("<", w, lo_v), b.icmp_signed(">=", w, hi_v))
+        return (v if t == I64 else b.sext(v, I64)), bad
 
     b.store(ir.Constant(BIT, 0), anyv)
     with counted_loop(b, count, prefix="check") as i:
