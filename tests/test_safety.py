@@ -170,6 +170,7 @@ def test_cross_entropy_labels(lab):
     for f in (lab.ce, lab.ce_grad):
         msg = _raises(ValueError, f, z, np.array([0, 3], np.int32))
         assert "the label 3 is outside [0, 3)" in msg and f.__name__ in msg
+        assert "the label -2 is outside [0, 3)" in _raises(ValueError, f, z, np.array([1, -2], np.int32))
 
 
 def test_scalar_entry_reports_a_failed_check(lab):
