@@ -125,7 +125,7 @@ def _call(module, name, kwargs):
         raise UserError(f"no function '{name}' in the program; it has: {', '.join(module.functions)}")
     try:
         out = f(**kwargs)
-    except (TypeError, ValueError) as ex:
+    except (TypeError, ValueError, IndexError) as ex:       # bad arguments, or a failed check
         raise UserError(str(ex)) from None
     return list(out) if isinstance(out, tuple) else [out]
 

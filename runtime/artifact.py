@@ -11,7 +11,8 @@ from pathlib import Path
 
 MAGIC = b"GRADCMOD"
 # 2: several object files (one per exported function) and an optional linked shared library
-FORMAT = 2
+# 3: signatures carry their size requirements ("needs"), functions their run-time checks
+FORMAT = 3
 _HEAD = struct.Struct("<8sIQQ")          # magic, format, header bytes, code bytes
 _DIGEST = 32
 
