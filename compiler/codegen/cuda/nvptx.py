@@ -21,9 +21,12 @@ class CudaTarget:
 
     def prepare(self, module: ir.Module):
         module.triple = TRIPLE
-        # read by NVVMReflect: libdevice then picks its flush-to-zero variants, or not
-        flag = module.add_metadata([ir.Constant(I32, 4), "nvvm-reflect-ftz", ir.Constant(I32, int(self.ftz))])
-        module.add_named_metadata("llvm.module.flags", flag)
+        # read by NVVMReflect, which answers libdevice's questions: flush denormals to zero
+        # (its .ftz variants) or not, and an IEEE sqrtf (sqrt.rn, nvcc's default) rather than
+        # sqrt.approx. LLVM 22 ignores the second flag; ptx.py sets its option as well
+        for name, value in (("nvvm-reflect-ftz", self.ftz), ("nvvm-reflect-prec-sqrt", True)):
+            flag = module.add_metadata([ir.Constant(I32, 4), name, ir.Constant(I32, int(value))])
+            module.add_named_metadata("llvm.module.flags", flag)
 
     def declare(self, kb) -> ir.Function:
         types = [PTR if p.buffer else ELEMENT[p.dtype] for p in kb.kernel.params]

@@ -51,7 +51,7 @@ class _Callee:
 
 
 def _define_destroy(module):
-    """void destroy(threads, n): every coroutine of a block freed, wherever it stopped."""
+    """void destroy(threads, n): every coroutine of a block freed, wherever it stopped (null: none)."""
     fn = module.globals.get(DESTROY)
     if fn is not None:
         return fn
@@ -61,7 +61,9 @@ def _define_destroy(module):
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     coro_destroy = _fn(module, "llvm.coro.destroy", VOID, [PTR])
     with loop(b, _c(0), n, _c(1)) as t:
-        b.call(coro_destroy, [THREAD.load(b, _thread(b, threads, t), "handle")])
+        handle = THREAD.load(b, _thread(b, threads, t), "handle")
+        with b.if_then(b.icmp_unsigned("!=", handle, ir.Constant(PTR, None))):
+            b.call(coro_destroy, [handle])
     b.ret_void()
     return fn
 
@@ -69,7 +71,8 @@ def _define_destroy(module):
 def add_driver(module: ir.Module) -> ir.Function:
     """`i32 gradc_sim_grid(ptr kernel, ptr launch, ptr threads)`: run a kernel over the launch's grid.
 
-    kernel is a simulator kernel's ramp, `ptr (ptr thread)`; one driver serves every kernel,
+    kernel is a simulator kernel, `ptr (ptr thread)`: a coroutine's ramp, which returns its
+    handle, or a kernel without barriers, which returns null. One driver serves every kernel,
     since resuming and destroying a coroutine goes through its frame, whoever compiled it.
     threads holds one Thread record per thread of a block. Blocks run one after another, so
     the launch's one shared space serves each in turn; it is filled with 0xff bytes (NaN for

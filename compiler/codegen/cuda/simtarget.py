@@ -49,11 +49,9 @@ class _CoroAttributes(ir.values.FunctionAttributes):
 class _State:
     thread: ir.Value
     launch: ir.Value
-    coro_id: ir.Value
-    handle: ir.Value
     sizes: dict                      # parameter number -> its buffer's element count
-    cleanup: ir.Block
-    suspend: ir.Block
+    cleanup: ir.Block | None = None  # made at the first barrier: a kernel without is no coroutine
+    suspend: ir.Block | None = None
 
 
 def _declare(module, name, ret, args):
@@ -64,7 +62,11 @@ def _declare(module, name, ret, args):
 
 
 class SimTarget:
-    """Emits kernels as host coroutines for the grid simulator (simdriver.py runs them)."""
+    """Emits kernels as host coroutines for the grid simulator (simdriver.py runs them).
+
+    A kernel without barriers never suspends: it stays a plain function that returns null, and
+    costs neither a coroutine frame nor CoroSplit's work.
+    """
 
     name = "cuda-sim"
 
@@ -73,17 +75,11 @@ class SimTarget:
 
     def declare(self, kb) -> ir.Function:
         fn = ir.Function(kb.module, ir.FunctionType(PTR, [PTR]), kb.kernel.name)
-        fn.attributes = _CoroAttributes(["presplitcoroutine"])
         fn.args[0].name = "thread"
         return fn
 
     def start(self, kb) -> dict:
-        b, m = kb.b, kb.module
-        coro_id = b.call(_declare(m, "llvm.coro.id", TOKEN, [I32, PTR, PTR, PTR]),
-                         [ir.Constant(I32, 16)] + [ir.Constant(PTR, None)] * 3)
-        size = b.call(_declare(m, "llvm.coro.size.i64", I64, []), [])
-        mem = b.call(_declare(m, "malloc", PTR, [I64]), [size])
-        handle = b.call(_declare(m, "llvm.coro.begin", PTR, [TOKEN, PTR]), [coro_id, mem])
+        b = kb.b
         thread = kb.fn.args[0]
         launch = THREAD.load(b, thread, "launch")
         slots, sizes_at = LAUNCH.load(b, launch, "args"), LAUNCH.load(b, launch, "sizes")
@@ -97,34 +93,47 @@ class SimTarget:
             else:
                 # the low bytes of the slot: the value as Python packed it, little-endian
                 args[p.name] = b.load(slot, typ=ELEMENT[p.dtype], name=p.name)
-        kb.state = _State(thread, launch, coro_id, handle, sizes,
-                          kb.fn.append_basic_block("coro.cleanup"), kb.fn.append_basic_block("coro.suspend"))
+        kb.state = _State(thread, launch, sizes)
         return args
 
     def finish(self, kb):
-        b, m, st = kb.b, kb.module, kb.state
+        b, st = kb.b, kb.state
         THREAD.store(b, ir.Constant(I32, DONE), st.thread, "barrier")
+        if st.cleanup is None:
+            b.ret(ir.Constant(PTR, None))
+            return
+        m = kb.module
+        kb.fn.attributes = _CoroAttributes(["presplitcoroutine"])
+        # the coroutine's start, put before everything else now that it is known to be one
+        b.position_at_start(kb.entry)
+        coro_id = b.call(_declare(m, "llvm.coro.id", TOKEN, [I32, PTR, PTR, PTR]),
+                         [ir.Constant(I32, 16)] + [ir.Constant(PTR, None)] * 3)
+        size = b.call(_declare(m, "llvm.coro.size.i64", I64, []), [])
+        mem = b.call(_declare(m, "malloc", PTR, [I64]), [size])
+        handle = b.call(_declare(m, "llvm.coro.begin", PTR, [TOKEN, PTR]), [coro_id, mem])
+        b.position_at_end(kb.exit)
         final = self._suspend(kb, final=True)
         trap = kb.fn.append_basic_block("coro.resumed.after.end")
         final.add_case(ir.Constant(I8, 0), trap)
         b.position_at_end(trap)
         b.unreachable()
         b.position_at_end(st.cleanup)
-        mem = b.call(_declare(m, "llvm.coro.free", PTR, [TOKEN, PTR]), [st.coro_id, st.handle])
+        mem = b.call(_declare(m, "llvm.coro.free", PTR, [TOKEN, PTR]), [coro_id, handle])
         b.call(_declare(m, "free", VOID, [PTR]), [mem])
         b.branch(st.suspend)
         b.position_at_end(st.suspend)
-        b.call(_declare(m, "llvm.coro.end", VOID, [PTR, I1, TOKEN]),
-               [st.handle, ir.Constant(I1, 0), NONE])
-        b.ret(st.handle)
+        b.call(_declare(m, "llvm.coro.end", VOID, [PTR, I1, TOKEN]), [handle, ir.Constant(I1, 0), NONE])
+        b.ret(handle)
 
     def _suspend(self, kb, final: bool):
         """coro.suspend and its switch (destroy: cleanup; suspended: return); case 0 is the caller's."""
-        b, m = kb.b, kb.module
-        s = b.call(_declare(m, "llvm.coro.suspend", I8, [TOKEN, I1]),
-                   [NONE, ir.Constant(I1, int(final))])
-        sw = b.switch(s, kb.state.suspend)
-        sw.add_case(ir.Constant(I8, 1), kb.state.cleanup)
+        b, m, st = kb.b, kb.module, kb.state
+        if st.cleanup is None:
+            st.cleanup = kb.fn.append_basic_block("coro.cleanup")
+            st.suspend = kb.fn.append_basic_block("coro.suspend")
+        s = b.call(_declare(m, "llvm.coro.suspend", I8, [TOKEN, I1]), [NONE, ir.Constant(I1, int(final))])
+        sw = b.switch(s, st.suspend)
+        sw.add_case(ir.Constant(I8, 1), st.cleanup)
         return sw
 
     def index(self, kb, register: str, axis: int) -> ir.Value:
