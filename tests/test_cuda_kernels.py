@@ -14,7 +14,7 @@ from gradc.compiler.codegen.cuda import mathlib, toolkit
 from gradc.compiler.codegen.cuda.kernel import ELEMENT, I64
 from gradc.compiler.codegen.cuda.nvptx import CudaTarget
 from gradc.compiler.codegen.cuda.simcontext import LAUNCH, THREAD
-from gradc.compiler.codegen.cuda.simtarget import SimTarget
+from gradc.compiler.codegen.cuda.simtarget import SimTarget, symbol
 
 NP = {"f32": np.float32, "f64": np.float64}
 BLOCK = 64                                   # the reduction's block size, fixed in its code
@@ -226,6 +226,21 @@ def test_block_tree_reduction_then_second_pass(sim, dtype):
     assert first.threads == blocks * BLOCK
 
 
+def test_launches_from_several_host_threads(sim):
+    from concurrent.futures import ThreadPoolExecutor
+    x = np.random.default_rng(4).uniform(-1, 1, 3000)
+    expect = np.zeros(4)
+    sim.launch("block_sum_f64", 4, BLOCK, x, expect, x.size)
+
+    def run(_):
+        out = np.zeros(4)
+        sim.launch("block_sum_f64", 4, BLOCK, x, out, x.size)
+        return out
+    with ThreadPoolExecutor(4) as pool:
+        for out in pool.map(run, range(8)):
+            np.testing.assert_array_equal(out, expect)
+
+
 def test_index_registers_in_two_dimensions(sim):
     grid, block = (3, 2), (4, 2)
     out = np.zeros(3 * 2 * 4 * 2, np.int64)
@@ -239,6 +254,14 @@ def test_index_registers_in_two_dimensions(sim):
                     flat = (by * 2 + ty) * 12 + bx * 4 + tx
                     expect[flat] = int(f"{tx}{ty}{bx}{by}42")
     np.testing.assert_array_equal(out, expect)
+
+
+def test_a_kernel_may_share_a_name_with_the_c_library():
+    # the simulator's kernels call sin and sinf from the C library
+    x, y = np.array([0.5, 1.0]), np.zeros(2)
+    kernel = math_kernel("f64", ["sin"])
+    SimModule([Kernel("sin", kernel.params, kernel.body)]).launch("sin", 1, 4, x, x, y, 2)
+    np.testing.assert_allclose(y, np.sin(x), rtol=1e-15)
 
 
 def test_early_return(sim):
@@ -306,6 +329,10 @@ def test_launch_mistakes(sim):
         sim.launch("shift_copy", 1, (64, 32), x, x, 0, 4)
     with pytest.raises(ValueError, match="grid must be 1 to 3 positive integers"):
         sim.launch("shift_copy", 0, 32, x, x, 0, 4)
+    with pytest.raises(ValueError, match="block must be 1 to 3 positive integers, got 2.0"):
+        sim.launch("shift_copy", 1, 2.0, x, x, 0, 4)
+    with pytest.raises(ValueError, match=r"parameter 'k': 18446744073709551616 does not fit in i64"):
+        sim.launch("shift_copy", 1, 32, x, x, 2 ** 64, 4)
     with pytest.raises(KeyError, match="no kernel 'nope'"):
         sim.launch("nope", 1, 1)
 
@@ -354,7 +381,7 @@ def test_both_targets_emit_the_same_arithmetic():
     op = re.compile(r"= (fadd|fsub|fmul|fdiv|fneg|fcmp \w+) (float|double)")
     call = re.compile(r"call (?:float|double) @\"?(?:__nv_)?(\w+)\"?\(")
     for k in kernels:
-        texts = [str(m.get_global(k.name)) for m in (gpu, host)]
+        texts = [str(gpu.get_global(k.name)), str(host.get_global(symbol(k.name)))]
         assert [op.findall(t) for t in texts][0] == [op.findall(t) for t in texts][1]
         assert [call.findall(t) for t in texts][0] == [call.findall(t) for t in texts][1]
 
@@ -483,7 +510,13 @@ def test_missing_toolkit_names_what_and_where(monkeypatch, tmp_path):
 def test_kernel_descriptions_are_checked():
     with pytest.raises(ValueError, match="kernel name 'a.b'"):
         Kernel("a.b", (), lambda kb: None)
+    with pytest.raises(ValueError, match="kernel name '__nv_sinf'"):
+        Kernel("__nv_sinf", (), lambda kb: None)
     with pytest.raises(ValueError, match="a buffer of 'f16'"):
         Param("x", "f16")
     with pytest.raises(ValueError, match="parameter names repeat"):
         Kernel("k", (Param("x", "f32"), Param("x", "f32")), lambda kb: None)
+    big = Kernel("big", (), lambda kb: kb.shared("tile", "f64", 6145))
+    with pytest.raises(ValueError, match="kernel 'big': shared array 'tile' takes the block's shared memory "
+                                         "past 49152 bytes"):
+        build_module([big], CudaTarget())

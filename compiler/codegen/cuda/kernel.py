@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from llvmlite import ir
 
@@ -19,6 +19,7 @@ SCALARS = ("f32", "f64", "i32", "i64")
 AXES = {"x": 0, "y": 1, "z": 2}
 REGISTERS = ("tid", "ntid", "ctaid", "nctaid")
 MAX_THREADS = 1024                    # per block, on every GPU since sm_20
+MAX_SHARED = 48 * 1024                # static shared memory per block; more needs dynamic shared memory
 # names that PTX keeps as they are, so a kernel is found by its own name in the PTX
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -46,8 +47,10 @@ class Kernel:
     body: Callable = field(compare=False)
 
     def __post_init__(self):
-        if not IDENTIFIER.fullmatch(self.name):
-            raise ValueError(f"kernel name {self.name!r}: letters, digits and _ only, not first a digit")
+        if not IDENTIFIER.fullmatch(self.name) or self.name.startswith("__"):
+            # PTX keeps such a name as it is; libdevice's own names start with __
+            raise ValueError(f"kernel name {self.name!r}: letters, digits and _ only, not first a digit, "
+                             f"not first two _")
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise ValueError(f"kernel {self.name!r}: parameter names repeat: {names}")
@@ -90,6 +93,23 @@ class KernelInfo:
         return max((s.offset + s.count * SIZES[s.dtype] for s in self.shared), default=0)
 
 
+class Target(Protocol):
+    """A target hook: what a KernelBuilder asks of CudaTarget (nvptx.py) and SimTarget (simtarget.py)."""
+
+    name: str
+
+    def prepare(self, module: ir.Module) -> None: ...               # once per module
+    def declare(self, kb: KernelBuilder) -> ir.Function: ...         # the kernel's function
+    def start(self, kb: KernelBuilder) -> dict: ...                  # entry code; {name: Buf | value}
+    def finish(self, kb: KernelBuilder) -> None: ...                 # at kb.exit: end the kernel
+    def index(self, kb: KernelBuilder, register: str, axis: int) -> ir.Value: ...
+    def barrier(self, kb: KernelBuilder, ident: int) -> None: ...    # ident: 1, 2, ... per kernel
+    def shared(self, kb: KernelBuilder, s: Shared) -> ir.Value: ...  # its first element's address
+    def math(self, kb: KernelBuilder, name: str, args: list) -> ir.Value: ...
+    def load(self, kb: KernelBuilder, buf: Buf, index: ir.Value) -> ir.Value: ...
+    def store(self, kb: KernelBuilder, buf: Buf, index: ir.Value, value: ir.Value) -> None: ...
+
+
 class KernelBuilder:
     """What a body generator sees: the IRBuilder `b`, the arguments, and the target's primitives.
 
@@ -98,7 +118,7 @@ class KernelBuilder:
     are the same instructions for every target.
     """
 
-    def __init__(self, target, module: ir.Module, kernel: Kernel):
+    def __init__(self, target: Target, module: ir.Module, kernel: Kernel):
         self.target, self.module, self.kernel = target, module, kernel
         self.info = KernelInfo(kernel.name, kernel.params)
         self.state = None                 # the target's own per-kernel values
@@ -156,6 +176,9 @@ class KernelBuilder:
         if dtype not in ELEMENT or count <= 0 or not IDENTIFIER.fullmatch(name):
             raise ValueError(f"shared array {name!r}: {count} elements of {dtype!r}")
         offset = (self.info.shared_bytes + 15) // 16 * 16
+        if offset + count * SIZES[dtype] > MAX_SHARED:
+            raise ValueError(f"kernel {self.kernel.name!r}: shared array {name!r} takes the block's shared "
+                             f"memory past {MAX_SHARED} bytes")
         self.info.shared.append(Shared(name, dtype, count, offset))
         ptr = self.target.shared(self, self.info.shared[-1])
         return Buf(name, dtype, ptr, "shared", len(self.info.shared) - 1, count)
@@ -240,7 +263,7 @@ def loop(b: ir.IRBuilder, start: ir.Value, stop: ir.Value, step: ir.Value):
     b.position_at_end(end)
 
 
-def build_module(kernels, target, name: str = "kernels") -> tuple:
+def build_module(kernels, target: Target, name: str = "kernels") -> tuple:
     """(ir.Module, {kernel name: KernelInfo}) of kernels built with a target hook."""
     module = ir.Module(name=name)
     target.prepare(module)

@@ -21,6 +21,11 @@ VOID = ir.VoidType()
 FAULT = "gradc.sim.fault"
 
 
+def symbol(kernel: str) -> str:
+    """The simulator function of a kernel, named apart from the C library's (a kernel may be `sin`)."""
+    return f"gradc.sim.{kernel}"
+
+
 class TokenType(ir.Type):
     """LLVM's `token` type, which llvmlite.ir lacks; its one constant is `none`."""
 
@@ -74,7 +79,7 @@ class SimTarget:
         _define_fault(module)
 
     def declare(self, kb) -> ir.Function:
-        fn = ir.Function(kb.module, ir.FunctionType(PTR, [PTR]), kb.kernel.name)
+        fn = ir.Function(kb.module, ir.FunctionType(PTR, [PTR]), symbol(kb.kernel.name))
         fn.args[0].name = "thread"
         return fn
 

@@ -14,7 +14,7 @@ from llvmlite import ir
 from .kernel import MAX_THREADS, build_module
 from .simcontext import DIVERGED, DONE, GLOBAL_LOAD, GLOBAL_STORE, LAUNCH, SHARED_LOAD, THREAD
 from .simdriver import DRIVER, FAULTED, OK, add_driver
-from .simtarget import SimTarget
+from .simtarget import SimTarget, symbol
 
 NP_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
 _PACK = {"f32": "<f", "f64": "<d", "i32": "<i", "i64": "<q"}
@@ -102,7 +102,10 @@ def grid_driver():
 
 
 def _dims(value, what: str, kernel: str) -> tuple:
-    dims = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
+    try:
+        dims = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
+    except TypeError:
+        dims = (value,)
     if not 1 <= len(dims) <= 3 or not all(isinstance(d, (int, np.integer)) and d >= 1 for d in dims):
         raise ValueError(f"launch of kernel {kernel!r}: {what} must be 1 to 3 positive integers, got {value!r}")
     return tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
@@ -115,7 +118,7 @@ class SimModule:
         module, self.infos = build_module(kernels, SimTarget(), name)
         self.llvm_ir = str(module)
         self._engine = compile_host(self.llvm_ir, opt)
-        self._ramps = {k: self._engine.get_function_address(k) for k in self.infos}
+        self._ramps = {k: self._engine.get_function_address(symbol(k)) for k in self.infos}
         self._driver = grid_driver()
 
     def launch(self, kernel: str, grid, block, *args) -> LaunchStats:
@@ -138,7 +141,12 @@ class SimModule:
                     raise TypeError(f"kernel {kernel!r}, parameter {p.name!r}: expected a number "
                                     f"({p.dtype}), got {type(a).__name__}")
                 value = float(a) if p.dtype in ("f32", "f64") else int(a)
-                slots.append(int.from_bytes(struct.pack(_PACK[p.dtype], value).ljust(8, b"\0"), "little"))
+                try:
+                    packed = struct.pack(_PACK[p.dtype], value)
+                except (struct.error, OverflowError):
+                    raise ValueError(f"kernel {kernel!r}, parameter {p.name!r}: {a!r} does not fit "
+                                     f"in {p.dtype}") from None
+                slots.append(int.from_bytes(packed.ljust(8, b"\0"), "little"))
                 sizes.append(0)
         return self.launch_raw(kernel, grid, block, slots, sizes)
 
