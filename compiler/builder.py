@@ -61,6 +61,9 @@ class Emitter:
     def array(self, data: np.ndarray, dtype) -> Value:
         if data.dtype.kind == "f" and dtype in INTS and not np.all(np.mod(data, 1) == 0):
             raise ShapeError(f"a floating-point array literal cannot be used with {dtype} values; use cast")
+        if dtype in INTS and data.size:
+            for v in (data.min(), data.max()):
+                check_int_range(v.item() if hasattr(v, "item") else v, dtype)
         return self.add_node("literal", (), (("data", tuple(data.ravel().tolist())), ("dtype", dtype),
                                              ("shape", data.shape)), self.loc)
 
@@ -71,6 +74,7 @@ class Emitter:
             value = bool(value)
         elif dtype in INTS:
             value = int(value)
+            check_int_range(value, dtype)
         else:
             value = float(value)
         return self.add_node("const", (), (("dtype", dtype), ("shape", tuple(shape)), ("value", value)),
@@ -98,6 +102,17 @@ class Emitter:
         for n in graph.nodes:
             env[n.out] = self.add_node(n.op, tuple(env[i] for i in n.ins), n.attrs, n.loc)
         return tuple(env[o] for o in graph.outputs)
+
+
+INT_RANGE = {"i32": (-2 ** 31, 2 ** 31 - 1), "i64": (-2 ** 63, 2 ** 63 - 1)}
+
+
+def check_int_range(value: int, dtype: str):
+    """A literal of an integer type must fit it: gradc never wraps a constant silently."""
+    lo, hi = INT_RANGE[dtype]
+    if not lo <= value <= hi:
+        raise ShapeError(f"the integer literal {value} is out of range for {dtype} "
+                         f"({lo} to {hi})")
 
 
 def literal_dtype(v) -> str:

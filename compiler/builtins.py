@@ -136,7 +136,11 @@ def _b_cast(s, node, x, dtype):
 def _b_one_hot(s, node, i, n, dtype=DType("f32")):
     if not isinstance(n, int):
         raise CompileError(f"one_hot needs a constant number of classes, got {s.describe(n)}", node.loc)
-    return s.e.one_hot(s.as_value(i, node, "i64"), n=n, dtype=_dtype_arg(s, node, dtype))
+    i = s.as_value(i, node, "i64")
+    # a label outside [0, n) is a mistake, not a row of zeros: the call raises ValueError
+    i = s.e.check_range(i, lo=0, hi=n, error="ValueError",
+                        message=f"one_hot: the label {{value}} is outside [0, {n}) (at {node.loc})")
+    return s.e.one_hot(i, n=n, dtype=_dtype_arg(s, node, dtype))
 
 
 def _b_broadcast_to(s, node, x, *shape):

@@ -18,7 +18,9 @@ def bind_dims(g: Graph, args) -> dict:
 
 
 def run(g: Graph, args, promote: bool = False) -> list:
-    """Evaluate g on NumPy arrays; promote=True computes f32 values in f64 (for finite differences)."""
+    """Evaluate g on NumPy arrays; promote=True computes f32 values in f64 (for finite differences).
+
+    A failed run-time check raises ops.CheckFailed(error, message, value)."""
     def dt(name):
         return "f64" if promote and name == "f32" else name
 
@@ -28,6 +30,8 @@ def run(g: Graph, args, promote: bool = False) -> list:
         attrs = n.kw
         if "shape" in attrs:
             attrs["shape"] = concrete(attrs["shape"], dims)
+        if OPS[n.op].kind == "check" and isinstance(attrs.get("hi"), str):
+            attrs["hi"] = concrete((attrs["hi"],), dims)[0]      # a bound given as a dimension
         if "dtype" in attrs:
             attrs["dtype"] = dt(attrs["dtype"])
         if n.op == "hook":

@@ -13,7 +13,7 @@ from ..frontend import ast as A
 from ..frontend.diagnostics import CompileError, Diagnostics
 from ..frontend.parse import parse
 from . import autodiff
-from .builder import Emitter, fresh, literal_dtype
+from .builder import INT_RANGE, Emitter, check_int_range, fresh, literal_dtype
 from .ir import DTYPES, Graph, ShapeError, Value, dim_add, dim_parts, type_str
 from .builtins import BUILTINS
 from .values import DimRef, DType, FnValue
@@ -50,12 +50,14 @@ class Derived(FnValue):
 
 
 def _binop_name(op):
-    return {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "<": "lt", "<=": "le",
-            ">": "gt", ">=": "ge", "==": "eq", "!=": "ne", "and": "and", "or": "or"}[op]
+    return {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "**": "pow",
+            "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne", "and": "and",
+            "or": "or"}[op]
 
 
 _PY = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-       "pow": lambda a, b: a ** b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
+       "pow": lambda a, b: a ** b, "floordiv": lambda a, b: a // b, "mod": lambda a, b: a % b,
+       "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
        "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "eq": lambda a, b: a == b,
        "ne": lambda a, b: a != b, "and": lambda a, b: a and b, "or": lambda a, b: a or b}
 
@@ -157,9 +159,14 @@ class Scope:
         items = [self.expr(i) for i in node.items]
         if all(_is_const(i) for i in items):
             try:
-                return np.array(items)
+                arr = np.array(items)
             except ValueError:
                 raise CompileError("array literal rows differ in length", node.loc) from None
+            except OverflowError:
+                arr = np.array([], object)
+            if arr.dtype == object:          # Python ints beyond 64 bits
+                raise CompileError("an integer literal in this array is out of range for i64", node.loc)
+            return arr
         return items
 
     def x_UnOp(self, node):
@@ -182,11 +189,26 @@ class Scope:
         for x, n in ((a, node.left), (b, node.right)):
             if not (isinstance(x, Value) or _is_const(x)):
                 raise CompileError(f"`{node.op}` needs array values, got {self.describe(x)}", n.loc)
-        if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)) and op in _PY:
+        if op == "div" and any(isinstance(x, Value) and x.dtype in INT_RANGE for x in (a, b)):
+            raise CompileError("`/` is not defined for integers", node.loc,
+                               ["use // for floor division, or cast to f32 or f64 for true division"])
+        number = lambda x: isinstance(x, (bool, int, float))
+        if number(a) and number(b) and op in _PY and not (op in ("floordiv", "mod") and b == 0):
             return _PY[op](a, b)
-        if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)):   # division
+        if op == "div" and number(a) and number(b):
             return a / b if b != 0 else self.e.div(float(a), float(b))
-        return self.e.emit(op, a, b)        # numbers and array literals take the other side's dtype
+        # numbers and array literals take the other side's dtype, which they must fit
+        for x, other, n in ((a, b, node.left), (b, a, node.right)):
+            if isinstance(other, Value) and other.dtype in INT_RANGE and not isinstance(x, Value):
+                try:
+                    if isinstance(x, int) and not isinstance(x, bool):
+                        check_int_range(x, other.dtype)
+                    elif isinstance(x, np.ndarray) and x.size and x.dtype.kind in "iu":
+                        check_int_range(int(x.min()), other.dtype)
+                        check_int_range(int(x.max()), other.dtype)
+                except ShapeError as ex:
+                    raise CompileError(str(ex), n.loc) from None
+        return self.e.emit(op, a, b)
 
     def matmul(self, a: Value, b: Value) -> Value:
         e = self.e

@@ -23,6 +23,21 @@ class OpDef:
     lower: Callable | None = None   # (cg, *elems, **attrs) -> LLVM value of one element, written with
     # the code generator's typed helpers (codegen/scalar.py); layout, reduce and matmul ops
     # lower as loops in codegen/
+    needs: Callable | None = None   # (*in_values, **attrs) -> [Need]: sizes the inputs must have
+    # at run time (compiler/checks.py collects them, the runtime tests them once per call)
+
+
+@dataclass(frozen=True)
+class Need:
+    """Axis `axis` of input `value` must have at least `min` elements, else `error`.
+
+    what: the phrase the message starts with ("index 5", "slice 0:10", "max").
+    """
+    error: str                 # "IndexError" | "ValueError"
+    value: object              # the input Value
+    axis: int
+    min: int
+    what: str
 
 
 OPS: dict[str, OpDef] = {}
@@ -37,8 +52,8 @@ def _quiet(f):
     return g
 
 
-def defop(name, shape, ref, vjp=None, jvp=None, kind="elementwise", lower=None):
-    OPS[name] = OpDef(name, shape, _quiet(ref), vjp, jvp, kind, lower)
+def defop(name, shape, ref, vjp=None, jvp=None, kind="elementwise", lower=None, needs=None):
+    OPS[name] = OpDef(name, shape, _quiet(ref), vjp, jvp, kind, lower, needs)
 
 
 def composite(fn):
@@ -181,8 +196,55 @@ def _slice_rule(x, spec):
             if isinstance(d, int) and not -d <= k < d:
                 raise ShapeError(f"index {k} is out of range for a dimension of size {d}")
         else:
+            _check_bounds(d, *s[1:])
             out.append(slice_len(d, *s[1:]))
     return tuple(out) + tuple(x.shape[len(spec):]), x.dtype
+
+
+def _slice_text(start, stop, step):
+    text = f"{'' if start is None else start}:{'' if stop is None else stop}"
+    return text + (f":{step}" if step is not None else "")
+
+
+def _bound_min(k):
+    """The least axis size on which the bound k lies within the axis (0 <= bound <= size)."""
+    return 0 if k is None else (k if k >= 0 else -k)
+
+
+def slice_min(start, stop):
+    """The least size of an axis that d[start:stop] fits: 0 <= start <= stop <= size, negative
+    bounds counted from the end (no clamping, unlike NumPy: the shape rule counts on it)."""
+    m = max(_bound_min(start), _bound_min(stop))
+    if start is not None and stop is not None and start >= 0 > stop:
+        m = max(m, start - stop)
+    return m
+
+
+def _check_bounds(d, start, stop, step):
+    sym, size = dim_parts(d)
+    text = _slice_text(start, stop, step)
+    if sym is None:
+        if slice_min(start, stop) > size:
+            raise ShapeError(f"bounds {text} are out of range for a dimension of size {size}")
+        begin = 0 if start is None else start % size if size else 0
+        end = size if stop is None else stop + size if stop < 0 else stop
+        if begin > end:
+            raise ShapeError(f"bounds {text} end before they start (on a dimension of size {size})")
+    elif start is not None and stop is not None and (start >= 0) == (stop >= 0) and start > stop:
+        raise ShapeError(f"bounds {text} end before they start")
+
+
+def _slice_needs(x, spec):
+    needs = []
+    for axis, (d, s) in enumerate(zip(x.shape, spec)):
+        if isinstance(d, int):
+            continue              # checked by the shape rule
+        if s[0] == "i":
+            k = s[1]
+            needs.append(Need("IndexError", x, axis, k + 1 if k >= 0 else -k, f"index {k}"))
+        elif slice_min(s[1], s[2]) > 0:
+            needs.append(Need("IndexError", x, axis, slice_min(s[1], s[2]), f"slice {_slice_text(*s[1:])}"))
+    return needs
 
 
 def slice_key(spec):
@@ -245,14 +307,24 @@ def _nograd(name, shape, ref, lower=None):
     defop(name, shape, ref, None, None, lower=lower)
 
 
-def _linear(name, shape, ref, vjp, kind="layout"):
+def _linear(name, shape, ref, vjp, kind="layout", needs=None):
     """An op linear in its inputs: its tangent is the op applied to the tangents."""
     def jvp(e, ts, z, *xs, **attrs):
         if len(xs) == 1:
             return e.emit(name, ts[0], **attrs)
         ts = [t if t is not None else e.zeros_like(x) for t, x in zip(ts, xs)]
         return e.emit(name, *ts, **attrs)
-    defop(name, shape, ref, vjp, jvp, kind=kind)
+    defop(name, shape, ref, vjp, jvp, kind=kind, needs=needs)
+
+
+def _int_zero_safe(f):
+    """f with an integer divisor of 0 giving 0, as NumPy does (here without its warning)."""
+    def g(x, y):
+        x, y = np.asarray(x), np.asarray(y)
+        if y.dtype.kind not in "iu":
+            return f(x, y)
+        return np.where(y == 0, np.zeros((), x.dtype), f(x, np.where(y == 0, np.ones((), y.dtype), y)))
+    return g
 
 
 def _sigmoid(x):
@@ -309,7 +381,23 @@ _math("mul", np.multiply, lambda e, z, x, y: (y, x), FLOATS + INTS,
       lower=lambda cg, x, y: cg.mul(x, y))
 _math("div", np.divide, lambda e, z, x, y: (e.div(1, y), e.neg(e.div(z, y))),
       lower=lambda cg, x, y: cg.div(x, y))
-_math("pow", np.power, lambda e, z, x, y: (e.mul(y, e.pow(x, e.sub(y, 1))), e.mul(z, e.log(x))),
+# Python's floor semantics, as NumPy's floor_divide and mod; an integer divisor of 0 gives 0
+# (NumPy's result, without its warning): no trap, no error
+_nograd("floordiv", binary(FLOATS + INTS), _int_zero_safe(np.floor_divide),
+        lower=lambda cg, x, y: cg.floordiv(x, y))
+_math("mod", _int_zero_safe(np.mod), lambda e, z, x, y: (1, e.neg(e.floordiv(x, y))), FLOATS + INTS,
+      lower=lambda cg, x, y: cg.mod(x, y))
+
+
+def _pow_partials(e, z, x, y):
+    # as PyTorch: x ** 0 has derivative 0 in x everywhere (0 * 0 ** -1 would be NaN at x = 0),
+    # and 0 ** y (y >= 0) has derivative 0 in y (z * log 0 would be NaN)
+    dx = e.where(e.eq(y, 0), 0, e.mul(y, e.pow(x, e.sub(y, 1))))
+    dy = e.where(e.and_(e.eq(x, 0), e.ge(y, 0)), 0, e.mul(z, e.log(x)))
+    return dx, dy
+
+
+_math("pow", np.power, _pow_partials,
       lower=lambda cg, x, y: cg.pow(x, y))
 # the two sides of a tie share the gradient, as in PyTorch
 _math("maximum", np.maximum, lambda e, z, x, y: (e.tie(x, y), e.tie(y, x)), FLOATS + INTS,
@@ -402,6 +490,30 @@ defop("hook", lambda x, fn: (x.shape, x.dtype), lambda x, fn: x,
       lower=lambda cg, x, fn: x)
 
 
+class CheckFailed(Exception):
+    """A run-time check failed in the reference evaluator: (error, message, value), as the
+    native error channel reports it (runtime/module.py check_failed makes the exception)."""
+
+
+def _check_range_rule(x, lo, hi, error, message):
+    if x.dtype not in INTS:
+        raise ShapeError(f"a range check needs integer values, got {_t(x)}")
+    return x.shape, x.dtype
+
+
+def _check_range_ref(x, lo, hi, error, message):
+    bad = (x < lo) | (x >= hi)
+    if np.any(bad):
+        raise CheckFailed(error, message, int(x[bad].flat[0]))
+    return x
+
+
+# x itself, once every element is in [lo, hi) (hi an int or a dim); else the call raises error
+# with message ("{value}": the first offending element). Backends test it once, after x is
+# computed and before anything that reads the result runs (docs/internals.md, the error channel)
+defop("check_range", _check_range_rule, _check_range_ref, kind="check", lower=lambda cg, x, **_: x)
+
+
 def _one_hot_rule(i, n, dtype):
     if i.dtype not in INTS:
         raise ShapeError(f"one_hot needs integer class indices, got {_t(i)}")
@@ -426,13 +538,22 @@ def _extremum_weights(e, z, x, axes, keepdims):
     return e.div(mask, e.broadcast_to(e.sum(mask, axes=axes, keepdims=True), shape=x.shape))
 
 
+def _extremum_rule(x, axes, keepdims):
+    if any(x.shape[a] == 0 for a in axes):
+        raise ShapeError(f"{_t(x)} has an empty axis to reduce, and max and min have no identity")
+    return _reduce_rule(x, axes, keepdims)
+
+
 def _extremum(name, ref):
-    defop(name, _reduce_rule, lambda x, axes, keepdims: ref(x, axis=axes, keepdims=keepdims),
+    # an empty axis has no maximum: NumPy raises, and so does every target (checked per call)
+    needs = lambda x, axes, keepdims: [Need("ValueError", x, a, 1, name) for a in axes
+                                       if not isinstance(x.shape[a], int)]
+    defop(name, _extremum_rule, lambda x, axes, keepdims: ref(x, axis=axes, keepdims=keepdims),
           vjp=lambda e, g, z, x, axes, keepdims: (
               e.gmul(_keep(e, g, x, axes, keepdims), _extremum_weights(e, z, x, axes, keepdims)),),
           jvp=lambda e, ts, z, x, axes, keepdims: e.sum(
               e.gmul(ts[0], _extremum_weights(e, z, x, axes, keepdims)), axes=axes, keepdims=keepdims),
-          kind="reduce")
+          kind="reduce", needs=needs)
 
 
 defop("sum", _reduce_rule, lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims),
@@ -451,7 +572,7 @@ _linear("broadcast_to", _broadcast_to_rule, lambda x, shape: np.broadcast_to(x, 
 _linear("transpose", _transpose_rule, lambda x, perm: np.transpose(x, perm),
         lambda e, g, z, x, perm: (e.transpose(g, perm=tuple(np.argsort(perm).tolist())),))
 _linear("slice", _slice_rule, lambda x, spec: np.array(x[slice_key(spec)]),
-        lambda e, g, z, x, spec: (e.pad(g, spec=spec, shape=x.shape),))
+        lambda e, g, z, x, spec: (e.pad(g, spec=spec, shape=x.shape),), needs=_slice_needs)
 _linear("pad", lambda g, spec, shape: (tuple(shape), g.dtype), _pad_ref,
         lambda e, g, z, x, spec, shape: (e.slice(g, spec=spec),))
 
@@ -498,8 +619,10 @@ def mean(e, x, axis=None, keepdims=False):
 @composite
 def logsumexp(e, x, axis=None, keepdims=False):
     axes = norm_axes(axis, len(x.shape))
-    # the shift is detached: its derivative cancels exactly, and it keeps exp from overflowing
+    # the shift is detached: its derivative cancels exactly, and it keeps exp from overflowing;
+    # an infinite maximum shifts by 0, so [inf, 1] gives inf and [-inf, -inf] gives -inf (not NaN)
     m = e.detach(e.max(x, axes=axes, keepdims=True))
+    m = e.where(e.lt(e.abs(m), math.inf), m, 0)
     s = e.log(e.sum(e.exp(e.sub(x, m)), axes=axes, keepdims=True))
     out = e.add(s, m)
     return out if keepdims else e.reshape(out, shape=reduce_shape(x.shape, axes, False))

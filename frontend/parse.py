@@ -15,7 +15,7 @@ _TOKEN_TEXT = {
     "LPAR": "(", "RPAR": ")", "LSQB": "[", "RSQB": "]", "LBRACE": "{", "RBRACE": "}",
     "COMMA": ",", "COLON": ":", "SEMICOLON": ";", "EQUAL": "=", "MINUS": "-", "PLUS": "+",
     "STAR": "*", "SLASH": "/", "_NL": "newline", "RETURN": "return", "LET": "let", "FN": "fn",
-    "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "MUL_OP": "*, / or @",
+    "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "MUL_OP": "*, /, //, % or @",
     "ADD_OP": "+ or -", "COMP_OP": "a comparison", "__ANON_0": "->", "DOUBLESTAR": "**",
     "$END": "end of file", "TRUE": "true", "FALSE": "false", "NOT": "not", "AND": "and", "OR": "or",
 }

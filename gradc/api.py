@@ -7,10 +7,12 @@ import warnings
 from pathlib import Path
 
 from .compiler import interp
+from .compiler.checks import requirements
 from .compiler.pipeline import lower, optimize
 from .frontend.diagnostics import CompileError, render
 from .runtime import artifact
-from .runtime.module import Function, Module, Signature
+from .compiler.ops import CheckFailed
+from .runtime.module import Function, Module, Signature, check_failed
 
 VERSION = "0.1.0"
 TARGETS = ("cpu", "reference")
@@ -36,7 +38,7 @@ def read_source(src) -> tuple[str, str]:
 
 def signature(g) -> Signature:
     return Signature(g.name, [(n, p.dtype, p.shape) for n, p in zip(g.param_names, g.params)],
-                     [(o.dtype, o.shape) for o in g.outputs], g.out_tuple)
+                     [(o.dtype, o.shape) for o in g.outputs], g.out_tuple, requirements(g))
 
 
 def lower_checked(text, file, record=None):
@@ -138,7 +140,7 @@ def build_bytes(text: str, file: str = "<source>", link: bool = True, fast_math:
 
     def entry(k, compiled_entry) -> dict:
         return {"signature": signature(mod.graphs[k]).to_json(), "symbol": compiled_entry[0],
-                "dims": list(compiled_entry[1])}
+                "dims": list(compiled_entry[1]), "checks": compiled_entry[2]}
     # each function's code carries a digest of its header entry and of the facts (runtime/trust.py)
     compiled = compile_graphs(graphs, Path(file).stem, link=link, fast_math=fast_math,
                               describe=lambda k, e: describe(facts, entry(k, e)))
@@ -211,7 +213,10 @@ def _load_native(name, header, code, file="<bytes>") -> Module:
 
 def _reference(g):
     def execute(arrays, dims):
-        return interp.run(g, arrays)
+        try:
+            return interp.run(g, arrays)
+        except CheckFailed as ex:          # the reference side of the error channel
+            raise check_failed(g.name, *ex.args) from None
     return execute
 
 

@@ -131,7 +131,7 @@ def _call(module, name, kwargs):
         raise UserError(f"no function '{name}' in the program; it has: {', '.join(module.functions)}")
     try:
         out = f(**kwargs)
-    except (TypeError, ValueError) as ex:
+    except (TypeError, ValueError, IndexError) as ex:       # bad arguments, or a failed check
         raise UserError(str(ex)) from None
     return list(out) if isinstance(out, tuple) else [out]
 
@@ -219,7 +219,7 @@ def cmd_graph(args):
     mod = _lower(text, file)
     if args.func not in mod.graphs:
         raise UserError(f"no function '{args.func}' in {file}; it has: {', '.join(mod.graphs)}")
-    dot = to_dot(mod, args.func)
+    dot = to_dot(mod, args.func, optimized=not args.unoptimized)
     if args.output is None:
         print(dot)
     else:
@@ -259,6 +259,8 @@ def make_parser():
     g.add_argument("file")
     g.add_argument("func")
     g.add_argument("-o", "--output")
+    g.add_argument("--unoptimized", action="store_true",
+                   help="every node of the graph before optimization, unused gradients included")
     return p
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 MAGIC = b"GRADCMOD"
 # 2: several object files (one per exported function) and an optional linked shared library
+# 3: signatures carry their size requirements ("needs"), functions their run-time checks
 # 4: each function's code carries a digest of its header entry (trust.py); an optional signature
 FORMAT = 4
 _HEAD = struct.Struct("<8sIQQ")          # magic, format, header bytes, code bytes

@@ -9,11 +9,12 @@ import weakref
 import numpy as np
 
 from .artifact import as_code
-from .fastcall import EXACT_INT, ScalarEntry, entry_address, flat_entry
+from .fastcall import (CHECK_FAILED, EXACT_INT, NO_MEMORY, RECORD, ScalarEntry, entry_address, flat_entry,
+                       read_record)
 from .host import host  # noqa: F401 - the runtime's face for callers
 from .libs import (_init, _state, _threads, blas_info, get_num_threads, patch_globals,  # noqa: F401
                    set_num_threads, threads_info, tune_malloc)
-from .module import NP_DTYPES, Function, Module, Signature, dim_value
+from .module import ERRORS, NP_DTYPES, Function, Module, Signature, check_failed, dim_value
 
 
 
@@ -50,8 +51,14 @@ def _shape_maker(shape):
 class CpuFunction(Function):
     """A native function: a lean check for the common call, the full checks otherwise."""
 
-    def __init__(self, sig: Signature, code, symbol: str, dim_names, module_name):
+    def __init__(self, sig: Signature, code, symbol: str, dim_names, module_name, checks=()):
         super().__init__(sig, self._execute_native, module_name)
+        # the run-time checks of the native code, by the index its error record gives
+        self._checks = [(c["error"], c["message"]) for c in checks]
+        for error, message in self._checks:
+            if error not in ERRORS or not isinstance(message, str):
+                raise ValueError(f"{sig.name}: malformed run-time check {error!r}")
+        self._tls = threading.local()
         self._code = code                      # keep the engine or library alive
         self._dim_names = tuple(dim_names)
         self._n_in, self._n_out = len(sig.params), len(sig.outputs)
@@ -60,6 +67,7 @@ class CpuFunction(Function):
         self._offsets = any(not (isinstance(d, int) or d.isidentifier()) for _, s in sig.outputs for d in s)
         # per parameter: dtype, rank, and (axis, fixed size or symbol name) for each axis
         self._fast = [(np.dtype(NP_DTYPES[d]), len(s), tuple(enumerate(s))) for _, d, s in sig.params]
+        self._needs = bool(sig.needs)         # the fast path tests them too
         self._scratch = threading.local()
         scalar = entry_address(code, symbol + ".scalar")
         self._scalar = ScalarEntry(sig, scalar) if scalar else None
@@ -82,9 +90,30 @@ class CpuFunction(Function):
                     return None
         return args, dims
 
+    def _record(self):
+        """This thread's error record: (address, its buffer)."""
+        try:
+            return self._tls.err
+        except AttributeError:
+            buf = ctypes.create_string_buffer(RECORD)
+            self._tls.err = ctypes.addressof(buf), buf
+            return self._tls.err
+
+    def _failed(self, status, record_address):
+        """The exception of a non-zero status: a failed check (the error channel) or no memory."""
+        if status == CHECK_FAILED:
+            index, value = read_record(record_address)
+            if 0 <= index < len(self._checks):
+                return check_failed(self.sig.name, *self._checks[index], value)
+        if status == NO_MEMORY:
+            return MemoryError(f"{self.sig.name}: out of memory for intermediate values")
+        return RuntimeError(f"{self.sig.name}: the native code returned status {status}")
+
     def _run(self, arrays, dims, outs):
-        if self._flat(*_pointers(arrays), *_pointers(outs), *[dims[s] for s in self._dim_names]):
-            raise MemoryError(f"{self.sig.name}: out of memory for intermediate values")
+        err = self._record()[0]
+        status = self._flat(*_pointers(arrays), *_pointers(outs), *[dims[s] for s in self._dim_names], err)
+        if status:
+            raise self._failed(status, err)
 
     def _alloc(self, dims):
         return [np.empty(mk(dims), dt) for mk, dt in self._makers]
@@ -108,8 +137,9 @@ class CpuFunction(Function):
                     addr, read = direct.tls.buf
                 except AttributeError:
                     addr, read = direct.buffer()
-                if direct.call(*args, addr):
-                    raise MemoryError(f"{self.sig.name}: out of memory for intermediate values")
+                status = direct.call(*args, addr)
+                if status:
+                    raise self._failed(status, addr + direct.record_offset)
                 return read()
         checked = None if kwargs or len(args) != self._n_in else self._fast_check(args)
         if checked is None:
@@ -119,24 +149,32 @@ class CpuFunction(Function):
             arrays, dims = checked
             if self._offsets:
                 arrays, dims = self.check(args, kwargs)     # reports an "N-1" that comes out negative
+            elif self._needs:
+                self.sig.check_needs(dims)
         if out is None:
             if accumulate:
                 raise ValueError(f"{self.sig.name}: accumulate=True needs out= buffers to add into")
             # _alloc and _run written out: two Python calls are a tenth of an array call
             outs = [np.empty(mk(dims), dt) for mk, dt in self._makers]
-            if self._flat(*_pointers(arrays), *_pointers(outs), *[dims[s] for s in self._dim_names]):
-                raise MemoryError(f"{self.sig.name}: out of memory for intermediate values")
+            try:
+                err = self._tls.err[0]
+            except AttributeError:
+                err = self._record()[0]
+            status = self._flat(*_pointers(arrays), *_pointers(outs), *[dims[s] for s in self._dim_names], err)
+            if status:
+                raise self._failed(status, err)
             return self._results(outs)
         return self._call_out(arrays, dims, out, accumulate)
 
     def _call_out(self, arrays, dims, out, accumulate):
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        self._check_disjoint(outs)
         shapes = self.sig.output_shapes(dims)
         usable = len(outs) == self._n_out and all(
             isinstance(o, np.ndarray) and o.shape == s and o.dtype == dt and o.flags.c_contiguous
             and o.flags.writeable for o, s, dt in zip(outs, shapes, self._out_dtypes))
-        if usable and len({id(o) for o in outs}) == len(outs) and \
-                not any(np.may_share_memory(o, a) for o in outs for a in arrays):
+        # an out= buffer that overlaps an input is written after the call, from fresh results
+        if usable and not any(np.may_share_memory(o, a) for o in outs for a in arrays):
             if accumulate:
                 # results land in per-thread scratch that is reused from call to call
                 tmp = self._scratch_for(shapes)
@@ -200,10 +238,10 @@ def _map(code):
 
 def load_native(name: str, code, functions: list, target: str = "cpu") -> Module:
     """A Module of CpuFunctions; code: an artifact.Code or object file bytes;
-    functions: [{"signature": ..., "symbol": ..., "dims": [...]}]."""
+    functions: [{"signature": ..., "symbol": ..., "dims": [...], "checks": [...]}]."""
     code = native_code(code)
     fns = {}
     for f in functions:
         sig = Signature.from_json(f["signature"])
-        fns[sig.name] = CpuFunction(sig, code, f["symbol"], f["dims"], name)
+        fns[sig.name] = CpuFunction(sig, code, f["symbol"], f["dims"], name, f["checks"])
     return Module(name, fns, target)

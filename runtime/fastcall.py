@@ -22,9 +22,21 @@ def entry_address(code, symbol: str) -> int:
 
 
 def flat_entry(code, symbol: str, n_ptrs: int, n_dims: int):
-    """`i32 SYMBOL.flat(ptr..., i64...)` through ctypes; it releases the GIL while it runs."""
-    proto = ctypes.CFUNCTYPE(ctypes.c_int32, *[ctypes.c_void_p] * n_ptrs, *[ctypes.c_int64] * n_dims)
+    """`i32 SYMBOL.flat(ptr..., i64..., ptr err)` through ctypes; it releases the GIL while it runs."""
+    proto = ctypes.CFUNCTYPE(ctypes.c_int32, *[ctypes.c_void_p] * n_ptrs, *[ctypes.c_int64] * n_dims,
+                             ctypes.c_void_p)
     return proto(code.address(symbol + ".flat"))
+
+
+# a function's status (compiler/codegen/parallel.py): OK, NO_MEMORY, or CHECK_FAILED with the
+# error record (two i64: the index of the failed check, the offending value) filled in
+OK, NO_MEMORY, CHECK_FAILED = 0, 1, 2
+RECORD = 16
+
+
+def read_record(address: int) -> tuple:
+    """(check index, offending value) of an error record."""
+    return ctypes.c_int64.from_address(address).value, ctypes.c_int64.from_address(address + 8).value
 
 
 class ScalarEntry:
@@ -43,6 +55,7 @@ class ScalarEntry:
         self.accept = tuple(frozenset((float, NP_DTYPES[d])) for _, d, _ in sig.params)
         self.dtypes = [np.dtype(NP_DTYPES[d]) for d, _ in sig.outputs]
         self.uniform = len(set(self.dtypes)) == 1
+        self.record_offset = SLOT * len(self.dtypes)      # the error record follows the results
         self.out_tuple = sig.out_tuple
         self.tls = threading.local()
 
@@ -52,7 +65,8 @@ class ScalarEntry:
             return self.tls.buf
         except AttributeError:
             pass
-        raw = ctypes.create_string_buffer(SLOT * len(self.dtypes))
+        # the results, then the error record the scalar entry points at
+        raw = ctypes.create_string_buffer(SLOT * len(self.dtypes) + RECORD)
         if self.uniform:
             # one strided view: indexing it makes NumPy scalars in C, no Python frame (tuple(view)
             # costs three times as much)

@@ -5,6 +5,7 @@ import inspect
 
 import numpy as np
 
+_TOO_HARD = getattr(np, "exceptions", np).TooHardError
 NP_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
 
 
@@ -12,14 +13,31 @@ def type_str(shape, dtype) -> str:
     return f"{dtype}[{', '.join(str(d) for d in shape)}]" if shape else dtype
 
 
-class Signature:
-    """A function's parameters and results: (name, dtype, shape) with symbolic dims as names."""
+# the exceptions a size requirement or a run-time check may raise (a module header names them)
+ERRORS = {"IndexError": IndexError, "ValueError": ValueError}
 
-    def __init__(self, name, params, outputs, out_tuple):
+
+class Signature:
+    """A function's parameters and results: (name, dtype, shape) with symbolic dims as names.
+
+    needs: the size requirements its ops put on the symbolic dims (compiler/checks.py), each
+    {"error", "dim", "min", "message"}: dim must be at least min, or the call raises error with
+    the message ("{size}" in it replaced by the actual size). Function.check tests them.
+    """
+
+    def __init__(self, name, params, outputs, out_tuple, needs=()):
         self.name = name
         self.params = tuple((n, d, tuple(s)) for n, d, s in params)
         self.outputs = tuple((d, tuple(s)) for d, s in outputs)
         self.out_tuple = out_tuple
+        self.needs = tuple(dict(n) for n in needs)
+        self._tests = []                  # (symbol, offset, least size, requirement), parsed once
+        for n in self.needs:
+            if n.get("error") not in ERRORS or not isinstance(n.get("min"), int) or \
+                    not isinstance(n.get("dim"), str) or not isinstance(n.get("message"), str):
+                raise ValueError(f"{name}: malformed size requirement {n!r:.200}")
+            sym, off = _dim_parts(n["dim"])
+            self._tests.append((sym, off, n["min"] - off, n))
 
     def __str__(self):
         ps = ", ".join(f"{n}: {type_str(s, d)}" for n, d, s in self.params)
@@ -29,14 +47,37 @@ class Signature:
 
     def to_json(self):
         return {"name": self.name, "params": [list(p) for p in self.params],
-                "outputs": [list(o) for o in self.outputs], "out_tuple": self.out_tuple}
+                "outputs": [list(o) for o in self.outputs], "out_tuple": self.out_tuple,
+                "needs": [dict(n) for n in self.needs]}
 
     @classmethod
     def from_json(cls, d):
-        return cls(d["name"], d["params"], d["outputs"], d["out_tuple"])
+        return cls(d["name"], d["params"], d["outputs"], d["out_tuple"], d["needs"])
+
+    def check_needs(self, dims: dict):
+        """Raise the first size requirement the bound dims break (IndexError or ValueError)."""
+        for sym, off, least, n in self._tests:
+            size = dims.get(sym)
+            if size is not None and size < least:      # None: a dim no parameter binds by its name
+                raise ERRORS[n["error"]](f"{self.name}: " + n["message"].replace("{size}", str(size + off)))
 
     def output_shapes(self, dims: dict) -> list:
         return [tuple(dim_value(x, dims) for x in s) for _, s in self.outputs]
+
+
+def check_failed(fn_name: str, error: str, message: str, value) -> Exception:
+    """The exception of a failed run-time check (the error channel, docs/internals.md): the same
+    on every target. message has "{value}" where the offending value goes."""
+    return ERRORS.get(error, ValueError)(f"{fn_name}: " + message.replace("{value}", str(value)))
+
+
+def _dim_parts(d: str) -> tuple:
+    """(symbol, offset) of a symbolic dim: "N" -> ("N", 0), "N-1" -> ("N", -1)."""
+    for sign in "+-":
+        if sign in d[1:]:
+            i = d.index(sign, 1)
+            return d[:i], int(d[i:])
+    return d, 0
 
 
 def dim_value(d, dims):
@@ -112,6 +153,8 @@ class Function:
                 else:
                     dims.setdefault(want, got)
                     origin.setdefault(want, f"parameter '{origin.get(want, name)}'")
+        if self.sig.needs:
+            self.sig.check_needs(dims)
         for _, s in self.sig.outputs:
             for d in s:
                 if not isinstance(d, int) and dim_value(d, dims) < 0:
@@ -139,6 +182,14 @@ class Function:
         if (kind == "i" and a.dtype.kind == "f") or (kind == "b" and a.dtype.kind != "b"):
             raise TypeError(f"{self.sig.name}: parameter '{name}' expects {type_str(shape, dtype)}, "
                             f"got {a.dtype.name} values {v!r:.60}")
+        if kind == "i" and a.size and not np.can_cast(a.dtype, want):
+            # astype would wrap 2**32 + 1 to 1 without a word
+            info = np.iinfo(want)
+            for x in (a.min(), a.max()):
+                if not info.min <= int(x) <= info.max:
+                    raise ValueError(f"{self.sig.name}: parameter '{name}' expects "
+                                     f"{type_str(shape, dtype)}, got the value {int(x)}, out of "
+                                     f"the range of {dtype} ({info.min} to {info.max})")
         return a.astype(want)
 
     def __call__(self, *args, out=None, accumulate=False, **kwargs):
@@ -163,6 +214,7 @@ class Function:
         outs = out if isinstance(out, (tuple, list)) else (out,)
         if len(outs) != len(results):
             raise ValueError(f"{self.sig.name}: out= needs {len(results)} array(s), got {len(outs)}")
+        self._check_disjoint(outs)
         for i, (o, r) in enumerate(zip(outs, results)):
             if not isinstance(o, np.ndarray) or o.shape != r.shape or o.dtype != r.dtype:
                 got = f"{o.dtype}{list(o.shape)}" if isinstance(o, np.ndarray) else type(o).__name__
@@ -175,6 +227,27 @@ class Function:
             else:
                 o[...] = r
         return list(outs)
+
+
+    def _check_disjoint(self, outs):
+        """Two out= buffers that share memory would each hold a result: ValueError. (A buffer that
+        shares memory with an input is fine: results are computed before any is written.)"""
+        arrays = [o for o in outs if isinstance(o, np.ndarray)]
+        for i, a in enumerate(arrays):
+            for j in range(i + 1, len(arrays)):
+                if overlap(a, arrays[j]):
+                    raise ValueError(f"{self.sig.name}: out[{i}] and out[{j}] share memory; "
+                                     f"each result needs a buffer of its own")
+
+
+def overlap(a, b) -> bool:
+    """Whether two arrays share memory; a case too hard to decide exactly counts as sharing."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return np.shares_memory(a, b, max_work=10_000)
+    except _TOO_HARD:
+        return True
 
 
 class Module:

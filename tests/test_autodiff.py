@@ -189,3 +189,33 @@ def test_float32_stays_float32():
     x = np.linspace(0, 1, 5, dtype=np.float32)
     assert m.f(x).dtype == np.float32 and m.g(x).dtype == np.float32
     np.testing.assert_allclose(m.g(x), np.exp(x) / 3, rtol=1e-6)
+
+
+EDGES = """
+fn lse(x: f64[N]) -> f64 { return logsumexp(x) }
+fn lse32(x: f32[2, N]) -> f32[2] { return logsumexp(x, axis=1) }
+fn p(x: f64, y: f64) -> f64 { return x ** y }
+fn p0(x: f64) -> f64 { return x ** 0.0 }
+let dp = grad(p, wrt=(x, y))
+let dp0 = grad(p0)
+let ddp0 = grad(grad(p0))
+let jp0 = jvp(p0, wrt=x)
+"""
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_edge_values_as_pytorch_gives_them(target):
+    m = gradc.compile(EDGES, target=target)
+    inf = np.inf
+    assert m.lse(np.array([inf, 1.0])) == inf
+    assert m.lse(np.array([-inf, -inf])) == -inf
+    assert np.isnan(m.lse(np.array([np.nan, 1.0])))
+    np.testing.assert_allclose(m.lse(np.array([1.0, 2.0])), np.logaddexp(1.0, 2.0), rtol=1e-15)
+    got = m.lse32(np.array([[inf, 1], [-inf, -inf]], np.float32))
+    assert got.dtype == np.float32 and got[0] == inf and got[1] == -inf
+    # x ** 0 is constant: derivative 0 at x = 0 too; 0 ** y with y >= 0: 0 in y as well
+    assert m.dp0(0.0) == 0.0 and m.ddp0(0.0) == 0.0 and m.jp0(0.0, 1.0)[1] == 0.0
+    assert m.dp(0.0, 0.0) == (0.0, 0.0)
+    assert m.dp(0.0, 2.0) == (0.0, 0.0)
+    dx, dy = m.dp(2.0, 3.0)
+    np.testing.assert_allclose((dx, dy), (12.0, 8 * np.log(2.0)), rtol=1e-14)

@@ -106,13 +106,20 @@ def test_check_fails_on_a_wrong_gradient(tmp_path):
 
 
 def test_graph_dot_marks_leaves_wrt_and_adjoint(tmp_path):
-    res = gradc("graph", SAMPLES / "tutorial_vector.ad", "total_grad")
+    res = gradc("graph", SAMPLES / "tutorial_vector.ad", "total_grad", "--unoptimized")
     dot = res.stdout
     assert dot.startswith('digraph "total_grad"')
     assert "(requires grad)" in dot and "(retain_grad)" in dot and "leaf" in dot
-    assert "#ffd6a5" in dot                       # derivative nodes
+    assert "#ffd6a5" in dot and "subgraph cluster_derivative" in dot     # derivative nodes
     res = gradc("graph", SAMPLES / "tutorial_vector.ad", "total_grad", "-o", tmp_path / "g.dot")
     assert res.returncode == 0 and (tmp_path / "g.dot").read_text().startswith("digraph")
+
+
+def test_graph_is_optimized_unless_asked():
+    opt = gradc("graph", SAMPLES / "mlp_softmax.ad", "loss_grad").stdout
+    unopt = gradc("graph", SAMPLES / "mlp_softmax.ad", "loss_grad", "--unoptimized").stdout
+    count = lambda dot: sum(1 for line in dot.splitlines() if "label=" in line and "tooltip=" in line)
+    assert 0 < count(opt) < count(unopt) / 2
 
 
 def test_version():

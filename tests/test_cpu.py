@@ -42,6 +42,8 @@ CASES += [_bin(op, sa, sb, "pos" if op == "pow" else "ties" if op in TIES else "
           for op in ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "gmul", "tie")
           for sa, sb in ((("N", 4), ("N", 4)), (("N", 4), (4,)), (("N", 1), (1, "M")), ((), ("N",)))]
 CASES += [_bin(op, ("N", 3), (3,), "ties", "ties") for op in ("lt", "le", "gt", "ge", "eq", "ne")]
+CASES += [_bin(op, sa, sb, "any", db) for op in ("floordiv", "mod")
+          for sa, sb, db in ((("N", 4), ("N", 4), "ties"), (("N", 4), (4,), "pos"), ((), ("N",), "any"))]
 CASES += [
     _case("logic", [(("N",), "F", "zeros"), (("N",), "F", "zeros")],
           lambda e, x, y: e.where(e.or_(e.and_(e.lt(x, y), e.not_(e.eq(x, 0))), e.ge(y, 0.5)), x, e.mul(y, 3))),
@@ -84,7 +86,8 @@ CASES += [
     _case("matmul_t", [((4, "N"), "F", "any"), (("M", 4), "F", "any")],
           lambda e, x, y: e.matmul(e.transpose(e.tanh(x), perm=(1, 0)), e.transpose(y, perm=(1, 0)))),
     _case("one_hot", [(("N",), "i32", "labels"), (("N", 5), "F", "any")],
-          lambda e, i, y: e.mul(e.one_hot(i, n=5, dtype=y.dtype), y)),
+          lambda e, i, y: e.mul(e.one_hot(e.check_range(i, lo=0, hi=5, error="ValueError", message="{value}"),
+                                          n=5, dtype=y.dtype), y)),
     _case("softmax", [(("N", 4), "F", "any")], lambda e, x: e.softmax(x, axis=-1)),
     _case("logsumexp", [(("N", 4), "F", "any")], lambda e, x: e.logsumexp(x, axis=0)),
 ]
@@ -130,7 +133,8 @@ def _modules(dtype, cases):
             doms[k] = [dom for _, _, dom in params]
     opt = {k: optimize(g) for k, g in graphs.items()}
     c = compile_graphs(opt, f"ops_{dtype}")
-    fns = [{"signature": signature(g).to_json(), "symbol": c.entries[k][0], "dims": list(c.entries[k][1])}
+    fns = [{"signature": signature(g).to_json(), "symbol": c.entries[k][0], "dims": list(c.entries[k][1]),
+            "checks": c.entries[k][2]}
            for k, g in graphs.items()]
     return opt, doms, load_native(f"ops_{dtype}", c.obj, fns)
 
@@ -188,7 +192,7 @@ def test_op(ops_module, name):
 @pytest.mark.parametrize("dtype", ["i32", "i64"])
 def test_integer_ops(dtype):
     cases = [_case(op, [(("N", 4), dtype, "any"), ((4,), dtype, "any")],
-                   (lambda op: lambda e, x, y: e.emit(op, x, y))(op)) for op in INT_OPS[:3]]
+                   (lambda op: lambda e, x, y: e.emit(op, x, y))(op)) for op in INT_OPS[:3] + ("floordiv", "mod")]
     cases += [_case("iclamp", [(("N", 4), dtype, "any"), ((4,), dtype, "any")],
                     lambda e, x, y: e.where(e.gt(x, 0), e.clamp(x, y, e.abs(y)), y))]
     cases += [_case(op, [(("N", 4), dtype, "any")], (lambda op: lambda e, x: e.emit(op, x))(op))

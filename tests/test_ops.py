@@ -26,7 +26,7 @@ CASES = [
         ("log1p", "pos"), ("expm1", "any"), ("sqrt", "pos"), ("tanh", "any"), ("sigmoid", "any"),
         ("softplus", "any"), ("abs", "nz"), ("relu", "nz")]
 ] + [
-    (name, shapes, {}) for name in ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "gmul")
+    (name, shapes, {}) for name in ("add", "sub", "mul", "div", "mod", "pow", "maximum", "minimum", "gmul")
     for shapes in ([((3, 4), "pos"), ((3, 4), "nz")], [((3, 4), "pos"), ((4,), "nz")],
                    [((3, 1), "pos"), ((1, 4), "nz")], [((), "pos"), ((3,), "nz")])
 ] + [
@@ -163,7 +163,7 @@ def test_every_op_is_tested_or_has_no_gradient():
     assert set(COMPOSITES) <= tested
 
 
-@pytest.mark.parametrize("op", ["lt", "le", "gt", "ge", "eq", "ne", "sign", "tie"])
+@pytest.mark.parametrize("op", ["lt", "le", "gt", "ge", "eq", "ne", "sign", "tie", "floordiv"])
 def test_ops_without_gradient_cut_the_chain(op):
     """f(x) = sum(cast(op(x, 0.25)) * x): the op's result is a constant factor, so df/dx is it."""
     x = fresh((5,), "f64")

@@ -105,3 +105,30 @@ def test_compile_from_a_path(tmp_path):
     assert gradc.compile(str(p), target="reference").g(3.0) == 6.0
     with pytest.raises(FileNotFoundError):
         gradc.compile(str(tmp_path / "missing.ad"))
+
+
+OVERLAP = """
+fn f(x: f64[N], y: f64[N]) -> (f64[N], f64[N]) { return x * 2.0 + y, x - y }
+"""
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_out_buffers_that_overlap(target):
+    g = gradc.compile(OVERLAP, target=target)
+    x, y = np.arange(4.0), np.arange(4.0) ** 2
+    want = (x * 2 + y, x - y)
+    buf = np.zeros(8)
+    for outs in ((buf[:4], buf[2:6]), (buf[:4], buf[:4]), (buf[0:8:2], buf[0:8:4])):
+        with pytest.raises(ValueError, match="f: out\\[0\\] and out\\[1\\] share memory"):
+            g.f(x, y, out=outs)
+    # interleaved views touch no common element: they are two buffers
+    g.f(x, y, out=(buf[0::2], buf[1::2]))
+    np.testing.assert_array_equal(buf[0::2], want[0])
+    np.testing.assert_array_equal(buf[1::2], want[1])
+    # an out= buffer that is also an input gets the result computed from the input as it was
+    for accumulate in (False, True):
+        xs, ys = x.copy(), y.copy()
+        before = (xs.copy(), ys.copy())
+        g.f(xs, ys, out=(xs, ys), accumulate=accumulate)
+        for got, w, b in zip((xs, ys), want, before):
+            np.testing.assert_array_equal(got, w + b if accumulate else w)

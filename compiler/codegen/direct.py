@@ -14,20 +14,22 @@ SLOT = 8
 
 
 def add_direct_entries(module: ir.Module, g: Graph, entry: ir.Function, syms: tuple):
-    """Wrap `i32 SYMBOL(ptr ins, ptr dims, ptr outs)` in entries that take their arguments by value.
+    """Wrap `i32 SYMBOL(ptr ins, ptr dims, ptr outs, ptr err)` in entries that take their
+    arguments by value.
 
-    `i32 SYMBOL.flat(ptr in..., ptr out..., i64 dim...)` for every function; and, when every
-    parameter and result is an f32/f64 scalar, `i32 SYMBOL.scalar(double..., ptr out)`, which
-    takes the numbers themselves (f32 ones rounded here, once, as NumPy's astype does). The
-    runtime looks both up by name and does without them where an older module lacks them.
+    `i32 SYMBOL.flat(ptr in..., ptr out..., i64 dim..., ptr err)` for every function; and, when
+    every parameter and result is an f32/f64 scalar, `i32 SYMBOL.scalar(double..., ptr out)`,
+    which takes the numbers themselves (f32 ones rounded here, once, as NumPy's astype does) and
+    keeps the error record after the results (at out + SLOT*results). err: two i64, written
+    only when a run-time check fails (parallel.py).
     """
     n_in, n_out = len(g.params), len(g.outputs)
-    flat = ir.Function(module, ir.FunctionType(I32, [PTR] * (n_in + n_out) + [I64] * len(syms)),
+    flat = ir.Function(module, ir.FunctionType(I32, [PTR] * (n_in + n_out) + [I64] * len(syms) + [PTR]),
                        f"{entry.name}.flat")
     b = ir.IRBuilder(flat.append_basic_block("entry"))
     args = list(flat.args)
-    b.ret(b.call(entry, [_array(b, args[:n_in], PTR), _array(b, args[n_in + n_out:], I64),
-                         _array(b, args[n_in:n_in + n_out], PTR)]))
+    b.ret(b.call(entry, [_array(b, args[:n_in], PTR), _array(b, args[n_in + n_out:-1], I64),
+                         _array(b, args[n_in:n_in + n_out], PTR), args[-1]]))
 
     if syms or any(v.shape or v.dtype not in ("f32", "f64") for v in g.params + g.outputs):
         return
@@ -39,7 +41,8 @@ def add_direct_entries(module: ir.Module, g: Graph, entry: ir.Function, syms: tu
         b.store(x if v.dtype == "f64" else b.fptrunc(x, LLTYPES[v.dtype]), ins[-1])
     out = fn.args[-1]
     outs = [b.gep(out, [ir.Constant(I64, SLOT * i)], source_etype=ir.IntType(8)) for i in range(n_out)]
-    b.ret(b.call(entry, [_array(b, ins, PTR), _array(b, [], I64), _array(b, outs, PTR)]))
+    err = b.gep(out, [ir.Constant(I64, SLOT * n_out)], source_etype=ir.IntType(8))
+    b.ret(b.call(entry, [_array(b, ins, PTR), _array(b, [], I64), _array(b, outs, PTR), err]))
 
 
 def _array(b, values, ty):

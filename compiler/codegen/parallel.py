@@ -5,15 +5,16 @@ from llvmlite import ir
 
 from ..ir import Graph
 from ..ops import OPS
-from .blas import _Callee
+from .blas import _Callee, counted_loop
 from .direct import add_direct_entries
 from .function import ONE, PARALLEL_MIN, PTR, FunctionLowering
 from .plan import make_plan
 from .reduce import acc_dtype
-from .scalar import I64, SIZES
+from .scalar import I64, LLTYPES, SIZES
 from .schedule import make_schedule
 
 I32 = ir.IntType(32)
+BIT = ir.IntType(1)
 VOID = ir.VoidType()
 # Globals the loader fills in (runtime/cpu.py): libgomp's entry points, null without it, and
 # the address of the process-wide thread count that set_num_threads changes between calls
@@ -51,7 +52,9 @@ def _call_ptr(b, gv, ret, args, values):
 
 
 def lower_graph(module: ir.Module, g: Graph) -> tuple:
-    """Add `i32 gradc_fn_NAME(ptr inputs, ptr dims, ptr outputs)`; returns (symbol, dim names)."""
+    """Add `i32 gradc_fn_NAME(ptr inputs, ptr dims, ptr outputs, ptr err)`; returns (symbol, dim
+    names, run-time checks). The status: OK, NO_MEMORY, or CHECK_FAILED with err[0] the index of
+    the failed check in the checks ([{"error", "message"}]) and err[1] the offending value."""
     plan = make_plan(g)
     sched = make_schedule(g, plan)
     if any(OPS[n.op].kind == "matmul" for n in g.nodes):
@@ -115,14 +118,63 @@ def lower_graph(module: ir.Module, g: Graph) -> tuple:
         b.ret_void()
         regions[r] = fn
 
-    entry = ir.Function(module, ir.FunctionType(I32, [PTR, PTR, PTR]), name)
-    _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_out, n_ptr, n_words)
+    entry = ir.Function(module, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]), name)
+    checks = [n for n in g.nodes if OPS[n.op].kind == "check"]
+    _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_out, n_ptr, n_words, checks)
     add_direct_entries(module, g, entry, plan.syms)
-    return name, plan.syms
+    return name, plan.syms, [{"error": n.attr("error"), "message": n.attr("message")} for n in checks]
 
 
-def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_out, n_ptr, n_words):
-    ins, dims, outs = entry.args
+# the entry's status (runtime/cpu.py reads it)
+OK, NO_MEMORY, CHECK_FAILED = 0, 1, 2
+
+
+def _emit_check(L, b, entry, n, index, ptr, err, free):
+    """If an element of n's input (at ptr) is outside [lo, hi): store (index, the first such
+    value) in err, free the arena and return CHECK_FAILED. The scan is one vectorizable
+    or-reduction; the second loop that finds the value runs only on failure."""
+    x = n.ins[0]
+    t = LLTYPES[x.dtype]
+    lo, hi = n.attr("lo"), n.attr("hi")
+    # compare in the values' own width where the bounds fit it: twice the lanes for i32
+    ct = t if isinstance(hi, int) and -2 ** (t.width - 1) <= lo <= hi < 2 ** (t.width - 1) else I64
+    lo_v = ir.Constant(ct, lo)
+    hi_v = ir.Constant(ct, hi) if ct is t else L.dim(hi)
+    count = L.size(x.shape)
+    e = L.entry
+    anyv, found, value = e.alloca(BIT), e.alloca(BIT), e.alloca(I64)
+
+    def bad_at(i):
+        v = b.load(b.gep(ptr, [i], source_etype=t), typ=t)
+        w = v if ct is t else b.sext(v, I64)
+        if lo == 0:               # one unsigned comparison: a negative value is a huge one
+            bad = b.icmp_unsigned(">=", w, hi_v)
+        else:
+            bad = b.or_(b.icmp_signed("<", w, lo_v), b.icmp_signed(">=", w, hi_v))
+        return (v if t == I64 else b.sext(v, I64)), bad
+
+    b.store(ir.Constant(BIT, 0), anyv)
+    with counted_loop(b, count, prefix="check") as i:
+        b.store(b.or_(b.load(anyv, typ=BIT), bad_at(i)[1]), anyv)
+    fail, ok = entry.append_basic_block("check_failed"), entry.append_basic_block("check_ok")
+    b.cbranch(b.load(anyv, typ=BIT), fail, ok)
+    b.position_at_end(fail)
+    b.store(ir.Constant(BIT, 0), found)
+    b.store(ir.Constant(I64, 0), value)
+    with counted_loop(b, count, prefix="find") as i:
+        v, bad = bad_at(i)
+        first = b.and_(bad, b.not_(b.load(found, typ=BIT)))
+        b.store(b.select(first, v, b.load(value, typ=I64)), value)
+        b.store(b.or_(b.load(found, typ=BIT), bad), found)
+    b.store(ir.Constant(I64, index), b.gep(err, [ir.Constant(I64, 0)], source_etype=I64))
+    b.store(b.load(value, typ=I64), b.gep(err, [ir.Constant(I64, 1)], source_etype=I64))
+    free()
+    b.ret(ir.Constant(I32, CHECK_FAILED))
+    b.position_at_end(ok)
+
+
+def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_out, n_ptr, n_words, checks):
+    ins, dims, outs, err = entry.args
     pre = ir.IRBuilder(entry.append_basic_block("args"))
     at = lambda p, i, t: pre.load(pre.gep(p, [ir.Constant(I64, i)], source_etype=t), typ=t)
     args = [at(ins, i, PTR) for i in range(n_in)] + [at(outs, i, PTR) for i in range(n_out)]
@@ -158,7 +210,7 @@ def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_o
         raw = b.call(L.cg.func("malloc", PTR, [I64]), [total])
         fail, ok = entry.append_basic_block("fail"), entry.append_basic_block("ok")
         b.cbranch(b.icmp_unsigned("==", raw, ir.Constant(PTR, None)), fail, ok)
-        ir.IRBuilder(fail).ret(ir.Constant(I32, 1))
+        ir.IRBuilder(fail).ret(ir.Constant(I32, NO_MEMORY))
         b.position_at_end(ok)
         skew = b.and_(b.sub(ir.Constant(I64, 0), b.ptrtoint(raw, I64)), ir.Constant(I64, BLOCK - 1))
         off = skew
@@ -171,9 +223,27 @@ def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_o
         for i, v in enumerate(args):
             b.store(v if v.type == PTR else b.inttoptr(v, PTR), b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR))
     serial = lambda idxs: [b.call(phase_fns[i], args + [ir.Constant(I64, 0), ONE]) for i in idxs]
+
+    def free():
+        if sched.slots:
+            b.call(L.cg.func("free", VOID, [PTR]), [raw])
+
+    def test(r):
+        for n in sched.checks.get(r, ()):
+            x = n.ins[0]
+            if x in L.g.params:
+                ptr = args[L.g.params.index(x)]
+            elif x in sched.storage:
+                ptr = args[n_in + sched.storage[x]]
+            else:
+                ptr = args[n_in + n_out + sched.slot_of[x]]
+            _emit_check(L, b, entry, n, checks.index(n), ptr, err, free)
+
+    test(-1)
     for r, (par, idxs) in enumerate(sched.segments):
         if not par:
             serial(idxs)
+            test(r)
             continue
         work = ir.Constant(I64, 0)
         for i in idxs:
@@ -187,6 +257,6 @@ def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_o
                           [regions[r], ctx, b.trunc(nth, I32), ir.Constant(I32, 0)])
             with ser_blk:
                 serial(idxs)
-    if sched.slots:
-        b.call(L.cg.func("free", VOID, [PTR]), [raw])
-    L.finish(ir.Constant(I32, 0))
+        test(r)
+    free()
+    L.finish(ir.Constant(I32, OK))

@@ -8,7 +8,7 @@ from ..ops import OPS
 
 SOURCES = ("const", "literal", "numel")
 LAYOUT = ("reshape", "broadcast_to", "transpose", "slice", "pad", "concat", "one_hot", "cast",
-          "detach", "hook")
+          "detach", "hook", "check_range")
 # elementwise ops without libm calls: a value made of a few of them is recomputed where needed
 ARITH = ("neg", "abs", "relu", "sign", "add", "sub", "mul", "maximum", "minimum", "gmul", "tie", "and",
          "or", "not", "where", "clamp")
@@ -81,6 +81,8 @@ def make_plan(g: Graph) -> Plan:
                     need_buffer.add(x)
             operands[n] = tuple(ops)
         elif n.op not in SOURCES:
+            if kind == "check" and n.ins[0] not in params:
+                need_buffer.add(n.ins[0])         # the entry tests the values in memory
             for x in n.ins:
                 if x not in params:
                     owners.setdefault(x, set()).update(own)

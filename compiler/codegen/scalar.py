@@ -10,7 +10,7 @@ SIZES = {"f32": 4, "f64": 8, "i32": 4, "i64": 8, "bool": 1}
 I64 = ir.IntType(64)
 
 # llvm.* intrinsics where LLVM has them; the rest resolve to libm at load time
-INTRINSICS = {"sqrt", "fabs", "pow"}
+INTRINSICS = {"sqrt", "fabs", "pow", "floor", "copysign"}
 LIBM = {"sin", "cos", "exp", "log", "tan", "tanh", "log1p", "expm1"}
 
 
@@ -44,7 +44,7 @@ class Scalar:
         t = x.type
         if name in INTRINSICS:
             suffix = "f32" if isinstance(t, ir.FloatType) else "f64"
-            fn = self.func(f"llvm.{name}.{suffix}", t, [t] * (2 if name == "pow" else 1))
+            fn = self.func(f"llvm.{name}.{suffix}", t, [t] * (2 if name in ("pow", "copysign") else 1))
         else:
             fn = self.func(name + ("f" if isinstance(t, ir.FloatType) else ""), t, [t])
         return fn
@@ -70,6 +70,41 @@ class Scalar:
         d = ir.DoubleType()
         q = self.b.fdiv(self.b.sitofp(x, d), self.b.sitofp(y, d))
         return self.b.fptosi(q, x.type)
+
+    def _int_divmod(self, x, y):
+        """Floor quotient and remainder of integers; a divisor of 0 gives (0, 0) as NumPy, and
+        MIN // -1 wraps as NumPy: no division instruction ever sees 0 or that overflow."""
+        b, zero, one = self.b, self.c(0, x), self.c(1, x)
+        y0, m1 = self.eq(y, zero), self.eq(y, self.c(-1, x))
+        ys = b.select(b.or_(y0, m1), one, y)
+        q, r = b.sdiv(x, ys), b.srem(x, ys)
+        q = b.select(m1, b.neg(x), q)
+        r = b.select(m1, zero, r)
+        adj = b.and_(self.ne(r, zero), b.xor(self.lt(r, zero), self.lt(y, zero)))
+        q = b.select(adj, b.sub(q, one), q)
+        r = b.select(adj, b.add(r, y), r)
+        return b.select(y0, zero, q), b.select(y0, zero, r)
+
+    def _float_divmod(self, x, y):
+        """NumPy's npy_divmod: fmod, then the quotient snapped to an integer, signs as Python."""
+        b, zero, one = self.b, self.c(0, x), self.c(1, x)
+        mod = b.frem(x, y)
+        div = b.fdiv(b.fsub(x, mod), y)
+        nz = b.fcmp_unordered("!=", mod, zero)
+        adj = b.and_(nz, b.xor(b.fcmp_ordered("<", y, zero), b.fcmp_ordered("<", mod, zero)))
+        mod = b.select(adj, b.fadd(mod, y), b.select(nz, mod, self.call("copysign", zero, y)))
+        div = b.select(adj, b.fsub(div, one), div)
+        fl = self.call("floor", div)
+        fl = b.select(b.fcmp_ordered(">", b.fsub(div, fl), self.c(0.5, x)), b.fadd(fl, one), fl)
+        q = b.select(b.fcmp_unordered("!=", div, zero), fl, self.call("copysign", zero, b.fdiv(x, y)))
+        y0 = b.fcmp_ordered("==", y, zero)
+        return b.select(y0, b.fdiv(x, y), q), b.select(y0, b.frem(x, y), mod)
+
+    def floordiv(self, x, y):
+        return (self._float_divmod if is_float(x) else self._int_divmod)(x, y)[0]
+
+    def mod(self, x, y):
+        return (self._float_divmod if is_float(x) else self._int_divmod)(x, y)[1]
 
     def neg(self, x):
         return self.b.fneg(x) if is_float(x) else self.b.neg(x)

@@ -34,6 +34,7 @@ class Schedule:
     storage: dict      # value -> output position it is computed into
     slots: list        # [[arena key]]: keys whose lifetimes do not overlap share one block
     slot_of: dict      # arena key -> slot; keys: temp values, ("partial", node), ("acc", node)
+    checks: dict       # segment index (-1: before the first) -> check nodes the entry tests after it
 
 
 def make_schedule(g, plan) -> Schedule:
@@ -52,7 +53,12 @@ def make_schedule(g, plan) -> Schedule:
         if first < len(phases):
             segments.append((True, list(range(first, len(phases)))))
 
+    # a value under a check is tested between regions: what reads it starts a new region
+    checked = {n.ins[0] for n in g.nodes if OPS[n.op].kind == "check"}
     for s in steps:
+        if first < len(phases) and any(written.get(r, -1) >= first for r in _reads(plan, s) & checked):
+            close()
+            first = len(phases)
         if s.matmul:
             close()
             phases.append([(s, 0)])
@@ -71,6 +77,12 @@ def make_schedule(g, plan) -> Schedule:
         placed.append((s, p))
     close()
     phases = [_fuse(p) for p in phases]
+    segment_of = {i: r for r, (_, idxs) in enumerate(segments) for i in idxs}
+    checks = {}
+    for n in g.nodes:
+        if OPS[n.op].kind == "check":
+            x = n.ins[0]
+            checks.setdefault(segment_of[written[x]] if x in written else -1, []).append(n)
 
     # lifetimes in phases: a block may be reused once every thread is past a barrier
     life = {}
@@ -98,7 +110,7 @@ def make_schedule(g, plan) -> Schedule:
         slots[i].append(key)
         ends[i] = b
         slot_of[key] = i
-    return Schedule(phases, segments, storage, slots, slot_of)
+    return Schedule(phases, segments, storage, slots, slot_of, checks)
 
 
 def _fuse(phase):

@@ -7,6 +7,7 @@ from .rewrite import rewrite
 
 def simplify(g: Graph) -> Graph:
     """x+0, x-0, x*1, x/1, x**1, --x, x**2 -> x*x, no-op layout and casts, where(c, a, a),
+    where with a constant condition,
     pad(a) + pad(b) -> pad(a + b)."""
     consts = {}            # value -> scalar of a uniform constant
     made = {}              # value -> node that made it
@@ -72,6 +73,8 @@ def simplify(g: Graph) -> Graph:
             return same(n, ins[0])
         if n.op == "where" and ins[1] == ins[2]:
             return same(n, ins[1])
+        if n.op == "where" and ins[0] in consts:
+            return same(n, ins[1] if consts[ins[0]] else ins[2])
         return None
 
     return rewrite(g, step)

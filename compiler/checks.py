@@ -1,0 +1,47 @@
+"""What a function's arguments must satisfy beyond their types: the size requirements of its ops."""
+from __future__ import annotations
+
+from .ir import Graph, dim_parts
+from .ops import OPS
+
+
+def requirements(g: Graph) -> list:
+    """The run-time size checks of g, as the Signature stores them (runtime/module.py, `needs`).
+
+    Collected from the lowered graph before optimization, so that no pass can drop one and every
+    target checks the same. Each is a dict: error ("IndexError" | "ValueError"), dim (a symbolic
+    dim such as "N" or "N-1"), min (the least size it may have) and message (with "{size}" where
+    the actual size goes). Also, a value's dimension "N-k" must not come out negative. In
+    program order, so the first that fails is the one a call reports; one that an earlier one
+    implies is left out.
+    """
+    params = dict(zip(g.params, g.param_names))
+    out, strongest = [], {}         # symbol -> the least size an earlier requirement asks of it
+
+    def add(error, dim, least, message):
+        sym, off = dim_parts(dim)
+        # N + k >= least always holds for N <= 0, and one implied by an earlier one adds nothing
+        if least - off > strongest.get(sym, 0):
+            strongest[sym] = least - off
+            out.append({"error": error, "dim": dim, "min": least, "message": message})
+
+    for n in g.nodes:
+        rule = OPS[n.op].needs
+        at = f" at {n.loc}" if n.loc is not None else ""
+        for need in (rule(*n.ins, **n.kw) if rule is not None else ()):
+            v = need.value
+            owner = f"parameter '{params[v]}'" if v in params else "the value"
+            if need.error == "IndexError":
+                message = (f"{need.what} is out of range for axis {need.axis} of {owner}{at}, "
+                           "which has size {size}")
+            else:
+                message = (f"{need.what} over axis {need.axis} of {owner}{at} needs at least "
+                           f"{need.min} element, but the axis has size {{size}} (max, min, "
+                           "logsumexp and softmax have no identity on an empty axis)")
+            add(need.error, v.shape[need.axis], need.min, message)
+        for d in n.out.shape:
+            sym, off = dim_parts(d)
+            if sym is not None and off < 0:
+                add("ValueError", sym, -off, f"a value{at} would have dimension {d} < 0, "
+                                             f"as {sym} is {{size}}")
+    return out
