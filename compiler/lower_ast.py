@@ -5,12 +5,11 @@ import difflib
 import inspect
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from ..frontend import ast as A
-from ..frontend.diagnostics import CompileError, Diagnostics
+from ..frontend.diagnostics import PRELUDE, CompileError, Diagnostics, prelude_source
 from ..frontend.parse import parse
 from . import autodiff
 from .builder import Emitter, fresh, literal_dtype
@@ -19,6 +18,9 @@ from .builtins import BUILTINS
 from .values import DimRef, DType, FnValue
 
 TRANSFORMS = ("grad", "value_and_grad", "vjp", "jvp")
+# expressions inside expressions, and inlined calls inside calls, lower recursively: this bound
+# keeps the recursion well inside Python's stack (1,000 frames); chains a + b + c ... are a loop
+MAX_NESTING = 100
 
 
 @dataclass(eq=False)
@@ -88,6 +90,11 @@ class Scope:
     # -- expressions
 
     def expr(self, node):
+        low = self.low
+        if low.depth >= MAX_NESTING:
+            raise CompileError(f"expression nested too deeply (more than {MAX_NESTING} levels)", node.loc,
+                               ["give inner parts names with let"])
+        low.depth += 1
         saved, self.e.loc = self.e.loc, node.loc
         try:
             return getattr(self, "x_" + type(node).__name__)(node)
@@ -95,6 +102,7 @@ class Scope:
             raise CompileError(str(ex), node.loc) from None
         finally:
             self.e.loc = saved
+            low.depth -= 1
 
     def value(self, node, dtype=None) -> Value:
         """An expression that must be one array value (numbers become constants)."""
@@ -173,7 +181,22 @@ class Scope:
         return self.e.not_(self.as_value(x, node.operand))
 
     def x_BinOp(self, node):
-        a, b = self.expr(node.left), self.expr(node.right)
+        # a chain a + b + c ... nests to the left: walked with a loop, its length costs no stack
+        spine = [node]
+        while isinstance(spine[-1].left, A.BinOp):
+            spine.append(spine[-1].left)
+        a = self.expr(spine[-1].left)
+        for n in reversed(spine):
+            saved, self.e.loc = self.e.loc, n.loc
+            try:
+                a = self.binop(n, a, self.expr(n.right))
+            except ShapeError as ex:
+                raise CompileError(str(ex), n.loc) from None
+            finally:
+                self.e.loc = saved
+        return a
+
+    def binop(self, node, a, b):
         a = self.dim_number(a, node.left) if isinstance(a, DimRef) else a
         b = self.dim_number(b, node.right) if isinstance(b, DimRef) else b
         if node.op == "@":
@@ -194,7 +217,11 @@ class Scope:
             raise ShapeError(f"@: cannot multiply {a.type} by {b.type} (use * for scalars)")
         a2 = e.reshape(a, shape=(1,) + a.shape) if len(a.shape) == 1 else a
         b2 = e.reshape(b, shape=b.shape + (1,)) if len(b.shape) == 1 else b
-        out = e.matmul(a2, b2)
+        try:
+            out = e.matmul(a2, b2)
+        except ShapeError as ex:
+            # name the operands as the user wrote them, not as reshaped here
+            raise ShapeError(str(ex).replace(a2.type, a.type, 1).replace(b2.type, b.type, 1)) from None
         shape = a.shape[:-1] + b.shape[1:]
         return e.reshape(out, shape=shape) if out.shape != shape else out
 
@@ -278,6 +305,13 @@ class Scope:
                 self.lets.append((name, val))
 
 
+def _called_from(ex: CompileError, f: FnValue, node) -> CompileError:
+    """ex, with the call that inlined the function it happened in (a prelude loss, a user fn)."""
+    if ex.loc is not None and ex.loc != node.loc:
+        ex.notes += ((f"in the call of {f.name} here", node.loc),)
+    return ex
+
+
 # ---- the module
 
 
@@ -295,8 +329,7 @@ class Module:
 @lru_cache(maxsize=None)
 def _prelude() -> A.Program:
     """The losses written in the language (frontend/prelude.ad), parsed once per process."""
-    path = Path(__file__).parent.parent / "frontend" / "prelude.ad"
-    return parse(path.read_text(), "<prelude>")
+    return parse(prelude_source(), PRELUDE)
 
 
 class Lowering:
@@ -307,6 +340,7 @@ class Lowering:
         self.cache = {}
         self.stack = []
         self.program = program
+        self.depth = 0                # nesting of expressions and inlined calls being lowered
 
     def lookup(self, name, builtins=True):
         if name in self.globals:
@@ -465,11 +499,15 @@ class Lowering:
                 else:
                     vals.append(scope.as_value(a, n, p.type.dtype if p.type is not None else None))
             self.stack.append(f)
+            self.depth += 1
             saved = scope.e.loc
             try:
                 outs, _ = self.body(f, vals, scope.e, node)
+            except CompileError as ex:
+                raise _called_from(ex, f, node) from None
             finally:
                 self.stack.pop()
+                self.depth -= 1
                 scope.e.loc = saved
             return tuple(outs)
         base_arity = self._arity(f.base)
@@ -477,7 +515,10 @@ class Lowering:
         if f.kind != "vjp" and len(args) != need:
             raise CompileError(f"{f.name} takes {need} argument(s), but {len(args)} were given", node.loc)
         vals = [scope.as_value(a, n) for a, n in zip(args, node.args)]
-        g = self.instantiate(f, [(v.shape, v.dtype) for v in vals], node)
+        try:
+            g = self.instantiate(f, [(v.shape, v.dtype) for v in vals], node)
+        except CompileError as ex:
+            raise _called_from(ex, f, node) from None
         if len(vals) != len(g.params):
             raise CompileError(f"{f.name} takes {len(g.params)} argument(s), but {len(args)} were given",
                                node.loc)

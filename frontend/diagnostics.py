@@ -1,8 +1,17 @@
 """Compile errors and warnings, rendered as FILE:LINE:COL, the source line and a caret."""
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
+
+
+PRELUDE = "<prelude>"          # the file name of frontend/prelude.ad in locations
+
 
 class CompileError(Exception):
+    """A mistake in a program. notes: hints (str), or (message, loc) pairs such as the call sites
+    of the inlined function the error is in, rendered with their own source line and caret."""
+
     def __init__(self, message, loc=None, notes=()):
         super().__init__(message)
         self.message = message
@@ -16,15 +25,33 @@ class CompileError(Exception):
 def render(kind, message, loc, notes=(), sources: dict | None = None) -> str:
     """The text a user sees; sources maps file names to their text, for the quoted line."""
     head = f"{loc}: {kind}: {message}" if loc is not None else f"gradc: {kind}: {message}"
-    lines = [head]
-    text = (sources or {}).get(loc.file) if loc is not None else None
-    if text is not None:
-        src = text.splitlines()
-        if 0 < loc.line <= len(src):
-            line = src[loc.line - 1].expandtabs(1)
-            lines += [line, " " * (loc.col - 1) + "^"]
-    lines += [f"note: {n}" for n in notes]
+    lines = [head] + _quote(loc, sources)
+    for n in notes:
+        if isinstance(n, tuple):
+            text, at = n
+            lines += [f"{at}: note: {text}"] + _quote(at, sources)
+        else:
+            lines.append(f"note: {n}")
     return "\n".join(lines)
+
+
+def _quote(loc, sources) -> list:
+    """The source line at loc and a caret under its column (none where the text is unknown)."""
+    if loc is None:
+        return []
+    text = (sources or {}).get(loc.file)
+    if text is None and loc.file == PRELUDE:
+        text = prelude_source()
+    src = text.splitlines() if text is not None else []
+    if not 0 < loc.line <= len(src):
+        return []
+    return [src[loc.line - 1].expandtabs(1), " " * (loc.col - 1) + "^"]
+
+
+@lru_cache(maxsize=None)
+def prelude_source() -> str:
+    """The text of frontend/prelude.ad: the losses written in the language."""
+    return (Path(__file__).parent / "prelude.ad").read_text()
 
 
 class Diagnostics:

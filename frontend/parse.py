@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from ..compiler.ir import Loc, dim_add
@@ -46,7 +46,7 @@ def _parser() -> Lark:
 
 
 @v_args(meta=True)
-class _ToAst(Transformer):
+class _ToAst(Transformer_NonRecursive):          # deep trees: Python's stack ends near 1,000 frames
     def __init__(self, file):
         super().__init__()
         self.file = file
