@@ -62,6 +62,46 @@ _PY = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b:
        "ne": lambda a, b: a != b, "and": lambda a, b: a and b, "or": lambda a, b: a or b}
 
 
+I64_RANGE = (-2 ** 63, 2 ** 63 - 1)
+
+
+def _fold(node, op, a, b):
+    """Two numbers combined at compile time: integers exactly (their type is i64), floats as IEEE
+    f64 arithmetic does (1 / 0 is inf, 0 ** -1 is inf); never a Python exception."""
+    floats = isinstance(a, float) or isinstance(b, float) or op == "div" or (op == "pow" and b < 0)
+    if op == "pow" and not floats and abs(a) > 1 and b * (abs(a).bit_length() - 1) > 64:
+        r = None                      # far outside i64: not worth computing (10 ** 10 ** 10)
+    else:
+        try:
+            with np.errstate(all="ignore"):
+                r = _PY_F64[op](_f64(a), _f64(b)) if floats else _PY[op](a, b)
+        except ArithmeticError as ex:  # integer division by zero
+            raise CompileError(f"the constant expression {_num(a)} {node.op} {_num(b)} has no value: {ex}",
+                               node.loc) from None
+        r = r.item() if isinstance(r, np.generic) else r
+    if r is None or (isinstance(r, int) and not isinstance(r, bool) and not
+                     I64_RANGE[0] <= r <= I64_RANGE[1]):
+        raise CompileError(f"the integer constant expression {_num(a)} {node.op} {_num(b)} overflows i64",
+                           node.loc, ["for a floating-point constant, write one operand as a float "
+                                      "(2.0 ** 100)"])
+    return r
+
+
+def _num(x) -> str:
+    text = repr(x)
+    return text if len(text) <= 30 else f"{text[:12]}...({len(text)} digits)"
+
+
+def _f64(x) -> np.float64:
+    try:
+        return np.float64(x)
+    except OverflowError:             # an integer beyond the largest f64
+        return np.float64(np.inf if x > 0 else -np.inf)
+
+
+_PY_F64 = dict(_PY, div=lambda a, b: a / b)
+
+
 def _is_const(x):
     return isinstance(x, (bool, int, float, np.ndarray))
 
@@ -165,9 +205,13 @@ class Scope:
         items = [self.expr(i) for i in node.items]
         if all(_is_const(i) for i in items):
             try:
-                return np.array(items)
+                arr = np.array(items)
             except ValueError:
                 raise CompileError("array literal rows differ in length", node.loc) from None
+            if arr.dtype.kind not in "biuf":
+                raise CompileError("array literal values must be numbers within the range of "
+                                   "i64 or f64", node.loc)
+            return arr
         return items
 
     def x_UnOp(self, node):
@@ -205,10 +249,9 @@ class Scope:
         for x, n in ((a, node.left), (b, node.right)):
             if not (isinstance(x, Value) or _is_const(x)):
                 raise CompileError(f"`{node.op}` needs array values, got {self.describe(x)}", n.loc)
-        if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)) and op in _PY:
-            return _PY[op](a, b)
-        if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)):   # division
-            return a / b if b != 0 else self.e.div(float(a), float(b))
+        if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)) and \
+                (op in _PY or op == "div"):
+            return _fold(node, op, a, b)
         return self.e.emit(op, a, b)        # numbers and array literals take the other side's dtype
 
     def matmul(self, a: Value, b: Value) -> Value:

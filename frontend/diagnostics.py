@@ -6,6 +6,7 @@ from pathlib import Path
 
 
 PRELUDE = "<prelude>"          # the file name of frontend/prelude.ad in locations
+QUOTE_WIDTH = 160              # characters of a quoted source line
 
 
 class CompileError(Exception):
@@ -45,7 +46,13 @@ def _quote(loc, sources) -> list:
     src = text.splitlines() if text is not None else []
     if not 0 < loc.line <= len(src):
         return []
-    return [src[loc.line - 1].expandtabs(1), " " * (loc.col - 1) + "^"]
+    line, col = src[loc.line - 1].expandtabs(1), loc.col
+    if len(line) > QUOTE_WIDTH:       # a window of a long line around the column
+        start = max(0, min(col - 1 - QUOTE_WIDTH // 2, len(line) - QUOTE_WIDTH))
+        line = ("..." if start else "") + line[start:start + QUOTE_WIDTH] + \
+            ("..." if start + QUOTE_WIDTH < len(line) else "")
+        col = col - start + (3 if start else 0)
+    return [line, " " * (col - 1) + "^"]
 
 
 @lru_cache(maxsize=None)

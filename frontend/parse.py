@@ -21,6 +21,10 @@ _TOKEN_TEXT = {
 }
 
 
+# Python's int() refuses longer digit strings (4,300: sys.get_int_max_str_digits); i64 needs 19
+MAX_INT_DIGITS = 4000
+
+
 class _Brackets:
     """Drops newlines inside ( ) and [ ], so expressions may span lines there."""
     always_accept = ("_NL",)
@@ -159,8 +163,12 @@ class _ToAst(Transformer_NonRecursive):          # deep trees: Python's stack en
 
     def number(self, meta, ch):
         text = str(ch[0])
-        is_int = text.isdigit()
-        return A.Num(self.loc(meta), int(text) if is_int else float(text))
+        if not text.isdigit():
+            return A.Num(self.loc(meta), float(text))       # inf beyond the largest f64
+        if len(text.lstrip("0")) > MAX_INT_DIGITS:
+            raise CompileError(f"integer literal of {len(text)} digits is out of the range of every "
+                               "integer type", self.loc(meta))
+        return A.Num(self.loc(meta), int(text))
 
     def name(self, meta, ch):
         return A.Name(self.loc(meta), str(ch[0]))
