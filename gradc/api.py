@@ -9,6 +9,7 @@ from pathlib import Path
 from .compiler import interp
 from .compiler.pipeline import lower, optimize
 from .frontend.diagnostics import CompileError, render
+from .frontend.source import read_source_file
 from .runtime import artifact
 from .runtime.module import Function, Module, Signature
 
@@ -28,7 +29,7 @@ def read_source(src) -> tuple[str, str]:
         path = Path(src)
         if not path.is_file():
             raise FileNotFoundError(f"no such .ad file: {path}")
-        return path.read_text(), str(path)
+        return read_source_file(path), str(path)
     if not isinstance(src, str):
         raise TypeError(f"gradc.compile takes a path or source text, not {type(src).__name__}")
     return src, "<source>"

@@ -23,9 +23,10 @@ def _source(path) -> tuple[str, str]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"no such file: {path}")
+    from .frontend.source import read_source_file
     try:
-        return p.read_text(), str(path)
-    except (OSError, UnicodeDecodeError) as ex:
+        return read_source_file(p), str(path)
+    except OSError as ex:
         raise UserError(f"cannot read {path}: {ex}") from None
 
 

@@ -27,7 +27,7 @@ def available_targets():
 
 class AdFile(pytest.File):
     def collect(self):
-        text = self.path.read_text()
+        text = self.path.read_text(errors="replace")     # a lit test may hold bytes that are not UTF-8
         if "# RUN:" in text:
             for i, line in enumerate(text.splitlines(), 1):
                 if "# RUN:" in line:
