@@ -282,6 +282,11 @@ class Scope:
         return self.e.slice(x, spec=tuple(spec))
 
     def x_Call(self, node):
+        given = set()
+        for k, _, loc in node.kwargs:
+            if k in given:
+                raise CompileError(f"keyword argument '{k}' is given twice", loc)
+            given.add(k)
         # a transform or builtin name, unless the program binds that name itself
         name = node.func.id if isinstance(node.func, A.Name) else None
         if name is not None and name not in self.env and self.low.lookup(name, builtins=False) is None:
@@ -585,7 +590,7 @@ class Lowering:
                     raise CompileError(f"'{name}' is a built-in name; choose another", item.loc)
                 seen[name] = item.loc
             if isinstance(item, A.FnDef):
-                self._check_types(item)
+                self._check_fn(item)
                 f = UserFn(item, self)
                 self.globals[item.name] = f
                 if f.typed:
@@ -606,7 +611,12 @@ class Lowering:
                                    f"{scope.describe(v)}", item.value.loc)
         return mod
 
-    def _check_types(self, d: A.FnDef):
+    def _check_fn(self, d: A.FnDef):
+        """What a function's definition alone gets wrong: parameters, types, unreachable statements."""
+        for stmt, after in zip(d.body, d.body[1:]):
+            if isinstance(stmt, A.Return):
+                raise CompileError(f"statement after return: {d.name} never runs it", after.loc,
+                                   [("the function returns here", stmt.loc)])
         seen = set()
         for p in d.params:
             if p.name in seen:

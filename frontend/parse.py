@@ -141,6 +141,10 @@ class _ToAst(Transformer_NonRecursive):          # deep trees: Python's stack en
 
     def call(self, meta, ch):
         func, *args = ch
+        args = [a for a in args if a is not None]
+        for before, a in zip(args, args[1:]):
+            if isinstance(before, tuple) and not isinstance(a, tuple):
+                raise CompileError("positional argument after a keyword argument", a.loc)
         pos = [a for a in args if a is not None and not isinstance(a, tuple)]
         kws = [a for a in args if isinstance(a, tuple)]
         return A.Call(func.loc, func, pos, kws)
