@@ -61,6 +61,24 @@ def prelude_source() -> str:
     return (Path(__file__).parent / "prelude.ad").read_text()
 
 
+class InternalError(RuntimeError):
+    """A failure that is gradc's own fault, not the program's: a bug to report."""
+
+
+def internal_error(ex: BaseException, file: str, version: str, command: str | None = None) -> InternalError:
+    """An InternalError for the unexpected exception ex, saying what to report."""
+    tb = ex.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" (in {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}, " \
+            f"{tb.tb_frame.f_code.co_name})" if tb is not None else ""
+    what = f"the command `{command}`" if command else "the call that failed"
+    src = "the program's source text" if file.startswith("<") else f"the file {file}"
+    return InternalError(f"gradc: internal compiler error: {type(ex).__name__}: {ex}{where}\n"
+                         f"note: this is a bug in gradc, not a mistake in the program; please report "
+                         f"it with the gradc version ({version}), {what} and {src}")
+
+
 class Diagnostics:
     """Collects warnings while a module compiles."""
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from .compiler import interp
 from .compiler.pipeline import lower, optimize
-from .frontend.diagnostics import CompileError, render
+from .frontend.diagnostics import CompileError, InternalError, internal_error, render
 from .frontend.source import read_source_file
 from .runtime import artifact
 from .runtime.module import Function, Module, Signature
@@ -67,10 +68,22 @@ def _check_target(target):
         raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
 
 
+@contextmanager
+def compiling(file):
+    """Any exception but a CompileError while gradc compiles is gradc's fault: an InternalError."""
+    try:
+        yield
+    except (CompileError, InternalError):
+        raise
+    except Exception as ex:
+        raise internal_error(ex, Path(file).name, VERSION) from ex
+
+
 def _optimized(text, file, record=None) -> tuple:
     """(the lowered module, its graphs after the optimization passes)."""
-    mod = lower_checked(text, file, record=record)
-    return mod, {k: optimize(g) for k, g in mod.graphs.items()}
+    with compiling(file):
+        mod = lower_checked(text, file, record=record)
+        return mod, {k: optimize(g) for k, g in mod.graphs.items()}
 
 
 def compile(src, target: str = DEFAULT_TARGET, cache: bool = True, fast_math: bool = False) -> Module:
@@ -123,7 +136,8 @@ def build_bytes(text: str, file: str = "<source>", link: bool = True, fast_math:
     # LLVM's threads (one per function) allocate fast enough for glibc's growing and
     # trimming of the heap to serialize them: a fifth of the compile time on 2 cores
     tune_malloc()
-    compiled = compile_graphs(graphs, Path(file).stem, link=link, fast_math=fast_math)
+    with compiling(file):
+        compiled = compile_graphs(graphs, Path(file).stem, link=link, fast_math=fast_math)
     header = {
         "gradc_version": VERSION, "target": "cpu", "fast_math": fast_math,
         "triple": compiled.triple, "cpu": compiled.cpu, "features": compiled.features,
@@ -158,14 +172,18 @@ def emit_llvm(src, optimized: bool = True, fast_math: bool = False) -> str:
     """The LLVM IR of a program (after -O3 unless optimized=False): `gradc build --emit llvm`."""
     from .compiler.codegen import emit_llvm as emit
     text, file = read_source(src)
-    return emit(_optimized(text, file)[1], Path(file).stem, optimized, fast_math)
+    graphs = _optimized(text, file)[1]
+    with compiling(file):
+        return emit(graphs, Path(file).stem, optimized, fast_math)
 
 
 def emit_asm(src, fast_math: bool = False) -> str:
     """The host assembly of a program: `gradc build --emit asm`."""
     from .compiler.codegen import emit_asm as emit
     text, file = read_source(src)
-    return emit(_optimized(text, file)[1], Path(file).stem, fast_math)
+    graphs = _optimized(text, file)[1]
+    with compiling(file):
+        return emit(graphs, Path(file).stem, fast_math)
 
 
 def _host():
