@@ -102,6 +102,7 @@ class LitItem(pytest.Item):
         else:
             assert res.returncode == 0, f"exit {res.returncode}:\n{output}\n{res.stderr or ''}"
         assert "Traceback" not in output + (res.stderr or ""), output + (res.stderr or "")
+        assert res.returncode != 2, f"an internal compiler error:\n{output}\n{res.stderr or ''}"
         if check.strip():
             checks = directives(self.text)
             assert checks, "a RUN line pipes into %filecheck, but the file has no CHECK lines"
