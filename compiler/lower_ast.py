@@ -73,8 +73,11 @@ def _fold(node, op, a, b):
         r = None                      # far outside i64: not worth computing (10 ** 10 ** 10)
     else:
         try:
-            with np.errstate(all="ignore"):
-                r = _PY_F64[op](_f64(a), _f64(b)) if floats else _PY[op](a, b)
+            if floats:
+                with np.errstate(all="ignore"):
+                    r = _PY_F64[op](_f64(a), _f64(b))
+            else:
+                r = _PY[op](a, b)
         except ArithmeticError as ex:  # integer division by zero
             raise CompileError(f"the constant expression {_num(a)} {node.op} {_num(b)} has no value: {ex}",
                                node.loc) from None

@@ -27,8 +27,7 @@ def _evaluate(n, arrays):
     """n's result on constant inputs, or None where NumPy refuses (0 ** -1 in integers): the node
     then stays, and computes at run time what it would for any other inputs."""
     try:
-        with np.errstate(all="ignore"):      # 1.0 / 0 is inf here as at run time, not a warning
-            return np.asarray(OPS[n.op].ref(*arrays, **n.kw), NP_DTYPES[n.out.dtype])
+        return np.asarray(OPS[n.op].ref(*arrays, **n.kw), NP_DTYPES[n.out.dtype])
     except (ArithmeticError, ValueError):
         return None
 
@@ -76,4 +75,5 @@ def fold_constants(g: Graph) -> Graph:
         made[out] = ("literal", attrs)
         return out
 
-    return rewrite(g, step)
+    with np.errstate(all="ignore"):          # 1.0 / 0 is inf here as at run time, not a warning
+        return rewrite(g, step)
