@@ -135,7 +135,8 @@ class Scope:
     def expr(self, node):
         low = self.low
         if low.depth >= MAX_NESTING:
-            raise CompileError(f"expression nested too deeply (more than {MAX_NESTING} levels)", node.loc,
+            raise CompileError(f"expression nested too deeply (more than {MAX_NESTING} levels, inlined "
+                               "calls included)", node.loc,
                                ["give inner parts names with let"])
         low.depth += 1
         saved, self.e.loc = self.e.loc, node.loc
@@ -550,7 +551,6 @@ class Lowering:
                 else:
                     vals.append(scope.as_value(a, n, p.type.dtype if p.type is not None else None))
             self.stack.append(f)
-            self.depth += 1
             saved = scope.e.loc
             try:
                 outs, _ = self.body(f, vals, scope.e, node)
@@ -558,7 +558,6 @@ class Lowering:
                 raise _called_from(ex, f, node) from None
             finally:
                 self.stack.pop()
-                self.depth -= 1
                 scope.e.loc = saved
             return tuple(outs)
         base_arity = self._arity(f.base)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 PRELUDE = "<prelude>"          # the file name of frontend/prelude.ad in locations
 QUOTE_WIDTH = 160              # characters of a quoted source line
+SHOWN_CALLS = 5                # located notes shown at each end of a long chain of calls
 
 
 class CompileError(Exception):
@@ -27,12 +28,20 @@ def render(kind, message, loc, notes=(), sources: dict | None = None) -> str:
     """The text a user sees; sources maps file names to their text, for the quoted line."""
     head = f"{loc}: {kind}: {message}" if loc is not None else f"gradc: {kind}: {message}"
     lines = [head] + _quote(loc, sources)
+    located = sum(isinstance(n, tuple) for n in notes)
+    k = 0
     for n in notes:
-        if isinstance(n, tuple):
-            text, at = n
-            lines += [f"{at}: note: {text}"] + _quote(at, sources)
-        else:
+        if not isinstance(n, tuple):
             lines.append(f"note: {n}")
+            continue
+        k += 1
+        # calls inside calls: the innermost and outermost few, as clang shows template contexts
+        if located > 2 * SHOWN_CALLS and SHOWN_CALLS < k <= located - SHOWN_CALLS:
+            if k == SHOWN_CALLS + 1:
+                lines.append(f"note: ({located - 2 * SHOWN_CALLS} more calls in between)")
+            continue
+        text, at = n
+        lines += [f"{at}: note: {text}"] + _quote(at, sources)
     return "\n".join(lines)
 
 

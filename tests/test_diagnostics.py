@@ -115,6 +115,29 @@ def test_chain_of_200_lets_and_its_gradient(target):
     assert value == pytest.approx(a, rel=1e-12) and grad == pytest.approx(d, rel=1e-10)
 
 
+def test_concat_of_many_arrays():
+    # the code generator tests the pieces one after another, not by recursion
+    import numpy as np
+    import gradc
+    n = 400
+    src = f"fn f(x: f64[2]) -> f64[{2 * n}] {{ return concat({', '.join(['x * ' + str(i) + '.0' for i in range(n)])}) }}"
+    x = np.array([1.0, -2.0])
+    want = np.concatenate([x * i for i in range(n)])
+    np.testing.assert_array_equal(gradc.compile(src, cache=False).f(x), want)
+
+
+def test_calls_inside_calls_beyond_the_limit():
+    n = 80
+    src = "fn g0(x: f64) -> f64 { return x + 1.0 }\n" + "".join(
+        f"fn g{i}(x: f64) -> f64 {{ return g{i - 1}(x) * 2.0 }}\n" for i in range(1, n))
+    with pytest.raises(CompileError, match="nested too deeply") as info:
+        compile_front(src.encode())
+    calls = [n for n in info.value.notes if isinstance(n, tuple)]
+    assert calls and all(text.startswith("in the call of g") for text, _ in calls)
+    text = info.value.render({"m.ad": src})
+    assert text.count("note: in the call of") == 10 and f"({len(calls) - 10} more calls in between)" in text
+
+
 def test_emit_ast_of_a_long_chain():
     from gradc.frontend.ast import dump
     from gradc.frontend.parse import parse

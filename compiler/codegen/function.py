@@ -153,16 +153,25 @@ class FunctionLowering:
 
     def branch(self, cond, then, other):
         """then() if cond else other(), each in its own block; values merge in a phi."""
+        return self.cases([lambda: cond], [then, other])
+
+    def cases(self, conds, makers):
+        """makers[i]() for the first i whose conds[i]() holds, else makers[-1](); each in its own
+        block, the conditions tested one after another; the values merge in a phi."""
         b = self.b
-        t, e, join = (b.append_basic_block(s) for s in ("then", "else", "join"))
-        b.cbranch(cond, t, e)
+        join = b.append_basic_block("join")
         vals = []
-        for blk, f in ((t, then), (e, other)):
-            b.position_at_end(blk)
+        for i, make in enumerate(makers):
+            if i < len(conds):
+                then, other = b.append_basic_block("then"), b.append_basic_block("else")
+                b.cbranch(conds[i](), then, other)
+                b.position_at_end(then)
             self.memo.append({})
-            vals.append((f(), b.block))
+            vals.append((make(), b.block))
             self.memo.pop()
             b.branch(join)
+            if i < len(conds):
+                b.position_at_end(other)
         b.position_at_end(join)
         phi = b.phi(vals[0][0].type)
         for v, blk in vals:

@@ -118,17 +118,17 @@ def _pad(L, n, idx):
 
 def _concat(L, n, idx):
     axis, xs = n.attr("axis"), n.ins
+    if len(xs) == 1:
+        return L.elem(xs[0], idx)
     offs = [ZERO]
     for x in xs[:-1]:
         offs.append(L.entry.add(offs[-1], L.dim(x.shape[axis])))
-
-    def piece(i):
-        shifted = idx[:axis] + (L.b.sub(idx[axis], offs[i]),) + idx[axis + 1:]
-        if i == len(xs) - 1:
-            return L.elem(xs[i], shifted)
-        return L.branch(L.b.icmp_signed("<", idx[axis], offs[i + 1]),
-                        lambda: L.elem(xs[i], shifted), lambda: piece(i + 1))
-    return piece(0)
+    # piece i where idx[axis] < offs[i + 1], tested in turn: a loop, for concats of many arrays
+    b = L.b
+    conds = [lambda i=i: b.icmp_signed("<", idx[axis], offs[i + 1]) for i in range(len(xs) - 1)]
+    pieces = [lambda i=i: L.elem(xs[i], idx[:axis] + (b.sub(idx[axis], offs[i]),) + idx[axis + 1:])
+              for i in range(len(xs))]
+    return L.cases(conds, pieces)
 
 
 def _one_hot(L, n, idx):
