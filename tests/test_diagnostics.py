@@ -266,3 +266,15 @@ def test_usage_error_exits_with_1(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["build"])
     assert info.value.code == 1
+
+
+@pytest.mark.parametrize("expr, says", [
+    ("x @ y", "cannot multiply f32[3] by f32[4]"),
+    ("x @ m", "cannot multiply f32[3] by f32[4, 2]"),
+    ("m @ x", "cannot multiply f32[4, 2] by f32[3]"),
+    ("transpose(x, (1, 0))", "axes (1, 0) do not fit f32[3]"),
+])
+def test_shapes_in_messages_as_written(expr, says):
+    src = f"fn f(x: f32[3], y: f32[4], m: f32[4, 2]) -> f32 {{ return sum({expr}) }}"
+    with pytest.raises(CompileError, match=re.escape(says)):
+        compile_front(src.encode())
