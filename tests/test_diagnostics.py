@@ -278,3 +278,9 @@ def test_shapes_in_messages_as_written(expr, says):
     src = f"fn f(x: f32[3], y: f32[4], m: f32[4, 2]) -> f32 {{ return sum({expr}) }}"
     with pytest.raises(CompileError, match=re.escape(says)):
         compile_front(src.encode())
+
+
+def test_positional_argument_after_a_keyword_argument():
+    with pytest.raises(CompileError, match="positional argument after a keyword argument") as info:
+        compile_front(b"fn f(x: f64[2, 3]) -> f64[3] {\n    return sum(axis=0, x)\n}\n")
+    assert (info.value.loc.line, info.value.loc.col) == (2, 24)
