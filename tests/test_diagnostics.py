@@ -28,8 +28,9 @@ def mutate(source: bytes, rng: random.Random) -> bytes:
             del toks[i]
         elif kind == "duplicate":
             toks.insert(i, toks[i])
-        elif kind == "swap" and i + 1 < len(toks):
-            toks[i], toks[i + 1] = toks[i + 1], toks[i]
+        elif kind == "swap":
+            j = min(i + 1, len(toks) - 1)
+            toks[i], toks[j] = toks[j], toks[i]
         elif kind == "replace":
             toks[i] = rng.choice(toks)
         else:
