@@ -98,7 +98,10 @@ def _b_transpose(s, node, x, axes=None):
     perm = tuple(reversed(range(len(x.shape)))) if axes is None else axes
     if not isinstance(perm, tuple) or not all(isinstance(a, int) for a in perm):
         raise CompileError(f"transpose axes must be a tuple of integers, got {s.describe(axes)}", node.loc)
-    return s.e.transpose(x, perm=tuple(a % max(len(x.shape), 1) for a in perm))
+    rank = len(x.shape)
+    if len(perm) != rank or not all(-rank <= a < rank for a in perm):
+        raise CompileError(f"transpose: axes {perm} do not fit {x.type}", node.loc)   # as written
+    return s.e.transpose(x, perm=tuple(a % max(rank, 1) for a in perm))
 
 
 def _b_concat(s, node, *xs, axis=0):

@@ -5,12 +5,11 @@ import difflib
 import inspect
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from ..frontend import ast as A
-from ..frontend.diagnostics import CompileError, Diagnostics
+from ..frontend.diagnostics import PRELUDE, CompileError, Diagnostics, prelude_source
 from ..frontend.parse import parse
 from . import autodiff
 from .builder import INT_RANGE, Emitter, check_int_range, fresh, literal_dtype
@@ -19,6 +18,9 @@ from .builtins import BUILTINS
 from .values import DimRef, DType, FnValue
 
 TRANSFORMS = ("grad", "value_and_grad", "vjp", "jvp")
+# expressions inside expressions, and inlined calls inside calls, lower recursively: this bound
+# keeps the recursion well inside Python's stack (1,000 frames); chains a + b + c ... are a loop
+MAX_NESTING = 100
 
 
 @dataclass(eq=False)
@@ -62,6 +64,49 @@ _PY = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b:
        "ne": lambda a, b: a != b, "and": lambda a, b: a and b, "or": lambda a, b: a or b}
 
 
+I64_RANGE = (-2 ** 63, 2 ** 63 - 1)
+
+
+def _fold(node, op, a, b):
+    """Two numbers combined at compile time: integers exactly (their type is i64), floats as IEEE
+    f64 arithmetic does (1 / 0 is inf, 0 ** -1 is inf); never a Python exception."""
+    floats = isinstance(a, float) or isinstance(b, float) or op == "div" or (op == "pow" and b < 0)
+    if op == "pow" and not floats and abs(a) > 1 and b * (abs(a).bit_length() - 1) > 64:
+        r = None                      # far outside i64: not worth computing (10 ** 10 ** 10)
+    else:
+        try:
+            if floats:
+                with np.errstate(all="ignore"):
+                    r = _PY_F64[op](_f64(a), _f64(b))
+            else:
+                r = _PY[op](a, b)
+        except ArithmeticError as ex:  # integer division by zero
+            raise CompileError(f"the constant expression {_num(a)} {node.op} {_num(b)} has no value: {ex}",
+                               node.loc) from None
+        r = r.item() if isinstance(r, np.generic) else r
+    if r is None or (isinstance(r, int) and not isinstance(r, bool) and not
+                     I64_RANGE[0] <= r <= I64_RANGE[1]):
+        raise CompileError(f"the integer constant expression {_num(a)} {node.op} {_num(b)} overflows i64",
+                           node.loc, ["for a floating-point constant, write one operand as a float "
+                                      "(2.0 ** 100)"])
+    return r
+
+
+def _num(x) -> str:
+    text = repr(x)
+    return text if len(text) <= 30 else f"{text[:12]}...({len(text)} digits)"
+
+
+def _f64(x) -> np.float64:
+    try:
+        return np.float64(x)
+    except OverflowError:             # an integer beyond the largest f64
+        return np.float64(np.inf if x > 0 else -np.inf)
+
+
+_PY_F64 = dict(_PY, div=lambda a, b: a / b)
+
+
 def _is_const(x):
     return isinstance(x, (bool, int, float, np.ndarray))
 
@@ -90,6 +135,12 @@ class Scope:
     # -- expressions
 
     def expr(self, node):
+        low = self.low
+        if low.depth >= MAX_NESTING:
+            raise CompileError(f"expression nested too deeply (more than {MAX_NESTING} levels, inlined "
+                               "calls included)", node.loc,
+                               ["give inner parts names with let"])
+        low.depth += 1
         saved, self.e.loc = self.e.loc, node.loc
         try:
             return getattr(self, "x_" + type(node).__name__)(node)
@@ -97,6 +148,7 @@ class Scope:
             raise CompileError(str(ex), node.loc) from None
         finally:
             self.e.loc = saved
+            low.depth -= 1
 
     def value(self, node, dtype=None) -> Value:
         """An expression that must be one array value (numbers become constants)."""
@@ -164,8 +216,9 @@ class Scope:
                 raise CompileError("array literal rows differ in length", node.loc) from None
             except OverflowError:
                 arr = np.array([], object)
-            if arr.dtype == object:          # Python ints beyond 64 bits
-                raise CompileError("an integer literal in this array is out of range for i64", node.loc)
+            if arr.dtype.kind not in "biuf":      # Python ints beyond 64 bits, say
+                raise CompileError("array literal values must be numbers within the range of "
+                                   "i64 or f64", node.loc)
             return arr
         return items
 
@@ -180,7 +233,22 @@ class Scope:
         return self.e.not_(self.as_value(x, node.operand))
 
     def x_BinOp(self, node):
-        a, b = self.expr(node.left), self.expr(node.right)
+        # a chain a + b + c ... nests to the left: walked with a loop, its length costs no stack
+        spine = [node]
+        while isinstance(spine[-1].left, A.BinOp):
+            spine.append(spine[-1].left)
+        a = self.expr(spine[-1].left)
+        for n in reversed(spine):
+            saved, self.e.loc = self.e.loc, n.loc
+            try:
+                a = self.binop(n, a, self.expr(n.right))
+            except ShapeError as ex:
+                raise CompileError(str(ex), n.loc) from None
+            finally:
+                self.e.loc = saved
+        return a
+
+    def binop(self, node, a, b):
         a = self.dim_number(a, node.left) if isinstance(a, DimRef) else a
         b = self.dim_number(b, node.right) if isinstance(b, DimRef) else b
         if node.op == "@":
@@ -192,11 +260,9 @@ class Scope:
         if op == "div" and any(isinstance(x, Value) and x.dtype in INT_RANGE for x in (a, b)):
             raise CompileError("`/` is not defined for integers", node.loc,
                                ["use // for floor division, or cast to f32 or f64 for true division"])
-        number = lambda x: isinstance(x, (bool, int, float))
-        if number(a) and number(b) and op in _PY and not (op in ("floordiv", "mod") and b == 0):
-            return _PY[op](a, b)
-        if op == "div" and number(a) and number(b):
-            return a / b if b != 0 else self.e.div(float(a), float(b))
+        if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)) and \
+                (op in _PY or op == "div"):
+            return _fold(node, op, a, b)
         # numbers and array literals take the other side's dtype, which they must fit
         for x, other, n in ((a, b, node.left), (b, a, node.right)):
             if isinstance(other, Value) and other.dtype in INT_RANGE and not isinstance(x, Value):
@@ -216,7 +282,11 @@ class Scope:
             raise ShapeError(f"@: cannot multiply {a.type} by {b.type} (use * for scalars)")
         a2 = e.reshape(a, shape=(1,) + a.shape) if len(a.shape) == 1 else a
         b2 = e.reshape(b, shape=b.shape + (1,)) if len(b.shape) == 1 else b
-        out = e.matmul(a2, b2)
+        try:
+            out = e.matmul(a2, b2)
+        except ShapeError as ex:
+            # name the operands as the user wrote them, not as reshaped here
+            raise ShapeError(str(ex).replace(a2.type, a.type, 1).replace(b2.type, b.type, 1)) from None
         shape = a.shape[:-1] + b.shape[1:]
         return e.reshape(out, shape=shape) if out.shape != shape else out
 
@@ -234,6 +304,11 @@ class Scope:
         return self.e.slice(x, spec=tuple(spec))
 
     def x_Call(self, node):
+        given = set()
+        for k, _, loc in node.kwargs:
+            if k in given:
+                raise CompileError(f"keyword argument '{k}' is given twice", loc)
+            given.add(k)
         # a transform or builtin name, unless the program binds that name itself
         name = node.func.id if isinstance(node.func, A.Name) else None
         if name is not None and name not in self.env and self.low.lookup(name, builtins=False) is None:
@@ -300,6 +375,13 @@ class Scope:
                 self.lets.append((name, val))
 
 
+def _called_from(ex: CompileError, f: FnValue, node) -> CompileError:
+    """ex, with the call that inlined the function it happened in (a prelude loss, a user fn)."""
+    if ex.loc is not None and ex.loc != node.loc:
+        ex.notes += ((f"in the call of {f.name} here", node.loc),)
+    return ex
+
+
 # ---- the module
 
 
@@ -317,8 +399,7 @@ class Module:
 @lru_cache(maxsize=None)
 def _prelude() -> A.Program:
     """The losses written in the language (frontend/prelude.ad), parsed once per process."""
-    path = Path(__file__).parent.parent / "frontend" / "prelude.ad"
-    return parse(path.read_text(), "<prelude>")
+    return parse(prelude_source(), PRELUDE)
 
 
 class Lowering:
@@ -329,6 +410,7 @@ class Lowering:
         self.cache = {}
         self.stack = []
         self.program = program
+        self.depth = 0                # nesting of expressions and inlined calls being lowered
 
     def lookup(self, name, builtins=True):
         if name in self.globals:
@@ -490,6 +572,8 @@ class Lowering:
             saved = scope.e.loc
             try:
                 outs, _ = self.body(f, vals, scope.e, node)
+            except CompileError as ex:
+                raise _called_from(ex, f, node) from None
             finally:
                 self.stack.pop()
                 scope.e.loc = saved
@@ -499,7 +583,10 @@ class Lowering:
         if f.kind != "vjp" and len(args) != need:
             raise CompileError(f"{f.name} takes {need} argument(s), but {len(args)} were given", node.loc)
         vals = [scope.as_value(a, n) for a, n in zip(args, node.args)]
-        g = self.instantiate(f, [(v.shape, v.dtype) for v in vals], node)
+        try:
+            g = self.instantiate(f, [(v.shape, v.dtype) for v in vals], node)
+        except CompileError as ex:
+            raise _called_from(ex, f, node) from None
         if len(vals) != len(g.params):
             raise CompileError(f"{f.name} takes {len(g.params)} argument(s), but {len(args)} were given",
                                node.loc)
@@ -523,7 +610,7 @@ class Lowering:
                     raise CompileError(f"'{name}' is a built-in name; choose another", item.loc)
                 seen[name] = item.loc
             if isinstance(item, A.FnDef):
-                self._check_types(item)
+                self._check_fn(item)
                 f = UserFn(item, self)
                 self.globals[item.name] = f
                 if f.typed:
@@ -544,7 +631,12 @@ class Lowering:
                                    f"{scope.describe(v)}", item.value.loc)
         return mod
 
-    def _check_types(self, d: A.FnDef):
+    def _check_fn(self, d: A.FnDef):
+        """What a function's definition alone gets wrong: parameters, types, unreachable statements."""
+        for stmt, after in zip(d.body, d.body[1:]):
+            if isinstance(stmt, A.Return):
+                raise CompileError(f"statement after return: {d.name} never runs it", after.loc,
+                                   [("the function returns here", stmt.loc)])
         seen = set()
         for p in d.params:
             if p.name in seen:

@@ -108,11 +108,23 @@ class List(Node):
 
 def dump(node, indent=0) -> str:
     """An indented tree, one node a line: what `--emit ast` prints."""
+    lines, todo = [], [(node, indent)]       # a stack, not recursion: a chain a + b + ... is deep
+    while todo:
+        part = todo.pop()
+        if isinstance(part, str):
+            lines.append(part)
+        else:
+            todo += reversed(_dump_one(*part))
+    return "\n".join(lines)
+
+
+def _dump_one(node, indent) -> list:
+    """node's own line, then its parts as (node, indent) for dump to expand, in order."""
     pad = "  " * indent
     if isinstance(node, list):
-        return "\n".join(dump(n, indent) for n in node)
+        return [(n, indent) for n in node]
     if not isinstance(node, Node):
-        return pad + repr(node)
+        return [pad + repr(node)]
     fields = {k: v for k, v in vars(node).items() if k != "loc"}
     simple = {k: v for k, v in fields.items() if not isinstance(v, (Node, list)) or
               (isinstance(v, list) and all(isinstance(x, str) for x in v))}
@@ -127,7 +139,7 @@ def dump(node, indent=0) -> str:
         for item in items:
             if isinstance(item, tuple):     # keyword argument
                 parts.append(f"{pad}    {item[0]}=")
-                parts.append(dump(item[1], indent + 3))
+                parts.append((item[1], indent + 3))
             else:
-                parts.append(dump(item, indent + 2))
-    return "\n".join(parts)
+                parts.append((item, indent + 2))
+    return parts

@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from ..compiler.ir import Loc, dim_add
@@ -19,6 +19,10 @@ _TOKEN_TEXT = {
     "ADD_OP": "+ or -", "COMP_OP": "a comparison", "__ANON_0": "->", "DOUBLESTAR": "**",
     "$END": "end of file", "TRUE": "true", "FALSE": "false", "NOT": "not", "AND": "and", "OR": "or",
 }
+
+
+# Python's int() refuses longer digit strings (4,300: sys.get_int_max_str_digits); i64 needs 19
+MAX_INT_DIGITS = 4000
 
 
 class _Brackets:
@@ -46,7 +50,7 @@ def _parser() -> Lark:
 
 
 @v_args(meta=True)
-class _ToAst(Transformer):
+class _ToAst(Transformer_NonRecursive):          # deep trees: Python's stack ends near 1,000 frames
     def __init__(self, file):
         super().__init__()
         self.file = file
@@ -137,6 +141,10 @@ class _ToAst(Transformer):
 
     def call(self, meta, ch):
         func, *args = ch
+        args = [a for a in args if a is not None]
+        for before, a in zip(args, args[1:]):
+            if isinstance(before, tuple) and not isinstance(a, tuple):
+                raise CompileError("positional argument after a keyword argument", a.loc)
         pos = [a for a in args if a is not None and not isinstance(a, tuple)]
         kws = [a for a in args if isinstance(a, tuple)]
         return A.Call(func.loc, func, pos, kws)
@@ -159,8 +167,12 @@ class _ToAst(Transformer):
 
     def number(self, meta, ch):
         text = str(ch[0])
-        is_int = text.isdigit()
-        return A.Num(self.loc(meta), int(text) if is_int else float(text))
+        if not text.isdigit():
+            return A.Num(self.loc(meta), float(text))       # inf beyond the largest f64
+        if len(text.lstrip("0")) > MAX_INT_DIGITS:
+            raise CompileError(f"integer literal of {len(text)} digits is out of the range of every "
+                               "integer type", self.loc(meta))
+        return A.Num(self.loc(meta), int(text))
 
     def name(self, meta, ch):
         return A.Name(self.loc(meta), str(ch[0]))

@@ -4,12 +4,14 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from .compiler import interp
 from .compiler.checks import requirements
 from .compiler.pipeline import lower, optimize
-from .frontend.diagnostics import CompileError, render
+from .frontend.diagnostics import CompileError, InternalError, internal_error, render
+from .frontend.source import read_source_file
 from .runtime import artifact
 from .compiler.ops import CheckFailed
 from .runtime.module import Function, Module, Signature, check_failed
@@ -30,7 +32,7 @@ def read_source(src) -> tuple[str, str]:
         path = Path(src)
         if not path.is_file():
             raise FileNotFoundError(f"no such .ad file: {path}")
-        return path.read_text(), str(path)
+        return read_source_file(path), str(path)
     if not isinstance(src, str):
         raise TypeError(f"gradc.compile takes a path or source text, not {type(src).__name__}")
     return src, "<source>"
@@ -68,10 +70,22 @@ def _check_target(target):
         raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
 
 
+@contextmanager
+def compiling(file):
+    """Any exception but a CompileError while gradc compiles is gradc's fault: an InternalError."""
+    try:
+        yield
+    except (CompileError, InternalError):
+        raise
+    except Exception as ex:
+        raise internal_error(ex, Path(file).name, VERSION) from ex
+
+
 def _optimized(text, file, record=None) -> tuple:
     """(the lowered module, its graphs after the optimization passes)."""
-    mod = lower_checked(text, file, record=record)
-    return mod, {k: optimize(g) for k, g in mod.graphs.items()}
+    with compiling(file):
+        mod = lower_checked(text, file, record=record)
+        return mod, {k: optimize(g) for k, g in mod.graphs.items()}
 
 
 def compile(src, target: str = DEFAULT_TARGET, cache: bool = True, fast_math: bool = False) -> Module:
@@ -142,8 +156,9 @@ def build_bytes(text: str, file: str = "<source>", link: bool = True, fast_math:
         return {"signature": signature(mod.graphs[k]).to_json(), "symbol": compiled_entry[0],
                 "dims": list(compiled_entry[1]), "checks": compiled_entry[2]}
     # each function's code carries a digest of its header entry and of the facts (runtime/trust.py)
-    compiled = compile_graphs(graphs, Path(file).stem, link=link, fast_math=fast_math,
-                              describe=lambda k, e: describe(facts, entry(k, e)))
+    with compiling(file):
+        compiled = compile_graphs(graphs, Path(file).stem, link=link, fast_math=fast_math,
+                                  describe=lambda k, e: describe(facts, entry(k, e)))
     header = dict(facts, functions=[entry(k, compiled.entries[k]) for k in graphs])
     return artifact.pack(header, artifact.Code(compiled.objects, compiled.shared))
 
@@ -185,14 +200,18 @@ def emit_llvm(src, optimized: bool = True, fast_math: bool = False) -> str:
     """The LLVM IR of a program (after -O3 unless optimized=False): `gradc build --emit llvm`."""
     from .compiler.codegen import emit_llvm as emit
     text, file = read_source(src)
-    return emit(_optimized(text, file)[1], Path(file).stem, optimized, fast_math)
+    graphs = _optimized(text, file)[1]
+    with compiling(file):
+        return emit(graphs, Path(file).stem, optimized, fast_math)
 
 
 def emit_asm(src, fast_math: bool = False) -> str:
     """The host assembly of a program: `gradc build --emit asm`."""
     from .compiler.codegen import emit_asm as emit
     text, file = read_source(src)
-    return emit(_optimized(text, file)[1], Path(file).stem, fast_math)
+    graphs = _optimized(text, file)[1]
+    with compiling(file):
+        return emit(graphs, Path(file).stem, fast_math)
 
 
 def _host(refresh: bool = False):

@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .frontend.diagnostics import CompileError
+from .frontend.diagnostics import CompileError, InternalError, internal_error
 
 STAGES = ("ast", "ir", "grad-ir", "opt-ir", "llvm", "asm", "ptx")
 
@@ -23,9 +24,10 @@ def _source(path) -> tuple[str, str]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"no such file: {path}")
+    from .frontend.source import read_source_file
     try:
-        return p.read_text(), str(path)
-    except (OSError, UnicodeDecodeError) as ex:
+        return read_source_file(p), str(path)
+    except OSError as ex:
         raise UserError(f"cannot read {path}: {ex}") from None
 
 
@@ -228,8 +230,16 @@ def cmd_graph(args):
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit with 1, as other mistakes do: 2 says gradc itself failed."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def make_parser():
-    p = argparse.ArgumentParser(prog="gradc", description="Compile .ad programs and their derivatives.")
+    p = _Parser(prog="gradc", description="Compile .ad programs and their derivatives.")
     p.add_argument("--version", action="version", version=f"gradc {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="compile a program (or print a stage with --emit)")
@@ -283,14 +293,19 @@ def main(argv=None) -> int:
     except CompileError as ex:
         print(str(ex), file=sys.stderr)
         return 1
-    except (UserError, FileNotFoundError) as ex:
+    except BrokenPipeError:              # `gradc ... | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")
+        return 141
+    except (UserError, OSError) as ex:
         print(f"gradc: error: {ex}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:              # `gradc ... | head`: the reader left; say nothing more
-        sys.stdout = open(os.devnull, "w")
-        return 141
+    except Exception as ex:              # gradc's own fault: say so, and what to report
+        cause = ex.__cause__ if isinstance(ex, InternalError) and ex.__cause__ is not None else ex
+        command = shlex.join(["gradc"] + list(sys.argv[1:] if argv is None else argv))
+        print(internal_error(cause, args.file, _version(), command), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def available_targets():
 
 class AdFile(pytest.File):
     def collect(self):
-        text = self.path.read_text()
+        text = self.path.read_text(errors="replace")     # a lit test may hold bytes that are not UTF-8
         if "# RUN:" in text:
             for i, line in enumerate(text.splitlines(), 1):
                 if "# RUN:" in line:
@@ -102,6 +102,7 @@ class LitItem(pytest.Item):
         else:
             assert res.returncode == 0, f"exit {res.returncode}:\n{output}\n{res.stderr or ''}"
         assert "Traceback" not in output + (res.stderr or ""), output + (res.stderr or "")
+        assert res.returncode != 2, f"an internal compiler error:\n{output}\n{res.stderr or ''}"
         if check.strip():
             checks = directives(self.text)
             assert checks, "a RUN line pipes into %filecheck, but the file has no CHECK lines"

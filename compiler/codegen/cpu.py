@@ -182,13 +182,16 @@ def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool =
     triple, cpu, feats = host_cpu()
     # the largest function first: it bounds the wall time, so it should start first
     order = sorted(graphs, key=lambda k: -len(graphs[k].nodes))
-    workers = min(len(order), os.cpu_count() or 1)
+    workers = max(1, min(len(order), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures, entries = {}, {}
         for fname, text, entry in _split(graphs, order, name, describe):
             entries[fname] = entry
             futures[fname] = pool.submit(_compile_one, text, opt, fast_math)
         objects = [futures[k].result() for k in order]
+        if not objects:
+            # a program without functions: one empty object, so its module file is like any other
+            objects = [_compile_one(str(build_ir({}, name)[0]), opt, fast_math)]
     return Compiled(objects, {k: entries[k] for k in graphs}, triple, cpu, feats,
                     link_shared(objects) if link else None)
 

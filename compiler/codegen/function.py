@@ -1,6 +1,7 @@
 """Lower a phase of a graph to an LLVM function: a loop nest per planned root, fused chains inline."""
 from __future__ import annotations
 
+from collections.abc import Generator
 from contextlib import contextmanager
 
 from llvmlite import ir
@@ -152,16 +153,25 @@ class FunctionLowering:
 
     def branch(self, cond, then, other):
         """then() if cond else other(), each in its own block; values merge in a phi."""
+        return self.cases([lambda: cond], [then, other])
+
+    def cases(self, conds, makers):
+        """makers[i]() for the first i whose conds[i]() holds, else makers[-1](); each in its own
+        block, the conditions tested one after another; the values merge in a phi."""
         b = self.b
-        t, e, join = (b.append_basic_block(s) for s in ("then", "else", "join"))
-        b.cbranch(cond, t, e)
+        join = b.append_basic_block("join")
         vals = []
-        for blk, f in ((t, then), (e, other)):
-            b.position_at_end(blk)
+        for i, make in enumerate(makers):
+            if i < len(conds):
+                then, other = b.append_basic_block("then"), b.append_basic_block("else")
+                b.cbranch(conds[i](), then, other)
+                b.position_at_end(then)
             self.memo.append({})
-            vals.append((f(), b.block))
+            vals.append((make(), b.block))
             self.memo.pop()
             b.branch(join)
+            if i < len(conds):
+                b.position_at_end(other)
         b.position_at_end(join)
         phi = b.phi(vals[0][0].type)
         for v, blk in vals:
@@ -171,17 +181,48 @@ class FunctionLowering:
     # ---- elements
 
     def elem(self, v, idx):
+        """The element of v at idx: loaded from its buffer, or computed inline from its inputs."""
+        return self._run(self._elem_steps(v, idx))
+
+    def node_elem(self, n, idx):
+        return self._run(self._node_steps(n, idx))
+
+    def _run(self, steps):
+        """Drive element generators with an explicit stack: each yields (value, idx) for an input
+        element it needs and is sent the result, so a fused chain of thousands of ops does not
+        recurse (Python's stack ends near 1,000 frames)."""
+        stack, sent = [steps], None
+        while stack:
+            try:
+                want = stack[-1].send(sent)
+            except StopIteration as done:
+                stack.pop()
+                sent = done.value
+                continue
+            sent = self._memo(*want)
+            if sent is None:
+                stack.append(self._elem_steps(*want))
+        return sent
+
+    def _memo(self, v, idx):
         key = (v, tuple(map(id, idx)))
         for scope in reversed(self.memo):
             if key in scope:
                 return scope[key]
-        x = self.load(v, idx) if v in self.bufs else self.node_elem(self.plan.producers[v], idx)
-        self.memo[-1][key] = x
+        return None
+
+    def _elem_steps(self, v, idx):
+        x = self._memo(v, idx)
+        if x is not None:
+            return x
+        x = self.load(v, idx) if v in self.bufs else (yield from self._node_steps(self.plan.producers[v], idx))
+        self.memo[-1][(v, tuple(map(id, idx)))] = x
         return x
 
-    def node_elem(self, n, idx):
+    def _node_steps(self, n, idx):
         if n.op in INDEX_MAPS:
-            return INDEX_MAPS[n.op](self, n, idx)
+            x = INDEX_MAPS[n.op](self, n, idx)
+            return (yield from x) if isinstance(x, Generator) else x
         t = LLTYPES[n.out.dtype]
         if n.op == "const":
             return ir.Constant(t, bool(n.attr("value")) if n.out.dtype == "bool" else n.attr("value"))
@@ -192,7 +233,9 @@ class FunctionLowering:
             for a in n.attr("axes"):
                 count = self.entry.mul(count, self.dim(n.ins[0].shape[a]))
             return self.cg.cast(count, n.out.dtype)
-        elems = [self.elem(x, broadcast_index(x.shape, n.out.shape, idx)) for x in n.ins]
+        elems = []
+        for x in n.ins:
+            elems.append((yield x, broadcast_index(x.shape, n.out.shape, idx)))
         return OPS[n.op].lower(self.cg, *elems, **n.kw)
 
     def literal(self, n, idx):

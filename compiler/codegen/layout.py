@@ -1,4 +1,8 @@
-"""Index maps of the layout ops: one element of the result read from the right element of the input."""
+"""Index maps of the layout ops: one element of the result read from the right element of the input.
+
+A map that reads one input element yields (input, index) and is sent the element (function.py
+drives it without recursing); pad and concat, which branch, call L.elem inside each branch.
+"""
 from __future__ import annotations
 
 from llvmlite import ir
@@ -17,7 +21,7 @@ def broadcast_index(in_shape, out_shape, idx):
 
 def _broadcast_to(L, n, idx):
     x = n.ins[0]
-    return L.elem(x, broadcast_index(x.shape, n.out.shape, idx))
+    return (yield x, broadcast_index(x.shape, n.out.shape, idx))
 
 
 def _transpose(L, n, idx):
@@ -25,7 +29,7 @@ def _transpose(L, n, idx):
     inner = [None] * len(perm)
     for k, p in enumerate(perm):
         inner[p] = idx[k]
-    return L.elem(n.ins[0], tuple(inner))
+    return (yield n.ins[0], tuple(inner))
 
 
 def _reshape(L, n, idx):
@@ -35,7 +39,7 @@ def _reshape(L, n, idx):
     if src == [d for d, _ in dst]:
         # only unit axes come and go: the other indices carry over
         it = iter(i for _, i in dst)
-        return L.elem(x, tuple(ZERO if d == 1 else next(it) for d in x.shape))
+        return (yield x, tuple(ZERO if d == 1 else next(it) for d in x.shape))
     b = L.b
     flat = ZERO
     for d, i in zip(n.out.shape, idx):
@@ -45,7 +49,7 @@ def _reshape(L, n, idx):
         dv = L.dim(d)
         inner.append(b.urem(flat, dv))
         flat = b.udiv(flat, dv)
-    return L.elem(x, tuple(reversed(inner)))
+    return (yield x, tuple(reversed(inner)))
 
 
 def _start(L, d, s):
@@ -83,7 +87,7 @@ def _slice(L, n, idx):
         q += 1
         inner.append(L.b.add(start, i if step == 1 else L.b.mul(i, ir.Constant(I64, step))))
     inner += idx[q:]
-    return L.elem(x, tuple(inner))
+    return (yield x, tuple(inner))
 
 
 def _pad(L, n, idx):
@@ -114,21 +118,21 @@ def _pad(L, n, idx):
 
 def _concat(L, n, idx):
     axis, xs = n.attr("axis"), n.ins
+    if len(xs) == 1:
+        return L.elem(xs[0], idx)
     offs = [ZERO]
     for x in xs[:-1]:
         offs.append(L.entry.add(offs[-1], L.dim(x.shape[axis])))
-
-    def piece(i):
-        shifted = idx[:axis] + (L.b.sub(idx[axis], offs[i]),) + idx[axis + 1:]
-        if i == len(xs) - 1:
-            return L.elem(xs[i], shifted)
-        return L.branch(L.b.icmp_signed("<", idx[axis], offs[i + 1]),
-                        lambda: L.elem(xs[i], shifted), lambda: piece(i + 1))
-    return piece(0)
+    # piece i where idx[axis] < offs[i + 1], tested in turn: a loop, for concats of many arrays
+    b = L.b
+    conds = [lambda i=i: b.icmp_signed("<", idx[axis], offs[i + 1]) for i in range(len(xs) - 1)]
+    pieces = [lambda i=i: L.elem(xs[i], idx[:axis] + (b.sub(idx[axis], offs[i]),) + idx[axis + 1:])
+              for i in range(len(xs))]
+    return L.cases(conds, pieces)
 
 
 def _one_hot(L, n, idx):
-    v = L.elem(n.ins[0], idx[:-1])
+    v = yield n.ins[0], idx[:-1]
     if v.type != I64:
         v = L.b.sext(v, I64)
     return L.cg.cast(L.b.icmp_signed("==", v, idx[-1]), n.attr("dtype"))

@@ -23,6 +23,15 @@ def _array(op, attrs):
     return None
 
 
+def _evaluate(n, arrays):
+    """n's result on constant inputs, or None where NumPy refuses (0 ** -1 in integers): the node
+    then stays, and computes at run time what it would for any other inputs."""
+    try:
+        return np.asarray(OPS[n.op].ref(*arrays, **n.kw), NP_DTYPES[n.out.dtype])
+    except (ArithmeticError, ValueError):
+        return None
+
+
 def fold_constants(g: Graph) -> Graph:
     """Evaluate nodes whose inputs are all constants."""
     made = {}          # constant value -> (op, attrs)
@@ -49,14 +58,17 @@ def fold_constants(g: Graph) -> Graph:
         if OPS[n.op].kind == "elementwise" and all(op == "const" for op, _ in srcs):
             # uniform constants fold on their scalars, symbolic shapes included
             scalars = [np.array(a["value"], NP_DTYPES[a["dtype"]]) for _, a in srcs]
-            r = OPS[n.op].ref(*scalars, **n.kw)
-            return const(emit, n, np.asarray(r, NP_DTYPES[n.out.dtype]).item())
+            r = _evaluate(n, scalars)
+            return None if r is None else const(emit, n, r.item())
         if not all(isinstance(d, int) for d in n.out.shape) or math.prod(n.out.shape) > MAX_FOLD:
             return None
         arrays = [_array(op, a) for op, a in srcs]
         if any(a is None for a in arrays):
             return None
-        flat = np.asarray(OPS[n.op].ref(*arrays, **n.kw), NP_DTYPES[n.out.dtype]).ravel()
+        r = _evaluate(n, arrays)
+        if r is None:
+            return None
+        flat = r.ravel()
         if flat.size and np.all(flat == flat[0]):
             return const(emit, n, flat[0].item())
         attrs = {"data": tuple(flat.tolist()), "dtype": n.out.dtype, "shape": n.out.shape}
@@ -64,4 +76,5 @@ def fold_constants(g: Graph) -> Graph:
         made[out] = ("literal", attrs)
         return out
 
-    return rewrite(g, step)
+    with np.errstate(all="ignore"):          # 1.0 / 0 is inf here as at run time, not a warning
+        return rewrite(g, step)
