@@ -73,6 +73,8 @@ def _fold(node, op, a, b):
     floats = isinstance(a, float) or isinstance(b, float) or op == "div" or (op == "pow" and b < 0)
     if op == "pow" and not floats and abs(a) > 1 and b * (abs(a).bit_length() - 1) > 64:
         r = None                      # far outside i64: not worth computing (10 ** 10 ** 10)
+    elif op in ("floordiv", "mod") and not floats and b == 0:
+        r = 0                         # as at run time (NumPy's integer result), not an error
     else:
         try:
             if floats:
@@ -216,7 +218,9 @@ class Scope:
                 raise CompileError("array literal rows differ in length", node.loc) from None
             except OverflowError:
                 arr = np.array([], object)
-            if arr.dtype.kind not in "biuf":      # Python ints beyond 64 bits, say
+            if arr.dtype == object and all(isinstance(i, int) for i in arr.ravel()):
+                raise CompileError("an integer literal in this array is out of range for i64", node.loc)
+            if arr.dtype.kind not in "biuf":
                 raise CompileError("array literal values must be numbers within the range of "
                                    "i64 or f64", node.loc)
             return arr
