@@ -18,6 +18,7 @@ from .optable import (HOOKS, INPUT, OPS, SYMS, Ex, dim_str, dim_val, mk, num, re
                       type_str, walk)
 
 PARAM_NAMES = ("x", "y", "z", "w")
+ALIASES = ("ref", "cast", "slice", "reshape", "transpose", "broadcast_to", "hook", "detach")
 MAX_PARAMS = 4
 
 
@@ -51,7 +52,9 @@ class Program:
                  f"    return {text(self.loss)}\n}}"]
         for name, kind, wrt, extra in self.transforms:
             w = wrt[0] if len(wrt) == 1 else "(" + ", ".join(wrt) + ")"
-            if kind in ("grad", "value_and_grad"):
+            if kind == "gx":
+                lines.append(f"let {name} = grad({pre}_f, wrt={w})")
+            elif kind in ("grad", "value_and_grad"):
                 lines.append(f"let {name} = {kind}({pre}_f, wrt={w})")
             elif kind in ("vjp", "jvp"):
                 lines.append(f"let {name} = {kind}({pre}_h, wrt={w})")
@@ -268,7 +271,9 @@ def generate(seed: int, prefix: str = "p0", dtype: str | None = None) -> Program
     floats = set(p.float_params())
     f_live = sorted(live(p, p.loss) & floats)
     h_live = sorted(set().union(*(live(p, ref(o, (), dtype)) for o in p.outs)) & floats)
-    inter = [n for n in live(p, p.loss) if n in lets]
+    # a let bound to a parameter or a view of one may be the same value in gradc, where its
+    # gradient is the parameter's (as PyTorch's retain_grad on an alias): not an intermediate
+    inter = [n for n in live(p, p.loss) if n in lets and lets[n].op not in ALIASES]
     if f_live:
         wrt = random.sample(f_live, random.randint(1, len(f_live)))
         p.transforms.append((f"{prefix}_g", "grad", wrt, None))
@@ -276,6 +281,8 @@ def generate(seed: int, prefix: str = "p0", dtype: str | None = None) -> Program
         p.transforms.append((f"{prefix}_vg", "value_and_grad", vg, None))
         x = [random.choice(f_live)]
         kind = random.choice(["jvp_grad", "jvp_grad", "vjp_grad", "inline"])
+        if kind == "vjp_grad":
+            p.transforms.append((f"{prefix}_gx", "gx", x, None))
         p.transforms.append((f"{prefix}_{kind}", kind, x, None))
     if h_live:
         wrt = random.sample(h_live, random.randint(1, len(h_live)))
