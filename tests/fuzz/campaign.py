@@ -74,6 +74,12 @@ def work(task):
     if what == "tree":                         # ("tree", program, seed): for the shrinker
         fails, _ = props.check_programs([task[1]], task[2])
         return [(k, d) for k, d, _ in fails]
+    if what == "signal":                       # the tests' stand-ins for a crash and a hang
+        import faulthandler
+        faulthandler.disable()                 # pytest's handler would print the stack
+        os.kill(os.getpid(), task[1])
+    if what == "sleep":
+        time.sleep(task[1])
     raise ValueError(what)
 
 

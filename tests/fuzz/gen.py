@@ -94,7 +94,7 @@ class Gen:
 
     def param(self, shape, dtype=None, classes=None) -> Ex | None:
         names = [n for n in PARAM_NAMES if n not in {p[0] for p in self.p.params}]
-        if dtype != "i64" and len(self.p.float_params()) >= MAX_PARAMS or not names:
+        if dtype != "i64" and (len(self.p.float_params()) >= MAX_PARAMS or not names):
             return None
         if any(not isinstance(d, int) and d[1] != 0 for d in shape):
             return None
@@ -117,6 +117,10 @@ class Gen:
 
     def of_shape(self, shape, dtype, depth) -> Ex:
         same = [e for e in self.pool if e.shape == tuple(shape) and e.dtype == dtype]
+        if len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 1 and random.random() < 0.15:
+            e = self.labels(shape, dtype)             # one_hot of integer labels
+            if e is not None:
+                return e
         if same and random.random() < 0.7:
             e = random.choice(same)
         else:
@@ -167,7 +171,7 @@ class Gen:
         return None if lab is None else mk("one_hot", lab, n=shape[1], dtype=dtype)
 
     def cond(self, a: Ex) -> Ex:
-        c = mk(random.choice(["lt", "le", "gt", "ge", "ne"]), a, self.partner(a, 0))
+        c = mk(random.choice(["lt", "le", "gt", "ge", "ne", "eq"]), a, self.partner(a, 0))
         if c is not None and random.random() < 0.3:
             d = mk(random.choice(["lt", "gt"]), a, num(round(random.uniform(-1, 1), 2)))
             c = mk(random.choice(["and", "or"]), c, d) or c
