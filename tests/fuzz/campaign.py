@@ -30,7 +30,7 @@ if __package__ in (None, ""):           # run as a file: import as the package i
 from . import gen, mutate, props, shrink  # noqa: E402
 
 ORIGINS = ("generated", "sample, token mutations", "sample, byte mutations",
-           "generated, token mutations", "generated, byte mutations")
+           "generated, token mutations", "generated, byte mutations", "hostile inputs")
 _CORPUS = []
 
 
@@ -39,6 +39,9 @@ def source_case(seed: int):
     if not _CORPUS:
         _CORPUS.extend(mutate.corpus())
     rng = random.Random(seed)
+    if rng.random() < 0.05:
+        base = rng.choice(_CORPUS) if rng.random() < 0.5 else gen.source([gen.generate(seed)])
+        return ORIGINS[5], mutate.mutate(base, rng, "hostile")
     r = rng.random()
     if r < 0.15:
         return ORIGINS[0], gen.source([gen.generate(seed)])

@@ -18,7 +18,7 @@ from .optable import (HOOKS, INPUT, OPS, SYMS, Ex, dim_str, dim_val, mk, num, re
                       type_str, walk)
 
 PARAM_NAMES = ("x", "y", "z", "w")
-ALIASES = ("ref", "cast", "slice", "reshape", "transpose", "broadcast_to", "hook", "detach")
+ALIASES = ("ref",)
 MAX_PARAMS = 4
 
 
@@ -275,8 +275,8 @@ def generate(seed: int, prefix: str = "p0", dtype: str | None = None) -> Program
     floats = set(p.float_params())
     f_live = sorted(live(p, p.loss) & floats)
     h_live = sorted(set().union(*(live(p, ref(o, (), dtype)) for o in p.outs)) & floats)
-    # a let bound to a parameter or a view of one may be the same value in gradc, where its
-    # gradient is the parameter's (as PyTorch's retain_grad on an alias): not an intermediate
+    # `let t = x` names the same value as x, whose gradient at t is then x's whole gradient
+    # (as PyTorch's retain_grad on an alias of a tensor): not an intermediate of its own
     inter = [n for n in live(p, p.loss) if n in lets and lets[n].op not in ALIASES]
     if f_live:
         wrt = random.sample(f_live, random.randint(1, len(f_live)))

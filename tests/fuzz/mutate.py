@@ -18,6 +18,15 @@ VOCAB = ("fn let return and or not true false ( ) [ ] { } , ; : = -> + - * / ** 
 VOCAB = tuple(v if v else " " for v in VOCAB) + ("\n",)
 
 
+# inputs that stress a compiler's limits rather than its grammar: deep nesting, long programs,
+# constant folding that overflows or divides by zero, huge literals, odd files
+HOSTILE = ("(" * 3000 + "x" + ")" * 3000, "-" * 3000 + "x", "x" + " + x" * 20000,
+           "0 ** -1", "2 ** 100000", "1" * 5000, "0.0 ** -1.5", "1e999 - 1e999", "[" * 2000 + "]" * 2000,
+           "\n" + "let a = 1\n" * 5000, "", "# only a comment\n", "return x\nlet q = 1",
+           "sum(x, axis=0, axis=1)", "\t\x0c\r\n", "x[2147483648]", "x[-9223372036854775809]",
+           "grad(" * 500 + "f" + ")" * 500)
+
+
 def corpus() -> list[str]:
     """The sources mutations start from: every sample and every lit test."""
     files = sorted((ROOT / "samples").glob("*.ad")) + sorted((ROOT / "tests" / "lit").glob("*.ad"))
@@ -78,8 +87,20 @@ def mutate_bytes(data: bytes, rng: random.Random, n: int) -> bytes:
 
 
 def mutate(src: str, rng: random.Random, mode: str):
-    """A mutant of src: mode "tokens" gives text, "bytes" gives bytes (maybe not UTF-8)."""
+    """A mutant of src: mode "tokens" gives text, "bytes" gives bytes (maybe not UTF-8),
+    "hostile" gives text with one of HOSTILE spliced in (or alone)."""
     n = rng.choice([1, 1, 1, 2, 2, 3, 4, 8])
+    if mode == "hostile":
+        h = rng.choice(HOSTILE)
+        if rng.random() < 0.2:
+            return h
+        toks = TOKEN.findall(src)
+        atoms = [i for i, t in enumerate(toks) if t[:1].isalnum() and t not in VOCAB[:8]]
+        if atoms and rng.random() < 0.6:            # in place of a name or a number: it parses
+            i = rng.choice(atoms)
+            return "".join(toks[:i]) + "(" + h + ")" + "".join(toks[i + 1:])
+        i = rng.randrange(len(toks) + 1)
+        return "".join(toks[:i]) + h + "".join(toks[i + rng.choice([0, 1]):])
     if mode == "tokens":
         return mutate_tokens(src, rng, n)
     return mutate_bytes(src.encode(), rng, n)

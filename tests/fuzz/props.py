@@ -26,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def _where(ex: BaseException) -> str:
     """The innermost frame inside gradc, as file:function (what identifies a bug)."""
     tb = traceback.extract_tb(ex.__traceback__)
-    ours = [f for f in tb if f.filename.startswith(ROOT) and "/tests/" not in f.filename[len(ROOT):]]
+    ours = [f for f in tb if f.filename.startswith(ROOT)
+            and not any(d in f.filename[len(ROOT):] for d in ("/tests/", "/.venv/", "site-packages"))]
     f = ours[-1] if ours else (tb[-1] if tb else None)
     return f"{os.path.basename(f.filename)}:{f.name}" if f else "?"
 
