@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .optable import (HOOKS, INPUT, OPS, SYMS, Ex, dim_str, dim_val, mk, num, ref, text,
-                      type_str, walk)
+from .expr import INPUT, OPS, SYMS, Ex, dim_str, dim_val, mk, num, ref, text, type_str, walk
+from .optable import HOOKS
 
 PARAM_NAMES = ("x", "y", "z", "w")
 ALIASES = ("ref",)

@@ -167,7 +167,7 @@ class Checker:
         return np.shape(self.base[name])
 
     def run(self):
-        p, lets = self.p, dict(self.p.lets)
+        p = self.p
         # values: the two functions against each other and against the oracle
         for fn, want in ((f"{p.prefix}_f", [self.base["__loss__"]]),
                          (f"{p.prefix}_h", [self.base[o] for o in p.outs])):

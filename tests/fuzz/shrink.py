@@ -12,7 +12,7 @@ import copy
 import re
 
 from . import gen
-from .optable import Ex, ref, walk
+from .expr import Ex, ref, walk
 
 
 def _ddmin(items: list, fails) -> list:

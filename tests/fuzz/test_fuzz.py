@@ -1,12 +1,11 @@
 """A fixed-seed slice of the fuzzing campaign, small enough for every test run (tests/fuzz/campaign.py runs long ones)."""
 import signal
-import warnings
 
 import numpy as np
 import pytest
 
 from . import campaign, gen, mutate, props, shrink
-from .optable import OPS, walk
+from .expr import OPS, walk
 
 SOURCE_SEEDS = range(0, 400)
 # f64 and f32; slices, log_softmax, detach, clamp, a hook, matmul, where, cast; every transform kind
