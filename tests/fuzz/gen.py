@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .expr import INPUT, OPS, SYMS, Ex, dim_str, dim_val, mk, num, ref, text, type_str, walk
-from .optable import HOOKS
+from .optable import HOOKS, INT_FORMS
 
 PARAM_NAMES = ("x", "y", "z", "w")
 ALIASES = ("ref",)
@@ -142,8 +142,10 @@ class Gen:
         bound = {d for p in self.p.params for d in p[1] if not isinstance(d, int)}
         if any(not isinstance(d, int) and d not in bound for d in shape):
             return None
-        ones = mk("fill", value=1, shape=tuple(shape), dtype=dtype)
-        return mk("mul", ones, num(round(random.uniform(-1.5, 1.5), 2) or 0.5))
+        c = num(round(random.uniform(-1.5, 1.5), 2) or 0.5)
+        if random.random() < 0.3:
+            return mk("add", mk("fill", value=0, shape=tuple(shape), dtype=dtype), c)
+        return mk("mul", mk("fill", value=1, shape=tuple(shape), dtype=dtype), c)
 
     def partner(self, a: Ex, depth, literal=True) -> Ex:
         """An operand that broadcasts with a."""
@@ -168,6 +170,8 @@ class Gen:
 
     def labels(self, shape, dtype) -> Ex | None:
         lab = self.param(shape[:1], "i64", classes=shape[1])
+        if lab is not None and random.random() < 0.6:
+            lab = mk("int_label", lab, n=shape[1], form=random.choice(sorted(INT_FORMS)))
         return None if lab is None else mk("one_hot", lab, n=shape[1], dtype=dtype)
 
     def cond(self, a: Ex) -> Ex:

@@ -582,6 +582,28 @@ def _one_hot_infer(args, attrs):
     return i.shape + (attrs["n"],), attrs["dtype"], 0.0, 1.0
 
 
+# integer arithmetic on class labels in [0, n) that keeps them there: what feeds one_hot.
+# Each form is the source text ({0}: the labels, {n}: the classes) and its NumPy meaning.
+INT_FORMS = {
+    "(({0} + 3) - 3)": lambda i, n: (i + 3) - 3,
+    "(({0} * 2) - {0})": lambda i, n: (i * 2) - i,
+    "minimum(maximum({0}, 0), {n} - 1)": lambda i, n: np.minimum(np.maximum(i, 0), n - 1),
+    "abs({0})": lambda i, n: np.abs(i),
+    "(({n} - 1) - {0})": lambda i, n: (n - 1) - i,
+    "where({0} > 0, {0}, 0)": lambda i, n: np.where(i > 0, i, 0),
+    "(-(-{0}))": lambda i, n: -(-i),
+}
+
+
+def _int_infer(args, attrs):
+    (i,) = args
+    return (i.shape, i.dtype, 0, attrs["n"] - 1) if i.dtype in ("i32", "i64") else None
+
+
+OPS["int_label"] = Op("int_label", lambda g, d: None, _int_infer,
+                      lambda xs, at: INT_FORMS[at["form"]](xs[0], at["n"]).astype(xs[0].dtype),
+                      lambda t, at: at["form"].format(t[0], n=at["n"]), 0)
+
 OPS["one_hot"] = Op("one_hot", lambda g, d: None, _one_hot_infer,
                     lambda xs, at: np.eye(at["n"])[xs[0]],
                     lambda t, at: f"one_hot({t[0]}, {at['n']}, dtype={at['dtype']})", 0)
