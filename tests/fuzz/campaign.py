@@ -197,9 +197,9 @@ class Tally:
             self.first.setdefault(outcome, (case, detail, row))
 
 
-def run_sources(pool, n, seed, out, tally, log):
+def run_sources(pool, n, seed, out, tally, log, deadline=float("inf")):
     t0 = time.monotonic()
-    for i, (task, status, res) in enumerate(pool.run(("source", seed + k) for k in range(n))):
+    for i, (task, status, res) in enumerate(pool.run(_until(n, seed, "source", deadline))):
         if status != "ok":
             origin = source_case(task[1])[0]
             tally.add(origin, status, task[1])
@@ -210,15 +210,27 @@ def run_sources(pool, n, seed, out, tally, log):
             log(f"sources: {i + 1}/{n} in {time.monotonic() - t0:.0f} s, failures so far: {dict(tally.kinds)}")
 
 
-def run_programs(pool, n, seed, out, tally, log):
+def _until(n, seed, what, deadline):
+    """Tasks for cases seed .. seed + n - 1, none after the deadline or a SIGTERM."""
+    for k in range(n):
+        if time.monotonic() > deadline or STOP:
+            return
+        yield what, seed + k
+
+
+STOP = []
+
+
+def run_programs(pool, n, seed, out, tally, log, deadline=float("inf")):
     t0 = time.monotonic()
     skipped = 0
-    for i, (task, status, res) in enumerate(pool.run(("program", seed + k) for k in range(n))):
+    for i, (task, status, res) in enumerate(pool.run(_until(n, seed, "program", deadline))):
         if status != "ok":
             tally.add("programs", status, task[1])
             continue
         dtype, fails, sk = res
         skipped += sk
+        tally.add("programs", "checked", failure=False)
         tally.add(f"programs ({dtype})", "checked", failure=False)
         if not fails:
             tally.add(f"programs ({dtype})", "all equal", failure=False)
@@ -289,7 +301,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="fuzz-out", help="folder for shrunk failures and summary.json")
     ap.add_argument("--shrink-budget", type=int, default=200, help="checks per shrink (0: no shrinking)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds before a case counts as a hang")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="stop starting cases after this long (as on SIGTERM), then report what ran")
     a = ap.parse_args(argv)
+    deadline = time.monotonic() + 60 * a.minutes if a.minutes else float("inf")
+    signal.signal(signal.SIGTERM, lambda *_: STOP.append(1))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("GRADC_CACHE_DIR", str(out / "cache"))
@@ -302,12 +318,13 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     try:
         if a.sources:
-            run_sources(pool, a.sources, a.seed, out, tally, log)
-            log(f"{a.sources} sources in {time.monotonic() - t0:.0f} s")
+            run_sources(pool, a.sources, a.seed, out, tally, log, deadline)
+            log(f"{sum(c for (r, o), c in tally.counts.items() if not r.startswith('programs'))} "
+                f"sources in {time.monotonic() - t0:.0f} s")
         t1 = time.monotonic()
         if a.programs:
-            run_programs(pool, a.programs, a.seed, out, tally, log)
-            log(f"{a.programs} programs in {time.monotonic() - t1:.0f} s")
+            run_programs(pool, a.programs, a.seed, out, tally, log, deadline)
+            log(f"{tally.counts['programs', 'checked']} programs in {time.monotonic() - t1:.0f} s")
         print(table(tally), flush=True)
         files = shrink_failures(pool, tally, out, a.shrink_budget, log)
     finally:
