@@ -39,6 +39,9 @@ class Program:
     def hooks(self) -> set:
         return {e.attrs["fn"] for _, x in self.lets for e in walk(x) if e.op == "hook"}
 
+    def has(self, op: str) -> bool:
+        return any(e.op == op for _, x in self.lets for e in walk(x))
+
     def functions(self) -> str:
         """The program's own functions and transforms, without the hook helpers."""
         pre = self.prefix
@@ -281,7 +284,7 @@ def generate(seed: int, prefix: str = "p0", dtype: str | None = None) -> Program
     h_live = sorted(set().union(*(live(p, ref(o, (), dtype)) for o in p.outs)) & floats)
     # `let t = x` names the same value as x, whose gradient at t is then x's whole gradient
     # (as PyTorch's retain_grad on an alias of a tensor): not an intermediate of its own
-    inter = [n for n in live(p, p.loss) if n in lets and lets[n].op not in ALIASES]
+    inter = sorted(n for n in live(p, p.loss) if n in lets and lets[n].op not in ALIASES)
     if f_live:
         wrt = random.sample(f_live, random.randint(1, len(f_live)))
         p.transforms.append((f"{prefix}_g", "grad", wrt, None))

@@ -228,14 +228,18 @@ class Checker:
     def t_jvp_grad(self, name, kind, wrt):
         t = self.like(self.shape_of(wrt[0]))
         r = self.call(name, [t])
-        if r is not None and self.f64:
+        if r is not None and self.f64 and self.second_order(False):
             w = self.like(np.shape(r[1][1]))
             self.fd(lambda s: _dot([self._grad_at(name, [t], wrt[0], s, t)], [w]), kind, _dot([r[1][1]], [w]))
 
-    def second_reverse(self) -> bool:
-        """A hook acts in every reverse pass (as in PyTorch), so the derivative that a second
-        reverse pass gives is not the difference quotient of the hooked gradient."""
-        if self.p.hooks():
+    def second_order(self, reverse: bool) -> bool:
+        """Whether differences of the gradient function check a second-order derivative.
+
+        Not with detach: its value moves with the point while its derivative is zero, in the
+        gradient graph too (as in PyTorch). Not for a second reverse pass with a hook: a hook
+        acts in every reverse pass (as in PyTorch), not only on the gradient being differenced.
+        """
+        if self.p.has("detach") or (reverse and self.p.hooks()):
             self.skipped += 1
             return False
         return True
@@ -243,7 +247,7 @@ class Checker:
     def t_vjp_grad(self, name, kind, wrt):
         ct = self.like(self.shape_of(wrt[0]))
         r = self.call(name, [ct])
-        if r is not None and self.f64 and self.second_reverse():
+        if r is not None and self.f64 and self.second_order(True):
             v = self.like(self.shape_of(wrt[0]))
             # the gradient itself comes from jvp(grad) with any tangent: its first output
             gx = f"{self.p.prefix}_gx"
@@ -255,7 +259,7 @@ class Checker:
     def t_inline(self, name, kind, wrt):
         r = self.call(name)
         rg = self.call(name + "_g")
-        if r is not None and rg is not None and self.f64 and self.second_reverse():
+        if r is not None and rg is not None and self.f64 and self.second_order(True):
             v = self.like(self.shape_of(wrt[0]))
             x0 = self.x[wrt[0]]
 

@@ -111,3 +111,15 @@ def test_pool_counts_a_crash_and_a_hang_and_goes_on():
         assert (status, res[0]) == ("ok", props.OK)
     finally:
         pool.close()
+
+
+def test_a_seed_names_the_same_program_in_every_process():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = "from tests.fuzz import gen; print(''.join(gen.source([gen.generate(s)]) for s in range(40)))"
+    root = Path(__file__).resolve().parents[2]
+    outs = {subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": h}).stdout for h in ("1", "2")}
+    assert len(outs) == 1
