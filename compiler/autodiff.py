@@ -128,7 +128,12 @@ def vjp(g: Graph, wrt_names, name, warn=print) -> Graph:
     _check_dependence(g, wrt_names, wrt, outs, warn)
     cots = [fresh(o.shape, o.dtype) for o in g.outputs]
     e = Emitter(g.nodes)
-    grads = _grads(e, g, {o: c for o, c in zip(g.outputs, cots) if o.dtype in FLOATS}, wrt)
+    seeds = {}
+    for o, c in zip(g.outputs, cots):
+        if o.dtype in FLOATS:
+            # a value returned twice (`return a, a`) gets the sum of its two cotangents
+            seeds[o] = c if o not in seeds else e.add(seeds[o], c)
+    grads = _grads(e, g, seeds, wrt)
     names = g.param_names + tuple(f"ct{i}" if len(cots) > 1 else "ct" for i in range(len(cots)))
     return _derived(g, name, g.params + tuple(cots), names, e.nodes, grads, len(wrt) > 1)
 

@@ -219,3 +219,19 @@ def test_edge_values_as_pytorch_gives_them(target):
     assert m.dp(0.0, 2.0) == (0.0, 0.0)
     dx, dy = m.dp(2.0, 3.0)
     np.testing.assert_allclose((dx, dy), (12.0, 8 * np.log(2.0)), rtol=1e-14)
+
+
+def test_vjp_of_a_value_returned_twice_sums_both_cotangents():
+    # found by the fuzzer: the second cotangent replaced the first
+    m = compile_ref("""
+fn h(w: f64[3]) -> (f64[3], f64[3]) {
+    let a = sin(w)
+    return a, a
+}
+fn p(w: f64[3]) -> (f64[3], f64[3]) { return w, w }
+let hv = vjp(h, wrt=w)
+let pv = vjp(p, wrt=w)
+""")
+    w, c0, c1 = np.array([0.1, -0.7, 1.3]), np.array([1.0, 2.0, 3.0]), np.array([10.0, -20.0, 30.0])
+    np.testing.assert_allclose(m.hv(w, c0, c1), (c0 + c1) * np.cos(w), rtol=1e-12)
+    np.testing.assert_allclose(m.pv(w, c0, c1), c0 + c1, rtol=1e-12)
