@@ -28,9 +28,10 @@ HOSTILE = ("(" * 3000 + "x" + ")" * 3000, "-" * 3000 + "x", "x" + " + x" * 20000
 
 
 def corpus() -> list[str]:
-    """The sources mutations start from: every sample and every lit test."""
+    """The sources mutations start from: every sample and every lit test (as text; a lit test
+    of a file that is not UTF-8 keeps its bad bytes as U+FFFD: byte mutations add their own)."""
     files = sorted((ROOT / "samples").glob("*.ad")) + sorted((ROOT / "tests" / "lit").glob("*.ad"))
-    return [f.read_text() for f in files]
+    return [f.read_bytes().decode("utf-8", "replace") for f in files]
 
 
 def mutate_tokens(src: str, rng: random.Random, n: int) -> str:
