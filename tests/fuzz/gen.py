@@ -313,7 +313,7 @@ def evaluate(prog: Program, sizes: dict, inputs: dict, frozen: dict, hook_scale:
     """Every let, the outputs and the loss, in float64.
 
     frozen maps a detach or hook node to its value at the base point: empty on the base run,
-    which fills it. hook_scale gives reverse mode's view of a hook g -> c g: the value
+    which fills it and notes (key "kink") whether a non-smooth op sits exactly on its kink. hook_scale gives reverse mode's view of a hook g -> c g: the value
     c e + (1 - c) frozen(e). perturb adds to named lets (for gradients at intermediates).
     """
     env = {n: np.asarray(v, np.float64) if prog_dtype(prog, n) != "i64" else np.asarray(v)
@@ -329,6 +329,8 @@ def evaluate(prog: Program, sizes: dict, inputs: dict, frozen: dict, hook_scale:
         if "shape" in at:
             at["_concrete"] = lambda _x, s=at["shape"]: tuple(-1 if d == -1 else dim_val(d, sizes) for d in s)
         v = np.asarray(OPS[e.op].ev(xs, at), np.float64 if e.dtype in ("f32", "f64") else None)
+        if base_run and not OPS[e.op].smooth and _at_kink(e, xs, v):
+            frozen["kink"] = True
         if e.op in ("detach", "hook"):
             base = frozen.setdefault(id(e), v)
             if e.op == "detach":
@@ -338,10 +340,31 @@ def evaluate(prog: Program, sizes: dict, inputs: dict, frozen: dict, hook_scale:
                 return c * v + (1 - c) * base
         return v
 
+    base_run = "base" not in frozen
     for name, e in prog.lets:
         env[name] = ev(e) + (perturb[name] if perturb and name in perturb else 0)
     env["__loss__"] = ev(prog.loss)
+    frozen["base"] = True
     return env
+
+
+def _at_kink(e: Ex, xs, v) -> bool:
+    """Whether a non-smooth op sits exactly on its kink: a tie (max, maximum, a comparison),
+    zero (abs, relu, sign) or a bound (clamp). Central differences there see the average of
+    the one-sided slopes at both step sizes, which no kink check can tell from a derivative."""
+    with np.errstate(all="ignore"):
+        if e.op in ("max", "min"):
+            axes = tuple(range(xs[0].ndim)) if e.attrs["axis"] is None else tuple(
+                a % xs[0].ndim for a in (e.attrs["axis"] if isinstance(e.attrs["axis"], tuple) else (e.attrs["axis"],)))
+            ext = np.max(xs[0], axis=axes, keepdims=True) if e.op == "max" else np.min(xs[0], axis=axes, keepdims=True)
+            return bool(np.any(np.sum(xs[0] == ext, axis=axes) > 1))
+        if e.op in ("maximum", "minimum") or e.op in ("lt", "le", "gt", "ge", "eq", "ne"):
+            return bool(np.any(np.asarray(xs[0]) == np.asarray(xs[1])))
+        if e.op in ("abs", "relu", "sign"):
+            return bool(np.any(xs[0] == 0))
+        if e.op == "clamp":
+            return bool(np.any((xs[0] == e.attrs["lo"]) | (xs[0] == e.attrs["hi"])))
+    return False
 
 
 def prog_dtype(prog: Program, name: str) -> str:
