@@ -162,11 +162,14 @@ class Scope:
             return v
         if isinstance(v, DimRef):
             v = self.dim_number(v, node)
-        if isinstance(v, np.ndarray):
-            return self.e.array(v, dtype or ("f64" if v.dtype.kind == "f" else
-                                             "bool" if v.dtype.kind == "b" else "i64"))
-        if isinstance(v, (bool, int, float)):
-            return self.e.const(v, dtype or literal_dtype(v))
+        try:
+            if isinstance(v, np.ndarray):
+                return self.e.array(v, dtype or ("f64" if v.dtype.kind == "f" else
+                                                 "bool" if v.dtype.kind == "b" else "i64"))
+            if isinstance(v, (bool, int, float)):
+                return self.e.const(v, dtype or literal_dtype(v))
+        except ShapeError as ex:          # a number that does not fit the type asked for
+            raise CompileError(str(ex), node.loc) from None
         raise CompileError(f"expected an array value, got {self.describe(v)}", node.loc)
 
     def dim_number(self, d: DimRef, node):

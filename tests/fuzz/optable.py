@@ -283,6 +283,10 @@ def _slice_infer(args, attrs):
             if not -dim_min(d) <= s[1] < dim_min(d):
                 return None
         elif isinstance(d, int):
+            # gradc does not clamp: 0 <= start <= stop <= size once negatives count from the end
+            start, stop = (v if v is None or v >= 0 else d + v for v in s[1:3])
+            if not 0 <= (start or 0) <= (d if stop is None else stop) <= d:
+                return None
             n = len(range(*slice(*s[1:]).indices(d)))
             if n < 1:
                 return None
