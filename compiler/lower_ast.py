@@ -351,6 +351,9 @@ class Scope:
                 if not isinstance(it, A.Name):
                     raise CompileError("wrt names parameters or let bindings of the function", it.loc)
             wrt, locs = tuple(i.id for i in items), tuple(i.loc for i in items)
+            for i, it in enumerate(items):
+                if it.id in wrt[:i]:
+                    raise CompileError(f"wrt names {it.id} twice", it.loc)
         return Derived(kind, f, wrt, locs, node.loc, node.args[0].loc,
                        f"{kind}({f.name})")
 

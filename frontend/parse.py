@@ -84,14 +84,23 @@ class _ToAst(Transformer_NonRecursive):          # deep trees: Python's stack en
         return A.TypeSpec(self.loc(meta), str(name), tuple(d for d in dims if d is not None))
 
     def dim_int(self, meta, ch):
-        return int(ch[0])
+        return self.dim_size(meta, ch[0])
+
+    def dim_size(self, meta, tok) -> int:
+        """A dimension written as a number: an array of more than 2**62 elements exists nowhere."""
+        text = str(tok).lstrip("0")
+        if len(text) > 18:
+            raise CompileError(f"the dimension {str(tok)[:20]}... ({len(str(tok))} digits) is too large",
+                               self.loc(meta), ["a dimension is at most 10**18"])
+        return int(tok)
 
     def dim_name(self, meta, ch):
         return str(ch[0])
 
     def dim_offset(self, meta, ch):          # N-1: a result's dimension derived from a parameter's
         name, op, k = ch
-        return dim_add(str(name), int(k) if str(op) == "+" else -int(k))
+        k = self.dim_size(meta, k)
+        return dim_add(str(name), k if str(op) == "+" else -k)
 
     def block(self, meta, ch):
         return [c for c in ch if c is not None]
