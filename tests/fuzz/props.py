@@ -33,7 +33,10 @@ def _where(ex: BaseException) -> str:
 
 
 def exception_kind(ex: BaseException) -> str:
-    return f"{type(ex).__name__} at {_where(ex)}"
+    # an internal compiler error wraps the exception that is the finding: name that one
+    inner = ex.__cause__ if type(ex).__name__ == "InternalError" and ex.__cause__ is not None else ex
+    prefix = "InternalError: " if inner is not ex else ""
+    return f"{prefix}{type(inner).__name__} at {_where(inner)}"
 
 
 def check_source(src) -> tuple[str, str]:
