@@ -12,7 +12,7 @@ from ..frontend import ast as A
 from ..frontend.diagnostics import PRELUDE, CompileError, Diagnostics, prelude_source
 from ..frontend.parse import parse
 from . import autodiff
-from .builder import INT_RANGE, Emitter, check_int_range, fresh, literal_dtype
+from .builder import INT_RANGE, Emitter, fresh, literal_dtype
 from .ir import DTYPES, Graph, ShapeError, Value, dim_add, dim_parts, type_str
 from .builtins import BUILTINS
 from .values import DimRef, DType, FnValue
@@ -270,17 +270,12 @@ class Scope:
         if isinstance(a, (bool, int, float)) and isinstance(b, (bool, int, float)) and \
                 (op in _PY or op == "div"):
             return _fold(node, op, a, b)
-        # numbers and array literals take the other side's dtype, which they must fit
-        for x, other, n in ((a, b, node.left), (b, a, node.right)):
-            if isinstance(other, Value) and other.dtype in INT_RANGE and not isinstance(x, Value):
-                try:
-                    if isinstance(x, int) and not isinstance(x, bool):
-                        check_int_range(x, other.dtype)
-                    elif isinstance(x, np.ndarray) and x.size and x.dtype.kind in "iu":
-                        check_int_range(int(x.min()), other.dtype)
-                        check_int_range(int(x.max()), other.dtype)
-                except ShapeError as ex:
-                    raise CompileError(str(ex), n.loc) from None
+        # a number or array literal takes an integer operand's dtype, which it must fit: made a
+        # value here, so an error points at the literal rather than at the operator
+        if isinstance(a, Value) and a.dtype in INT_RANGE and not isinstance(b, Value):
+            b = self.as_value(b, node.right, a.dtype)
+        elif isinstance(b, Value) and b.dtype in INT_RANGE and not isinstance(a, Value):
+            a = self.as_value(a, node.left, b.dtype)
         return self.e.emit(op, a, b)
 
     def matmul(self, a: Value, b: Value) -> Value:

@@ -152,8 +152,10 @@ def build_bytes(text: str, file: str = "<source>", link: bool = True, fast_math:
         "warnings": seen,
     }
 
+    sigs = {k: signature(mod.graphs[k]).to_json() for k in graphs}
+
     def entry(k, compiled_entry) -> dict:
-        return {"signature": signature(mod.graphs[k]).to_json(), "symbol": compiled_entry[0],
+        return {"signature": sigs[k], "symbol": compiled_entry[0],
                 "dims": list(compiled_entry[1]), "checks": compiled_entry[2]}
     # each function's code carries a digest of its header entry and of the facts (runtime/trust.py)
     with compiling(file):

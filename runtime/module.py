@@ -83,11 +83,8 @@ def _dim_parts(d: str) -> tuple:
 def dim_value(d, dims):
     if isinstance(d, int):
         return d
-    for sign in "+-":
-        if sign in d[1:]:
-            i = d.index(sign, 1)
-            return dims[d[:i]] + int(d[i:])
-    return dims[d]
+    sym, off = _dim_parts(d)
+    return dims[sym] + off
 
 
 def _kind(dtype):
