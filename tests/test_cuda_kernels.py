@@ -226,6 +226,19 @@ def test_block_tree_reduction_then_second_pass(sim, dtype):
     assert first.threads == blocks * BLOCK
 
 
+def test_a_module_reloads_from_its_ir_and_kernel_infos(sim):
+    """What a cuda-sim module file keeps: the simulator IR and each kernel's description."""
+    from gradc.compiler.codegen.cuda.kernel import KernelInfo
+    infos = {k: KernelInfo.from_json(i.to_json()) for k, i in sim.infos.items()}
+    assert infos == sim.infos
+    again = SimModule.from_ir(sim.llvm_ir, infos)
+    x = np.linspace(-2, 2, 300).astype(np.float32)
+    y, z = np.zeros_like(x), np.zeros_like(x)
+    sim.launch("axpy_sin_f32", 2, 64, x, y, 1.5, x.size)
+    again.launch("axpy_sin_f32", 2, 64, x, z, 1.5, x.size)
+    assert y.tobytes() == z.tobytes() and np.abs(y - (1.5 * x + np.sin(x))).max() < 1e-5
+
+
 def test_launches_from_several_host_threads(sim):
     from concurrent.futures import ThreadPoolExecutor
     x = np.random.default_rng(4).uniform(-1, 1, 3000)

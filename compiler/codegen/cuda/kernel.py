@@ -92,6 +92,18 @@ class KernelInfo:
     def shared_bytes(self) -> int:
         return max((s.offset + s.count * SIZES[s.dtype] for s in self.shared), default=0)
 
+    def to_json(self) -> dict:
+        """What a module file keeps of the kernel (from_json reads it back)."""
+        return {"name": self.name, "params": [[p.name, p.dtype, p.buffer] for p in self.params],
+                "barriers": list(self.barriers),
+                "shared": [[s.name, s.dtype, s.count, s.offset] for s in self.shared]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "KernelInfo":
+        return cls(str(d["name"]), tuple(Param(str(n), str(t), bool(b)) for n, t, b in d["params"]),
+                   [str(x) for x in d["barriers"]],
+                   [Shared(str(n), str(t), int(c), int(o)) for n, t, c, o in d["shared"]])
+
 
 class Target(Protocol):
     """A target hook: what a KernelBuilder asks of CudaTarget (nvptx.py) and SimTarget (simtarget.py)."""

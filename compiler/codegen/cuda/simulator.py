@@ -115,8 +115,19 @@ class SimModule:
     """Kernels compiled for the simulator; launch(...) runs one over a grid and returns its LaunchStats."""
 
     def __init__(self, kernels, opt: int = 2, name: str = "kernels"):
-        module, self.infos = build_module(kernels, SimTarget(), name)
-        self.llvm_ir = str(module)
+        module, infos = build_module(kernels, SimTarget(), name)
+        self._load(str(module), infos, opt)
+
+    @classmethod
+    def from_ir(cls, text: str, infos: dict, opt: int = 2) -> "SimModule":
+        """A module from the simulator IR of build_module(kernels, SimTarget()) and its KernelInfos
+        (what a cuda-sim module file keeps): the kernels' Python generators are not needed."""
+        self = cls.__new__(cls)
+        self._load(text, dict(infos), opt)
+        return self
+
+    def _load(self, text, infos, opt):
+        self.llvm_ir, self.infos = text, infos
         self._engine = compile_host(self.llvm_ir, opt)
         self._ramps = {k: self._engine.get_function_address(symbol(k)) for k in self.infos}
         self._driver = grid_driver()
