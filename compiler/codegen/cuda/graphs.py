@@ -1,0 +1,460 @@
+"""Kernels from optimized graphs: one kernel per fused loop nest, block-tree reductions, tiled products.
+
+The fusion plan (codegen/plan.py) says which values get a buffer; everything else is computed
+inline, element by element, by the element lowering that the CPU backend uses too (through a
+`cg` whose math is the target's: libdevice on the GPU, the C library in the simulator). Roots
+are grouped into kernels in topological order; each function gets a launch PLAN that the
+runtime (runtime/cuda.py) executes: docs/cuda.md describes both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llvmlite import ir
+
+from ..function import FunctionLowering
+from ..layout import ZERO
+from ..plan import make_plan
+from ..reduce import _combine, _identity, acc_dtype
+from ..scalar import LLTYPES, Scalar, is_float
+from .kernel import I32, I64, Kernel, Param
+
+BLOCK = 256                 # threads per block of elementwise and reduction kernels (a power of 2)
+TILE = 16                   # matrix products: TILE x TILE outputs per block, TILE x TILE operand tiles
+CHUNK = 2048                # a reduction splits its extent into chunks of at least this many elements...
+TARGET_BLOCKS = 1024        # ...while its outputs alone give fewer blocks than this
+MAX_GRID = 2 ** 31 - 1
+
+
+class GpuScalar(Scalar):
+    """The element `cg` of a kernel: math by name through the target (libdevice or the C library)."""
+
+    def __init__(self, module, builder, kb):
+        super().__init__(module, builder)
+        self.kb = kb
+
+    def call(self, name, *xs):
+        return self.kb.math(name, *xs)
+
+    def math(self, name, x):
+        raise NotImplementedError(f"kernels call math by name (cg.call), not through {name!r} declarations")
+
+    def pow(self, x, y):
+        if is_float(x):
+            return self.kb.math("pow", x, y)
+        d = ir.DoubleType()
+        p = self.kb.math("pow", self.b.sitofp(x, d), self.b.sitofp(y, d))
+        return self.b.fptosi(p, x.type)
+
+
+class KernelLowering(FunctionLowering):
+    """The element lowering of a graph inside one kernel: buffers are the kernel's Bufs, every
+    load and store goes through the KernelBuilder (bounds-checked and counted in the simulator)."""
+
+    def __init__(self, kb, g, plan, bufs: dict, syms: dict):
+        self.module, self.g, self.plan, self.fn, self.kb = kb.module, g, plan, kb.fn, kb
+        self.b = kb.b
+        # values hoisted out of every loop (dims, sizes) go in the block the body starts in
+        self.entry = ir.IRBuilder(self.b.block)
+        self.start = self.fn.append_basic_block("start")
+        self.b.position_at_end(self.start)
+        self.cg = GpuScalar(self.module, self.b, kb)
+        self.syms, self.bufs, self.outs = dict(syms), dict(bufs), []
+        self.tid, self.nth = ZERO, ir.Constant(I64, 1)
+        self.is_first = ir.Constant(ir.IntType(1), 1)
+        self.extra, self.memo, self.dims = {}, [{}], {}
+
+    def finish(self, ret=None):
+        self.entry.branch(self.start)
+
+    def ptr(self, v, idx):
+        raise NotImplementedError("kernel buffers are accessed through load and store")
+
+    def load(self, v, idx):
+        return self.load_buf(self.bufs[v], v.dtype, self.offset(v.shape, idx))
+
+    def load_buf(self, buf, dtype, index):
+        x = self.kb.load(buf, index)
+        return self.b.trunc(x, LLTYPES["bool"]) if dtype == "bool" else x
+
+    def store_buf(self, buf, dtype, index, x):
+        if dtype == "bool":
+            x = self.b.zext(x, ir.IntType(8))
+        self.kb.store(buf, index, x)
+
+    def unflatten(self, flat, shape):
+        """The multi-index of a row-major flat index over shape (unit dims cost nothing)."""
+        idx = [None] * len(shape)
+        rest = flat
+        for k in range(len(shape) - 1, -1, -1):
+            d = shape[k]
+            if d == 1:
+                idx[k] = ZERO
+            elif k == 0:
+                idx[k] = rest
+            else:
+                n = self.dim(d)
+                idx[k] = self.b.urem(rest, n)
+                rest = self.b.udiv(rest, n)
+        return tuple(idx)
+
+    def scope(self):
+        return _Scope(self.memo)
+
+
+class _Scope:
+    def __init__(self, memo):
+        self.memo = memo
+
+    def __enter__(self):
+        self.memo.append({})
+
+    def __exit__(self, *exc):
+        self.memo.pop()
+
+
+# ---- sizes as the PLAN's SIZE expressions
+
+
+def _prod(dims):
+    e = 1
+    for d in dims:
+        if d == 1:
+            continue
+        e = d if e == 1 else ["*", e, d]
+    return e
+
+
+def _cdiv(a, b):
+    return ["cdiv", a, b]
+
+
+# ---- what a function's kernels are made of
+
+
+@dataclass
+class Group:
+    """One kernel's work: elementwise steps over one space, or a reduction (with the elementwise
+    steps over its input's space), or a matrix product."""
+    kind: str                                   # "map", "reduce" or "matmul"
+    space: tuple
+    steps: list = field(default_factory=list)   # [(value, node or None, destination value key)]
+    node: object = None                         # the reduction or the product
+    writes: set = field(default_factory=set)
+
+
+class FunctionKernels:
+    """The kernels and the launch PLAN of one optimized graph."""
+
+    def __init__(self, g, prefix: str):
+        self.g, self.prefix = g, prefix
+        self.plan = make_plan(g)
+        self.kernels, self.steps = [], []
+        self._layout()
+        self._group()
+        for grp in self.groups:
+            self._emit(grp)
+            for n in self.checks_after.get(id(grp), ()):
+                self._check(n)
+
+    # -- buffers: parameters, outputs, temporaries; every kernel takes them all
+
+    def _layout(self):
+        g, plan = self.g, self.plan
+        self.dest = {}                      # value -> ("in"|"out"|"tmp", index)
+        for i, v in enumerate(g.params):
+            self.dest.setdefault(v, ("in", i))
+        self.copies = []                    # outputs written by a copy: (value, output index)
+        for i, v in enumerate(g.outputs):
+            if v in self.dest or v not in plan.buffers:
+                self.copies.append((v, i))
+            else:
+                self.dest[v] = ("out", i)
+        self.temps = []
+        for n in plan.roots:
+            if n.out not in self.dest:
+                self.dest[n.out] = ("tmp", len(self.temps))
+                self.temps.append({"dtype": n.out.dtype, "count": _prod(n.out.shape)})
+        self.base = [Param(f"in{i}", v.dtype) for i, v in enumerate(g.params)]
+        self.base += [Param(f"out{i}", v.dtype) for i, v in enumerate(g.outputs)]
+        self.base += [Param(f"tmp{j}", t["dtype"]) for j, t in enumerate(self.temps)]
+        self.base += [Param(f"dim_{s}", "i64", buffer=False) for s in plan.syms]
+        self.base_args = [["in", i] for i in range(len(g.params))]
+        self.base_args += [["out", i] for i in range(len(g.outputs))]
+        self.base_args += [["tmp", j] for j in range(len(self.temps))]
+        self.base_args += [["size", s] for s in plan.syms]
+
+    def _param(self, key):
+        kind, i = key
+        return f"{kind}{i}"
+
+    # -- roots into kernels, in topological order; a kernel never reads what it writes
+
+    def _group(self):
+        from ...ops import OPS
+        plan = self.plan
+        self.groups, cur = [], None
+        checks = [n for n in self.g.nodes if OPS[n.op].kind == "check"]
+        for n in plan.roots:
+            kind = OPS[n.op].kind
+            reads = plan.reads[n.out]
+            if kind == "matmul":
+                cur = None
+                self.groups.append(Group("matmul", n.out.shape, node=n, writes={n.out}))
+                continue
+            space = n.ins[0].shape if kind == "reduce" else n.out.shape
+            fits = cur is not None and not (reads & cur.writes) and cur.space == space and \
+                (kind != "reduce" or cur.node is None)
+            if not fits:
+                cur = Group("map", space)
+                self.groups.append(cur)
+            if kind == "reduce":
+                cur.kind, cur.node = "reduce", n
+            else:
+                cur.steps.append((n.out, n, self.dest[n.out]))
+            cur.writes.add(n.out)
+        for v, i in self.copies:
+            reads = {v} if v in plan.buffers else plan.reads.get(("out", v), set())
+            if cur is None or cur.kind == "matmul" or cur.space != v.shape or reads & cur.writes:
+                cur = Group("map", v.shape)
+                self.groups.append(cur)
+            cur.steps.append((v, None, ("out", i)))
+        # a check runs right after the kernel that writes its operand (first, for a parameter)
+        self.checks_after = {}
+        for n in checks:
+            x = n.ins[0]
+            if x in self.g.params:
+                self._check(n)
+                continue
+            grp = next(grp for grp in self.groups if x in grp.writes)
+            self.checks_after.setdefault(id(grp), []).append(n)
+
+    def _check(self, n):
+        x = n.ins[0]
+        hi = n.attr("hi")
+        self.steps.append({"check": {"error": n.attr("error"), "message": n.attr("message")},
+                           "arg": list(self.dest[x]), "dtype": x.dtype, "count": _prod(x.shape),
+                           "lo": int(n.attr("lo")), "hi": hi})
+
+    # -- kernels
+
+    def _kernel(self, body, extra=()):
+        name = f"{self.prefix}__k{len(self.kernels)}"
+        params = tuple(self.base) + tuple(Param(p, "i64", buffer=False) for p in extra)
+        self.kernels.append(Kernel(name, params, body))
+        return name
+
+    def _lowering(self, kb):
+        bufs = {v: kb.arg(self._param(key)) for v, key in self.dest.items()}
+        syms = {s: kb.arg(f"dim_{s}") for s in self.plan.syms}
+        return KernelLowering(kb, self.g, self.plan, bufs, syms)
+
+    def _launch(self, name, grid, block, extra=()):
+        self.steps.append({"launch": name, "grid": ["min", grid, MAX_GRID], "block": block,
+                           "args": self.base_args + [["size", e] for e in extra]})
+
+    def _emit(self, grp):
+        if grp.kind == "matmul":
+            self._matmul(grp.node)
+        elif grp.kind == "reduce":
+            self._reduce(grp)
+        else:
+            self._map(grp)
+
+    def _store_steps(self, L, steps, idx):
+        for v, n, key in steps:
+            x = L.node_elem(n, idx) if n is not None else L.elem(v, idx)
+            L.store_buf(L.kb.arg(self._param(key)), v.dtype, L.offset(v.shape, idx), x)
+
+    def _map(self, grp):
+        """Elementwise steps over one space: a grid-stride loop over its flattened elements."""
+        space, steps = grp.space, grp.steps
+
+        def body(kb):
+            L = self._lowering(kb)
+            count = L.size(space)
+            with kb.grid_stride(count) as i:
+                with L.scope():
+                    self._store_steps(L, steps, L.unflatten(i, space))
+            L.finish()
+        name = self._kernel(body)
+        self._launch(name, _cdiv(_prod(space), BLOCK), BLOCK)
+
+    def _reduce(self, grp):
+        """A reduction: blocks of BLOCK threads, one per (output, chunk), accumulate their share,
+        combine it in a tree in shared memory and write a partial result; a second kernel combines
+        each output's partials in order. No atomics: the same input gives the same bits."""
+        n, steps = grp.node, grp.steps
+        x = n.ins[0]
+        axes = tuple(n.attr("axes"))
+        kept = [a for a in range(len(x.shape)) if a not in axes]
+        red = [a for a in axes]
+        kept_shape = tuple(x.shape[a] for a in kept)
+        red_shape = tuple(x.shape[a] for a in red)
+        acc_dt = acc_dtype(n)
+        M, R = _prod(kept_shape), _prod(red_shape)
+        chunks = ["max", 1, ["min", _cdiv(R, CHUNK), _cdiv(TARGET_BLOCKS, ["max", M, 1])]]
+        partial = len(self.temps)
+        self.temps.append({"dtype": acc_dt, "count": ["*", M, chunks]})
+        # the partials buffer is this kernel's own parameter, after the shared ones
+        op = n.op
+
+        def first(kb):
+            L = self._lowering(kb)
+            b, cg = kb.b, L.cg
+            G = kb.arg("chunks")
+            part = kb.arg("partials")
+            m, r = L.size(kept_shape), L.size(red_shape)
+            blocks = L.entry.mul(m, G)
+            tid = b.zext(kb.tid(), I64)
+            nt = b.zext(kb.ntid(), I64)
+            shared = kb.shared("tree", acc_dt, BLOCK)
+            acc = kb.local(LLTYPES[acc_dt])
+            ident = _identity(op, acc_dt)
+            with kb.loop(b.zext(kb.ctaid(), I64), blocks, b.zext(kb.nctaid(), I64)) as blk:
+                o, c = b.udiv(blk, G), b.urem(blk, G)
+                b.store(ident, acc)
+                oidx = L.unflatten(o, kept_shape)
+                with kb.loop(b.add(b.mul(c, nt), tid), r, b.mul(G, nt)) as j:
+                    ridx = L.unflatten(j, red_shape)
+                    idx = [None] * len(x.shape)
+                    for a, v in zip(kept, oidx):
+                        idx[a] = v
+                    for a, v in zip(red, ridx):
+                        idx[a] = v
+                    idx = tuple(idx)
+                    with L.scope():
+                        v = cg.cast(L.elem(x, idx), acc_dt)
+                        b.store(_combine(cg, op, b.load(acc, typ=LLTYPES[acc_dt]), v), acc)
+                        self._store_steps(L, steps, idx)
+                kb.store(shared, tid, b.load(acc, typ=LLTYPES[acc_dt]))
+                kb.barrier("partial sums stored")
+                s = BLOCK // 2
+                while s:
+                    with kb.if_then(b.icmp_unsigned("<", tid, ir.Constant(I64, s))):
+                        u = kb.load(shared, tid)
+                        w = kb.load(shared, b.add(tid, ir.Constant(I64, s)))
+                        kb.store(shared, tid, _combine(cg, op, u, w))
+                    kb.barrier(f"tree level {s}")
+                    s //= 2
+                with kb.if_then(b.icmp_unsigned("==", tid, ZERO)):
+                    kb.store(part, blk, kb.load(shared, ZERO))
+                kb.barrier("tree read")
+            L.finish()
+
+        out_key = self.dest[n.out]
+
+        def second(kb):
+            L = self._lowering(kb)
+            b, cg = kb.b, L.cg
+            G = kb.arg("chunks")
+            part = kb.arg("partials")
+            m = L.size(kept_shape)
+            acc = kb.local(LLTYPES[acc_dt])
+            with kb.grid_stride(m) as o:
+                b.store(_identity(op, acc_dt), acc)
+                with kb.loop(ZERO, G, 1) as c:
+                    v = kb.load(part, b.add(b.mul(o, G), c))
+                    b.store(_combine(cg, op, b.load(acc, typ=LLTYPES[acc_dt]), v), acc)
+                L.store_buf(kb.arg(self._param(out_key)), n.out.dtype, o,
+                            cg.cast(b.load(acc, typ=LLTYPES[acc_dt]), n.out.dtype))
+            L.finish()
+
+        k1 = self._reduce_kernel(first, acc_dt)
+        k2 = self._reduce_kernel(second, acc_dt)
+        self._launch_reduce(k1, ["*", M, chunks], BLOCK, chunks, partial)
+        self._launch_reduce(k2, _cdiv(M, BLOCK), BLOCK, chunks, partial)
+
+    def _reduce_kernel(self, body, acc_dt):
+        name = f"{self.prefix}__k{len(self.kernels)}"
+        params = tuple(self.base) + (Param("chunks", "i64", buffer=False), Param("partials", acc_dt))
+        self.kernels.append(Kernel(name, params, body))
+        return name
+
+    def _launch_reduce(self, name, grid, block, chunks, partial):
+        self.steps.append({"launch": name, "grid": ["min", grid, MAX_GRID], "block": block,
+                           "args": self.base_args + [["size", chunks], ["tmp", partial]]})
+
+    def _matmul(self, n):
+        """C = A @ B with TILE x TILE tiles of A and B in shared memory; an operand that is a
+        transpose is read in place, its index map swapped."""
+        (a, ta), (bm, tb) = self.plan.matmul_operands[n]
+        m, k = n.ins[0].shape
+        nn = n.ins[1].shape[1]
+        dt = n.out.dtype
+        akey, bkey, ckey = self.dest[a], self.dest[bm], self.dest[n.out]
+
+        def body(kb):
+            L = self._lowering(kb)
+            b = kb.b
+            M, K, N = L.dim(m), L.dim(k), L.dim(nn)
+            t = ir.Constant(I64, TILE)
+            tiles_n = L.entry.udiv(L.entry.add(N, ir.Constant(I64, TILE - 1)), t)
+            tiles_m = L.entry.udiv(L.entry.add(M, ir.Constant(I64, TILE - 1)), t)
+            tiles = L.entry.mul(tiles_m, tiles_n)
+            tid = b.zext(kb.tid(), I64)
+            tx, ty = b.urem(tid, t), b.udiv(tid, t)
+            As, Bs = kb.shared("a_tile", dt, TILE * TILE), kb.shared("b_tile", dt, TILE * TILE)
+            A, B, C = (kb.arg(self._param(key)) for key in (akey, bkey, ckey))
+            zero = ir.Constant(LLTYPES[dt], 0)
+            acc, tmp = kb.local(LLTYPES[dt]), kb.local(LLTYPES[dt])
+            with kb.loop(b.zext(kb.ctaid(), I64), tiles, b.zext(kb.nctaid(), I64)) as tile:
+                row = b.add(b.mul(b.udiv(tile, tiles_n), t), ty)
+                col = b.add(b.mul(b.urem(tile, tiles_n), t), tx)
+                b.store(zero, acc)
+                with kb.loop(ZERO, K, TILE) as k0:
+                    ka, kb_ = b.add(k0, tx), b.add(k0, ty)
+                    # A[row, ka]: a is [M, K], or [K, M] read transposed
+                    ia = b.add(b.mul(ka, M), row) if ta else b.add(b.mul(row, K), ka)
+                    ib = b.add(b.mul(col, K), kb_) if tb else b.add(b.mul(kb_, N), col)
+                    for buf, tilebuf, inside, index in (
+                            (A, As, b.and_(b.icmp_unsigned("<", row, M), b.icmp_unsigned("<", ka, K)), ia),
+                            (B, Bs, b.and_(b.icmp_unsigned("<", kb_, K), b.icmp_unsigned("<", col, N)), ib)):
+                        b.store(zero, tmp)
+                        with kb.if_then(inside):
+                            b.store(kb.load(buf, index), tmp)
+                        kb.store(tilebuf, tid, b.load(tmp, typ=LLTYPES[dt]))
+                    kb.barrier("tiles loaded")
+                    with kb.loop(ZERO, t, 1) as kk:
+                        u = kb.load(As, b.add(b.mul(ty, t), kk))
+                        w = kb.load(Bs, b.add(b.mul(kk, t), tx))
+                        b.store(b.fadd(b.load(acc, typ=LLTYPES[dt]), b.fmul(u, w)), acc)
+                    kb.barrier("tiles used")
+                inside = b.and_(b.icmp_unsigned("<", row, M), b.icmp_unsigned("<", col, N))
+                with kb.if_then(inside):
+                    kb.store(C, b.add(b.mul(row, N), col), b.load(acc, typ=LLTYPES[dt]))
+            L.finish()
+        name = self._kernel(body)
+        self._launch(name, ["*", _cdiv(m, TILE), _cdiv(nn, TILE)], TILE * TILE)
+
+    def plan_json(self) -> dict:
+        return {"symbols": list(self.plan.syms), "temps": self.temps, "steps": self.steps}
+
+
+def function_kernels(graphs: dict) -> tuple:
+    """([Kernel], {function name: PLAN}) of optimized graphs."""
+    kernels, plans = [], {}
+    for fname, g in graphs.items():
+        fk = FunctionKernels(g, f"gradc_{fname}")
+        kernels += fk.kernels
+        plans[fname] = fk.plan_json()
+    return kernels, plans
+
+
+def compile_graphs(graphs: dict, name: str = "gradc", sim: bool = False, arch: str = "sm_80",
+                   ptx_version: int | None = None, opt: int = 3) -> dict:
+    """The code of a module for target cuda (PTX) or cuda-sim (the simulator's IR): see docs/cuda.md."""
+    from .kernel import build_module
+    from .ptx import PTX_VERSION, emit_ptx
+    from .simtarget import SimTarget
+    kernels, plans = function_kernels(graphs)
+    code = {"arch": arch, "ptx_version": ptx_version or PTX_VERSION, "functions": plans}
+    if sim:
+        module, infos = build_module(kernels, SimTarget(), name)
+        code["sim_ir"] = str(module)
+    else:
+        from .ptx import nvptx_ir
+        _, infos = nvptx_ir(kernels, name=name) if kernels else ("", {})
+        code["ptx"] = emit_ptx(kernels, arch, ptx_version, opt) if kernels else ""
+    code["kernels"] = {k: info.to_json() for k, info in infos.items()}
+    return code
