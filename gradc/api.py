@@ -15,9 +15,10 @@ from .frontend.source import read_source_file
 from .runtime import artifact
 from .compiler.ops import CheckFailed
 from .runtime.module import Function, Module, Signature, check_failed
+from .backends import BACKENDS, Options, TargetUnavailable, backend, module_stem
 
 VERSION = "0.1.0"
-TARGETS = ("cpu", "reference")
+TARGETS = tuple(BACKENDS)
 DEFAULT_TARGET = "cpu"
 
 
@@ -60,14 +61,15 @@ def lower_checked(text, file, record=None):
 
 def target_available(target: str) -> tuple:
     """(usable here, why not) for a target name."""
-    if target in TARGETS:
-        return True, ""
-    return False, f"unknown target {target!r}"
+    b = BACKENDS.get(target) if isinstance(target, str) else None
+    if b is None:
+        return False, f"unknown target {target!r}"
+    return b.available()
 
 
-def _check_target(target):
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
+def _backend(target):
+    """The backend of target, or TargetUnavailable (a ValueError) saying why it cannot run here."""
+    return backend(target)
 
 
 @contextmanager
@@ -88,30 +90,42 @@ def _optimized(text, file, record=None) -> tuple:
         return mod, {k: optimize(g) for k, g in mod.graphs.items()}
 
 
-def compile(src, target: str = DEFAULT_TARGET, cache: bool = True, fast_math: bool = False) -> Module:
+def _options(options, fast_math, gpu_arch, link=True) -> Options:
+    if options is not None:
+        if not isinstance(options, Options):
+            raise TypeError(f"options must be a gradc.Options, not {type(options).__name__}")
+        return options
+    return Options(fast_math=bool(fast_math), gpu_arch=gpu_arch, link=link)
+
+
+def compile(src, target: str = DEFAULT_TARGET, cache: bool = True, fast_math: bool = False,
+            gpu_arch: str = "sm_80", options: Options | None = None) -> Module:
     """Compile a .ad program (a path or source text) into a module of callable functions.
 
-    target="cpu" (the default) runs native code, cached on disk ($GRADC_CACHE_DIR or
-    ~/.cache/gradc); target="reference" runs the NumPy evaluator. fast_math=True lets the
-    native code reassociate and contract floating-point arithmetic and assume finite values
-    (opt-in: results then differ from the exact ones in the last bits, or more near inf/nan).
+    target: "cpu" (the default) runs native code, cached on disk ($GRADC_CACHE_DIR or
+    ~/.cache/gradc); "reference" runs the NumPy evaluator; "cuda" runs on an NVIDIA GPU (PTX
+    for gpu_arch); "cuda-sim" runs the same kernels on the CPU in a grid simulator.
+    fast_math=True lets the native code reassociate and contract floating-point arithmetic and
+    assume finite values (opt-in: results then differ from the exact ones in the last bits, or
+    more near inf/nan). options (a gradc.Options) replaces fast_math and gpu_arch.
     """
-    _check_target(target)
+    b = _backend(target)
+    opts = _options(options, fast_math, gpu_arch)
     text, file = read_source(src)
-    name = Path(file).stem if file != "<source>" else "module"
-    if target == "reference":
+    name = module_stem(file)
+    if not b.native:
         mod, graphs = _optimized(text, file)
         functions = {k: Function(signature(mod.graphs[k]), _reference(g), Path(file).name)
                      for k, g in graphs.items()}
         return Module(name, functions, target)
     from . import cache as disk
-    options = "fast-math" if fast_math else ""
-    data = disk.get(text, file, options) if cache else None
+    ckey = (target, b.cache_options(opts))
+    data = disk.get(text, file, ckey) if cache else None
     if data is not None:
         try:
             header, obj = artifact.unpack(data, file)
-            artifact.check_compatible(header, _host(), VERSION, file)
-            module = _load_native(name, header, obj, file)
+            artifact.check_compatible(header, target, b.host_facts(opts), VERSION, file)
+            module = _load(name, header, obj, file)
         except artifact.ArtifactError:
             pass                             # a damaged or edited cache entry: compile again over it
         else:
@@ -119,65 +133,60 @@ def compile(src, target: str = DEFAULT_TARGET, cache: bool = True, fast_math: bo
                 warnings.warn(w, GradcWarning, stacklevel=2)
             return module
     # linking pays only for a module that later processes load; cache=False writes nothing
-    data = build_bytes(text, file, link=cache, fast_math=fast_math)
+    data = build_bytes(text, file, target=target, options=Options(**{**opts.__dict__, "link": cache}))
     header, obj = artifact.unpack(data, file)
     if cache:
-        if any(header[k] != _host()[k] for k in ("triple", "cpu", "features")):
+        if target == "cpu" and any(header[k] != _host()[k] for k in ("triple", "cpu", "features")):
             _host(refresh=True)              # the remembered host description was stale or damaged
-        disk.put(text, file, data, options)
-    return _load_native(name, header, obj, file)
+        disk.put(text, file, data, ckey)
+    return _load(name, header, obj, file)
 
 
-def build_bytes(text: str, file: str = "<source>", link: bool = True, fast_math: bool = False) -> bytes:
-    """Compile source text to the bytes of a .gcm module for this machine.
+def build_bytes(text: str, file: str = "<source>", link: bool = True, fast_math: bool = False,
+                target: str = "cpu", options: Options | None = None) -> bytes:
+    """Compile source text to the bytes of a .gcm module for target.
 
-    With link, the module also holds a shared library (where a system linker is found), which
-    loads without LLVM; the object files are always there for MCJIT.
+    For cpu, with link, the module also holds a shared library (where a system linker is
+    found), which loads without LLVM; the object files are always there for MCJIT. A cuda
+    module holds the PTX and launch plans, a cuda-sim module the simulator's kernels.
     """
-    from .compiler.codegen import compile_graphs
-    from .runtime.libs import tune_malloc
+    b = backend(target, need_available=False)
+    if not b.native:
+        raise ValueError(f"target {target!r} makes no module files; choose one of: "
+                         f"{', '.join(k for k, v in BACKENDS.items() if v.native)}")
+    opts = _options(options, fast_math, "sm_80", link)
     seen = []
     mod, graphs = _optimized(text, file, record=seen)
-    # LLVM's threads (one per function) allocate fast enough for glibc's growing and
-    # trimming of the heap to serialize them: a fifth of the compile time on 2 cores
-    tune_malloc()
-    from .compiler.codegen import host_cpu
-    from .runtime.trust import describe
-    triple, cpu, features = host_cpu()
     facts = {
-        "gradc_version": VERSION, "target": "cpu", "fast_math": fast_math,
-        "triple": triple, "cpu": cpu, "features": features,
+        "gradc_version": VERSION, "target": target, "fast_math": opts.fast_math,
+        **b.host_facts(opts),
         "source_name": Path(file).name if file != "<source>" else None,
         "source_hash": hashlib.sha256(text.encode()).hexdigest(),
         "warnings": seen,
     }
-
     sigs = {k: signature(mod.graphs[k]).to_json() for k in graphs}
-
-    def entry(k, compiled_entry) -> dict:
-        return {"signature": sigs[k], "symbol": compiled_entry[0],
-                "dims": list(compiled_entry[1]), "checks": compiled_entry[2]}
-    # each function's code carries a digest of its header entry and of the facts (runtime/trust.py)
     with compiling(file):
-        compiled = compile_graphs(graphs, Path(file).stem, link=link, fast_math=fast_math,
-                                  describe=lambda k, e: describe(facts, entry(k, e)))
-    header = dict(facts, functions=[entry(k, compiled.entries[k]) for k in graphs])
-    return artifact.pack(header, artifact.Code(compiled.objects, compiled.shared))
+        functions, code = b.compile(graphs, Path(file).stem, opts, facts, sigs)
+    header = dict(facts, functions=functions)
+    return artifact.pack(header, code)
 
 
-def build(src, out=None, target: str = "cpu", fast_math: bool = False, key=None) -> Path:
+def build(src, out=None, target: str = "cpu", fast_math: bool = False, key=None, gpu_arch: str = "sm_80",
+          options: Options | None = None) -> Path:
     """Compile a program into one .gcm file (next to the source unless out is given).
 
-    key (bytes, or the path of a key file) signs it: gradc.load(path, key=) then checks it.
+    target: cpu (this machine's CPU), cuda (PTX for gpu_arch: builds without a GPU) or
+    cuda-sim. key (bytes, or the path of a key file) signs it: gradc.load(path, key=) then checks it.
     """
-    if target != "cpu":
-        raise ValueError(f"gradc.build makes native modules; target {target!r} is not one (use cpu)")
+    b = backend(target, need_available=False) if target in BACKENDS else _backend(target)
+    if not b.native:
+        raise ValueError(f"gradc.build makes native modules; target {target!r} is not one (use cpu, cuda or cuda-sim)")
     if key is not None:
         artifact.read_key(key)               # a bad key fails before the compile, not after
     text, file = read_source(src)
     if out is None:
         out = Path(file).with_suffix(".gcm") if file != "<source>" else Path("module.gcm")
-    data = build_bytes(text, file, fast_math=fast_math)
+    data = build_bytes(text, file, target=target, options=_options(options, fast_math, gpu_arch))
     artifact.write_atomic(out, data if key is None else artifact.sign(data, key))
     return Path(out)
 
@@ -190,30 +199,57 @@ def load(path, key=None) -> Module:
     any of its code is looked at.
     """
     header, obj = artifact.read(path, key)
+    target = header.get("target")
+    b = BACKENDS.get(target) if isinstance(target, str) else None
+    if b is None or not b.native:
+        raise artifact.ArtifactMismatch(f"{path}: built for target {target!r}, which this gradc does not load")
+    facts = {k: header.get(k) for k in b.host_facts(Options(gpu_arch=header.get("gpu_arch", "sm_80")))} \
+        if target != "cpu" else _host()
     try:
-        artifact.check_compatible(header, _host(), VERSION, str(path))
+        artifact.check_compatible(header, target, facts, VERSION, str(path))
     except artifact.ArtifactMismatch:
+        if target != "cpu":
+            raise
         # the remembered description of this machine may be what is wrong: ask LLVM once more
-        artifact.check_compatible(header, _host(refresh=True), VERSION, str(path))
-    return _load_native(Path(path).stem, header, obj, str(path))
+        artifact.check_compatible(header, target, _host(refresh=True), VERSION, str(path))
+    _backend(target)                          # cuda without a driver: say so before loading
+    return _load(Path(path).stem, header, obj, str(path))
+
+
+def emit(src, stage: str, target: str = "cpu", optimized: bool = True, fast_math: bool = False,
+         gpu_arch: str = "sm_80", options: Options | None = None) -> str:
+    """A printable stage of a program's code for target: `gradc build --target T --emit STAGE`.
+
+    cpu: llvm (after -O3 unless optimized=False), asm; cuda: llvm (the NVPTX module), ptx;
+    cuda-sim: llvm (the simulator's kernels), ptx (the same PTX as cuda). Needs no GPU.
+    """
+    b = backend(target, need_available=False)
+    if stage not in b.stages:
+        shown = ", ".join(b.stages) or "none"
+        raise ValueError(f"--emit {stage} is not a stage of target {target!r} (its stages: {shown})")
+    opts = _options(options, fast_math, gpu_arch)
+    text, file = read_source(src)
+    graphs = _optimized(text, file)[1]
+    with compiling(file):
+        if target == "cpu" and stage == "llvm" and not optimized:
+            from .compiler.codegen import emit_llvm as emit_cpu
+            return emit_cpu(graphs, Path(file).stem, False, opts.fast_math)
+        return b.emit(stage, graphs, Path(file).stem, opts)
 
 
 def emit_llvm(src, optimized: bool = True, fast_math: bool = False) -> str:
     """The LLVM IR of a program (after -O3 unless optimized=False): `gradc build --emit llvm`."""
-    from .compiler.codegen import emit_llvm as emit
-    text, file = read_source(src)
-    graphs = _optimized(text, file)[1]
-    with compiling(file):
-        return emit(graphs, Path(file).stem, optimized, fast_math)
+    return emit(src, "llvm", "cpu", optimized, fast_math)
 
 
 def emit_asm(src, fast_math: bool = False) -> str:
     """The host assembly of a program: `gradc build --emit asm`."""
-    from .compiler.codegen import emit_asm as emit
-    text, file = read_source(src)
-    graphs = _optimized(text, file)[1]
-    with compiling(file):
-        return emit(graphs, Path(file).stem, fast_math)
+    return emit(src, "asm", "cpu", fast_math=fast_math)
+
+
+def emit_ptx(src, gpu_arch: str = "sm_80") -> str:
+    """The PTX of a program's kernels: `gradc build --target cuda --emit ptx`."""
+    return emit(src, "ptx", "cuda", gpu_arch=gpu_arch)
 
 
 def _host(refresh: bool = False):
@@ -221,13 +257,11 @@ def _host(refresh: bool = False):
     return host(refresh)
 
 
-def _load_native(name, header, code, file="<bytes>") -> Module:
-    """Map a module's code after checking that it keeps the header's promises (runtime/trust.py)."""
-    from .runtime.cpu import load_native
-    from .runtime.trust import check_code
-    check_code(header, code, file)
+def _load(name, header, code, file="<bytes>") -> Module:
+    """Load a module's code after checking that it keeps the header's promises (runtime/trust.py)."""
+    b = BACKENDS[header["target"]]
     try:
-        return load_native(name, code, header["functions"])
+        return Module(name, b.load(name, header, code, file), header["target"])
     except (KeyError, TypeError, ValueError, LookupError, OSError) as ex:
         raise artifact.ArtifactError(f"{file}: corrupted gradc module ({type(ex).__name__}: {ex})") from None
 

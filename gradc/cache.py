@@ -6,6 +6,7 @@ its user (runtime/host.py); a damaged or edited entry is refused at load and com
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -27,20 +28,24 @@ def compiler_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def key(text: str, file: str, options: str = "") -> str:
+def key(text: str, file: str, options=("cpu", "")) -> str:
+    """options: (target, the backend's cache options); the target's host description joins them."""
     from .api import VERSION
-    from .runtime.host import host
-    h = host()
-    parts = (VERSION, compiler_fingerprint(), str(artifact.FORMAT), "cpu", h["triple"], h["cpu"],
-             h["features"], options, os.path.basename(file), text)   # the file name shows in messages
+    from .backends import BACKENDS, Options
+    target, opts = options if isinstance(options, tuple) else ("cpu", options)
+    b = BACKENDS[target]
+    host = json.dumps(b.host_facts(Options(**json.loads(opts))) if opts else b.host_facts(Options()),
+                      sort_keys=True)
+    parts = (VERSION, compiler_fingerprint(), str(artifact.FORMAT), target, host, opts,
+             os.path.basename(file), text)   # the file name shows in messages
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
 
 
-def path_for(text: str, file: str, options: str = "") -> Path:
+def path_for(text: str, file: str, options=("cpu", "")) -> Path:
     return cache_dir() / f"{key(text, file, options)}.gcm"
 
 
-def get(text: str, file: str, options: str = ""):
+def get(text: str, file: str, options=("cpu", "")):
     """The cached module bytes, or None (also when the cache is not private)."""
     if usable_cache() is None:
         return None
@@ -50,7 +55,7 @@ def get(text: str, file: str, options: str = ""):
         return None
 
 
-def put(text: str, file: str, data: bytes, options: str = ""):
+def put(text: str, file: str, data: bytes, options=("cpu", "")):
     """Store atomically: concurrent compilers of one program each write whole files, last wins."""
     if usable_cache() is None:
         return

@@ -14,6 +14,7 @@ import numpy as np
 from .frontend.diagnostics import CompileError, InternalError, internal_error
 
 STAGES = ("ast", "ir", "grad-ir", "opt-ir", "llvm", "asm", "ptx")
+ARCHS = ("sm_80", "sm_86", "sm_87", "sm_89", "sm_90")
 
 
 class UserError(Exception):
@@ -84,17 +85,25 @@ def cmd_build(args):
             key = api.artifact.read_key(args.sign_key)
         except ValueError as ex:
             raise UserError(str(ex)) from None
-    api.build(file, out, target=args.target, fast_math=args.fast_math, key=key)
+    try:
+        api.build(file, out, target=args.target, fast_math=args.fast_math, key=key, gpu_arch=args.gpu_arch)
+    except api.TargetUnavailable as ex:
+        raise UserError(str(ex)) from None
     print(f"wrote {out}" + (" (signed)" if key else ""))
     return 0
 
 
 def _emit_native(args, text, file):
     from . import api
-    fn = getattr(api, f"emit_{args.emit}", None)
-    if fn is None:
-        raise UserError(f"--emit {args.emit} is not available in this build of gradc")
-    print(fn(file, fast_math=args.fast_math))
+    target = args.target
+    if args.emit == "ptx" and target == "cpu" and not args.target_given:
+        target = "cuda"                 # PTX is the cuda target's: no need to name it
+    try:
+        print(api.emit(file, args.emit, target, fast_math=args.fast_math, gpu_arch=args.gpu_arch))
+    except ValueError as ex:
+        if isinstance(ex, CompileError):
+            raise
+        raise UserError(str(ex)) from None
     return 0
 
 
@@ -142,23 +151,26 @@ def _format(outs) -> str:
     return ", ".join(np.array2string(np.asarray(o), precision=6, separator=", ", max_line_width=160) for o in outs)
 
 
-def _compile(path, target, fast_math=False):
+def _compile(path, target, fast_math=False, gpu_arch="sm_80"):
     from . import api
-    return _warnings_to_stderr(api.compile, path, target=target, fast_math=fast_math)
+    try:
+        return _warnings_to_stderr(api.compile, path, target=target, fast_math=fast_math, gpu_arch=gpu_arch)
+    except api.TargetUnavailable as ex:
+        raise UserError(str(ex)) from None
 
 
 def cmd_run(args):
     text, file = _source(args.file)
     target = args.target
     if args.func is None:
-        return _run_examples(file, text, target, args.json, args.fast_math)
+        return _run_examples(file, text, target, args.json, args.fast_math, args.gpu_arch)
     kwargs = {}
     for item in args.values:
         name, eq, value = item.partition("=")
         if not eq or not name:
             raise UserError(f"arguments are written NAME=VALUE, got {item!r}")
         kwargs[name] = parse_value(value, name)
-    module = _compile(file, target, args.fast_math)
+    module = _compile(file, target, args.fast_math, args.gpu_arch)
     outs = _call(module, args.func, kwargs)
     if args.json:
         print(json.dumps({"function": args.func, "outputs": [_jsonable(o) for o in outs]}))
@@ -167,7 +179,7 @@ def cmd_run(args):
     return 0
 
 
-def _run_examples(file, text, target, as_json, fast_math=False):
+def _run_examples(file, text, target, as_json, fast_math=False, gpu_arch="sm_80"):
     from .frontend.examples import ExampleError, mismatch, parse_examples
     try:
         ex = parse_examples(text)
@@ -175,7 +187,7 @@ def _run_examples(file, text, target, as_json, fast_math=False):
         raise UserError(f"{file}: {e}") from None
     if ex.errors:
         try:
-            _compile(file, target, fast_math)
+            _compile(file, target, fast_math, gpu_arch)
         except CompileError as err:
             print(str(err), file=sys.stderr)
             missing = [s for s in ex.errors if s not in str(err)]
@@ -188,7 +200,7 @@ def _run_examples(file, text, target, as_json, fast_math=False):
         return 1
     if not ex.calls:
         raise UserError(f"{file} carries no example calls (# CALL: lines); name a function to run")
-    module = _compile(file, target, fast_math)
+    module = _compile(file, target, fast_math, gpu_arch)
     failed = 0
     for c in ex.calls:
         outs = _call(module, c.func, c.args)
@@ -245,7 +257,9 @@ def make_parser():
     b = sub.add_parser("build", help="compile a program (or print a stage with --emit)")
     b.add_argument("file")
     b.add_argument("-o", "--output")
-    b.add_argument("--target", default=None)
+    b.add_argument("--target", default=None, help="cpu (default), cuda, cuda-sim")
+    b.add_argument("--gpu-arch", default="sm_80", choices=ARCHS,
+                   help="the GPU architecture of target cuda's PTX (default sm_80)")
     b.add_argument("--fast-math", action="store_true", help="let native code reassociate and assume finite values")
     b.add_argument("--emit", choices=STAGES)
     b.add_argument("--print-after", metavar="PASS", help="with --emit opt-ir: print the graph after PASS")
@@ -255,7 +269,8 @@ def make_parser():
     r.add_argument("file")
     r.add_argument("func", nargs="?")
     r.add_argument("values", nargs="*", metavar="NAME=VALUE")
-    r.add_argument("--target", default=None)
+    r.add_argument("--target", default=None, help="cpu (default), reference, cuda, cuda-sim")
+    r.add_argument("--gpu-arch", default="sm_80", choices=ARCHS, help="the GPU architecture for target cuda")
     r.add_argument("--fast-math", action="store_true", help="let native code reassociate and assume finite values")
     r.add_argument("--json", action="store_true")
     c = sub.add_parser("check", help="compare gradients with central finite differences (float64)")
@@ -284,6 +299,7 @@ def main(argv=None) -> int:
     try:
         if hasattr(args, "target"):
             from . import api
+            args.target_given = args.target is not None
             args.target = args.target or getattr(api, "DEFAULT_TARGET", api.TARGETS[0])
             if args.target not in api.TARGETS:
                 raise UserError(f"unknown target {args.target!r}; choose one of: {', '.join(api.TARGETS)}")

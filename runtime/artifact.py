@@ -148,18 +148,24 @@ def unpack(data: bytes, name: str = "<bytes>", key=None) -> tuple:
     return header, Code(tuple(objects), bytes(data[at:end]) if shared else None)
 
 
-def check_compatible(header: dict, host: dict, version: str, name: str = "<bytes>"):
-    """Refuse a module this process cannot run, saying how to get one it can."""
+def check_compatible(header: dict, target: str, host: dict, version: str, name: str = "<bytes>"):
+    """Refuse a module this process cannot run for target, saying how to get one it can.
+
+    host: the backend's description of what the code must match (for cpu: the platform, the
+    CPU and its features; for cuda: the GPU architecture and the PTX version)."""
     src = header.get("source_name") or "the .ad file"
-    how = f"rebuild it here with `gradc build {src} -o {Path(name).name}` (or gradc.build)"
+    flag = "" if target == "cpu" else f" --target {target}"
+    how = f"rebuild it here with `gradc build {src}{flag} -o {Path(name).name}` (or gradc.build)"
     if header.get("gradc_version") != version:
         raise ArtifactMismatch(f"{name}: built by gradc {header.get('gradc_version')}, this is gradc "
                                f"{version}; {how}")
-    if header.get("target") != "cpu":
-        raise ArtifactMismatch(f"{name}: built for target {header.get('target')!r}, not cpu; {how}")
-    for key in ("triple", "cpu", "features"):
+    if header.get("target") != target:
+        raise ArtifactMismatch(f"{name}: built for target {header.get('target')!r}, not {target}; {how}")
+    names = {"triple": "platform", "cpu": "CPU", "features": "CPU features", "gpu_arch": "GPU architecture",
+             "ptx_version": "PTX version"}
+    for key in host:
         if header.get(key) != host[key]:
-            what = {"triple": "platform", "cpu": "CPU", "features": "CPU features"}[key]
+            what = names.get(key, key)
             shown = (header.get(key), host[key]) if key != "features" else ("another set", "this machine's")
             raise ArtifactMismatch(f"{name}: built for {what} {shown[0]}, but this machine has {shown[1]}; {how}")
 

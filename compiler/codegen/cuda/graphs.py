@@ -8,6 +8,7 @@ runtime (runtime/cuda.py) executes: docs/cuda.md describes both.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from llvmlite import ir
@@ -433,9 +434,16 @@ class FunctionKernels:
 
 def function_kernels(graphs: dict) -> tuple:
     """([Kernel], {function name: PLAN}) of optimized graphs."""
-    kernels, plans = [], {}
+    kernels, plans, used = [], {}, set()
     for fname, g in graphs.items():
-        fk = FunctionKernels(g, f"gradc_{fname}")
+        # kernels are named after their function, as PTX allows: letters, digits and _
+        base = re.sub(r"[^A-Za-z0-9_]", "_", fname)
+        prefix, i = f"gradc_{base}", 1
+        while prefix in used:
+            i += 1
+            prefix = f"gradc_{base}_{i}"
+        used.add(prefix)
+        fk = FunctionKernels(g, prefix)
         kernels += fk.kernels
         plans[fname] = fk.plan_json()
     return kernels, plans

@@ -1,0 +1,203 @@
+"""The table of backends: what each target compiles optimized graphs to, how it describes its host,
+which stages it prints, and how it loads its code into callable functions.
+
+Adding a backend is one entry here and one folder of code generation (compiler/codegen/<name>/);
+docs/internals.md shows how. Options travel from the API and the command line down to code
+generation and make the cache key.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ARCHS = ("sm_80", "sm_86", "sm_87", "sm_89", "sm_90")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to compile: optimization level, fast-math, the GPU architecture, linking a shared library."""
+    opt_level: int = 3
+    fast_math: bool = False
+    gpu_arch: str = "sm_80"
+    link: bool = True
+
+    def __post_init__(self):
+        if self.opt_level not in (0, 1, 2, 3):
+            raise ValueError(f"optimization level {self.opt_level!r}: choose 0, 1, 2 or 3")
+        if self.gpu_arch not in ARCHS:
+            raise ValueError(f"GPU architecture {self.gpu_arch!r}: choose one of {', '.join(ARCHS)}")
+
+    def key(self) -> str:
+        """What the options change in the code (linking adds a library, it changes no code)."""
+        d = asdict(self)
+        d.pop("link")
+        return json.dumps(d, sort_keys=True)
+
+
+class TargetUnavailable(ValueError):
+    """A target that is unknown, or cannot run on this machine; the message says why."""
+
+
+@dataclass
+class Backend:
+    """One target. compile(graphs, name, options, facts, sigs) -> (header functions, artifact Code);
+    load(name, header, code, file) -> {function name: Function}; emit(stage, graphs, name, options)."""
+    name: str
+    runs_on: str
+    stages: tuple = ()
+    native: bool = True                 # makes module files (reference does not)
+    option_fields: tuple = ()           # the Options fields that change its code
+    host: object = None                 # (options) -> dict: triple/arch/features/versions
+    available: object = field(default=lambda: (True, ""))
+    compile: object = None
+    load: object = None
+    emit: object = None
+
+    def host_facts(self, options: Options) -> dict:
+        return self.host(options) if self.host is not None else {}
+
+    def cache_options(self, options: Options) -> str:
+        return json.dumps({k: getattr(options, k) for k in self.option_fields}, sort_keys=True)
+
+
+# ---- cpu
+
+
+def _cpu_host(options, refresh=False):
+    from .runtime.host import host
+    h = host(refresh)
+    return {k: h[k] for k in ("triple", "cpu", "features")}
+
+
+def _cpu_compile(graphs, name, options, facts, sigs):
+    from .compiler.codegen import compile_graphs
+    from .runtime import artifact
+    from .runtime.libs import tune_malloc
+    from .runtime.trust import describe
+    # LLVM's threads (one per function) allocate fast enough for glibc's growing and
+    # trimming of the heap to serialize them: a fifth of the compile time on 2 cores
+    tune_malloc()
+
+    def entry(k, compiled_entry) -> dict:
+        return {"signature": sigs[k], "symbol": compiled_entry[0],
+                "dims": list(compiled_entry[1]), "checks": compiled_entry[2]}
+    # each function's code carries a digest of its header entry and of the facts (runtime/trust.py)
+    compiled = compile_graphs(graphs, name, opt=options.opt_level, link=options.link,
+                              fast_math=options.fast_math,
+                              describe=lambda k, e: describe(facts, entry(k, e)))
+    functions = [entry(k, compiled.entries[k]) for k in graphs]
+    return functions, artifact.Code(compiled.objects, compiled.shared)
+
+
+def _cpu_load(name, header, code, file):
+    from .runtime.cpu import load_native
+    from .runtime.trust import check_code
+    check_code(header, code, file)
+    return load_native(name, code, header["functions"]).functions
+
+
+def _cpu_emit(stage, graphs, name, options):
+    from .compiler import codegen
+    if stage == "llvm":
+        return codegen.emit_llvm(graphs, name, True, options.fast_math)
+    return codegen.emit_asm(graphs, name, options.fast_math)
+
+
+# ---- cuda and cuda-sim: the same kernels and launch plans; PTX for a GPU, host IR for the simulator
+
+
+def _cuda_host(options):
+    from .compiler.codegen.cuda.ptx import PTX_VERSION
+    return {"gpu_arch": options.gpu_arch, "ptx_version": PTX_VERSION}
+
+
+def _cuda_compile(sim):
+    def compile_(graphs, name, options, facts, sigs):
+        from .compiler.codegen.cuda.graphs import compile_graphs
+        from .runtime import artifact
+        code = compile_graphs(graphs, name, sim=sim, arch=options.gpu_arch, opt=options.opt_level)
+        functions = [{"signature": sigs[k]} for k in graphs]
+        return functions, artifact.Code((json.dumps(code, sort_keys=True).encode(),))
+    return compile_
+
+
+def _cuda_load(target):
+    def load(name, header, code, file):
+        from .runtime import cuda
+        from .runtime.artifact import ArtifactError
+        from .runtime.module import Signature
+        try:
+            data = json.loads(code.objects[0])
+            sigs = {f["signature"]["name"]: Signature.from_json(f["signature"]) for f in header["functions"]}
+            _check_code(data, sigs, target, file)
+        except (ValueError, KeyError, TypeError, IndexError) as ex:
+            raise ArtifactError(f"{file}: corrupted gradc module ({type(ex).__name__}: {ex})") from None
+        return cuda.load(data, sigs, target, name)
+    return load
+
+
+def _check_code(data, sigs, target, file):
+    """The code keeps the header's promises: a plan per function, kernels for every launch."""
+    from .runtime.artifact import ArtifactError
+    if ("sim_ir" if target == "cuda-sim" else "ptx") not in data:
+        raise ArtifactError(f"{file}: the module holds no code for target {target!r}")
+    kernels = data["kernels"]
+    for k in sigs:
+        for step in data["functions"][k]["steps"]:
+            if "launch" in step and step["launch"] not in kernels:
+                raise ArtifactError(f"{file}: function {k} launches a kernel the module lacks")
+
+
+def _cuda_emit(stage, graphs, name, options):
+    from .compiler.codegen.cuda import emit_llvm, emit_ptx
+    from .compiler.codegen.cuda.graphs import function_kernels
+    kernels, _ = function_kernels(graphs)
+    if not kernels:
+        return ""
+    if stage == "ptx":
+        return emit_ptx(kernels, options.gpu_arch, opt=options.opt_level)
+    return emit_llvm(kernels, options.gpu_arch, opt=options.opt_level)
+
+
+def _sim_emit(stage, graphs, name, options):
+    from .compiler.codegen.cuda.graphs import function_kernels
+    from .compiler.codegen.cuda.kernel import build_module
+    from .compiler.codegen.cuda.simtarget import SimTarget
+    return str(build_module(function_kernels(graphs)[0], SimTarget(), name)[0])
+
+
+def _cuda_available():
+    from .runtime.cuda import cuda_available
+    return cuda_available()
+
+
+BACKENDS = {
+    "reference": Backend("reference", "the CPU, NumPy (the optimized graphs interpreted)", native=False),
+    "cpu": Backend("cpu", "the host CPU: LLVM machine code", ("llvm", "asm"),
+                   option_fields=("opt_level", "fast_math"), host=_cpu_host, compile=_cpu_compile,
+                   load=_cpu_load, emit=_cpu_emit),
+    "cuda": Backend("cuda", "an NVIDIA GPU: PTX launched through PyCUDA or cuda-bindings", ("llvm", "ptx"),
+                    option_fields=("opt_level", "gpu_arch"), host=_cuda_host, available=_cuda_available,
+                    compile=_cuda_compile(False), load=_cuda_load("cuda"), emit=_cuda_emit),
+    "cuda-sim": Backend("cuda-sim", "the host CPU: the cuda kernels run over the whole grid by a simulator",
+                        ("llvm", "ptx"), option_fields=("opt_level", "gpu_arch"), host=_cuda_host,
+                        compile=_cuda_compile(True), load=_cuda_load("cuda-sim"),
+                        emit=lambda stage, *a: (_sim_emit if stage == "llvm" else _cuda_emit)(stage, *a)),
+}
+
+
+def backend(target: str, need_available: bool = True) -> Backend:
+    """The backend of a target name; TargetUnavailable for an unknown target or one that cannot run here."""
+    b = BACKENDS.get(target) if isinstance(target, str) else None
+    if b is None:
+        raise TargetUnavailable(f"unknown target {target!r}; choose one of: {', '.join(BACKENDS)}")
+    if need_available:
+        ok, why = b.available()
+        if not ok:
+            raise TargetUnavailable(why)
+    return b
+
+
+def module_stem(file: str) -> str:
+    return Path(file).stem if file != "<source>" else "module"

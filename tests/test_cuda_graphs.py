@@ -1,0 +1,199 @@
+"""The cuda-sim target against the NumPy reference: every op forward and derivative, f32 and f64,
+through the kernels generated from graphs and the launch-plan executor of runtime/cuda.py; and
+every kernel's PTX assembled by ptxas for sm_80 and sm_90."""
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradc
+from gradc.api import signature
+from gradc.compiler.codegen.cuda import toolkit
+from gradc.compiler.codegen.cuda.graphs import compile_graphs, function_kernels
+from gradc.compiler.pipeline import optimize
+from gradc.runtime import cuda
+
+_spec = importlib.util.spec_from_file_location("cpu_cases", Path(__file__).with_name("test_cpu.py"))
+cases = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("cpu_cases", cases)
+_spec.loader.exec_module(cases)
+
+
+def _sim_module(dtype, case_list):
+    graphs, doms = {}, {}
+    for name, params, body in case_list:
+        for k, g in cases._graphs(name, params, body, dtype).items():
+            graphs[k] = g
+            doms[k] = [dom for _, _, dom in params]
+    opt = {k: optimize(g) for k, g in graphs.items()}
+    code = compile_graphs(opt, f"ops_{dtype}", sim=True)
+    fns = cuda.load(code, {k: signature(g) for k, g in graphs.items()}, "cuda-sim")
+    return opt, doms, gradc.runtime.module.Module(f"ops_{dtype}", fns, "cuda-sim"), code
+
+
+@pytest.fixture(scope="module", params=["f32", "f64"])
+def sim_ops(request):
+    return request.param, _sim_module(request.param, cases.CASES)
+
+
+@pytest.mark.parametrize("name", [n for n, _, _ in cases.CASES])
+def test_op(sim_ops, name):
+    dtype, (opt, doms, module, _) = sim_ops
+    for k in (name, f"{name}_vjp", f"{name}_jvp"):
+        if k in opt:
+            cases._check(opt, doms, module, dtype, k)
+
+
+@pytest.mark.parametrize("dtype", ["i32", "i64"])
+def test_integer_ops(dtype):
+    c = cases
+    ops = [c._case(op, [(("N", 4), dtype, "any"), ((4,), dtype, "any")],
+                   (lambda op: lambda e, x, y: e.emit(op, x, y))(op)) for op in c.INT_OPS[:3] + ("floordiv", "mod")]
+    ops += [c._case(op, [(("N", 4), dtype, "any")], (lambda op: lambda e, x: e.emit(op, x))(op))
+            for op in c.INT_OPS[5:]]
+    ops += [c._case("isum", [(("N", 4), dtype, "any")], lambda e, x: (e.sum(x, axes=(0,), keepdims=False),
+                                                                       e.max(x, axes=(1,), keepdims=True),
+                                                                       e.cast(x, dtype="f64")))]
+    opt, doms, module, _ = _sim_module(dtype, ops)
+    for name in opt:
+        c._check(opt, doms, module, "f64", name)
+
+
+@pytest.fixture(scope="module")
+def program():
+    return (gradc.compile(cases.PROGRAM, target="cuda-sim", cache=False),
+            gradc.compile(cases.PROGRAM, target="reference"))
+
+
+def test_program_matches_reference_at_two_sizes(program):
+    """One compile, two batch sizes: sizes are kernel arguments, nothing recompiles."""
+    sim, ref = program
+    rng = np.random.default_rng(3)
+    for n in (3, 40):
+        args = cases._mlp_args(rng, n)
+        for a, b in zip(sim.mlp_grad(*args), ref.mlp_grad(*args)):
+            cases._compare(a, b, "f64", "mlp_grad")
+        t = rng.normal(size=args[2].shape)
+        for a, b in zip(sim.hvp(*args, t), ref.hvp(*args, t)):
+            cases._compare(a, b, "f64", "hvp")
+        x = rng.normal(size=n * 37).astype(np.float32)
+        for a, b in zip(sim.g(x, x), ref.g(x, x)):
+            cases._compare(a, b, "f32", "g")
+
+
+def test_reductions_are_deterministic(program):
+    sim, _ = program
+    x = np.random.default_rng(4).normal(size=50_000).astype(np.float32)
+    first = sim.f(x, x)
+    assert all(sim.f(x, x).tobytes() == first.tobytes() for _ in range(3))
+
+
+def test_argument_errors_and_checks():
+    m = gradc.compile("fn f(i: i32[N], x: f32[N, 3]) -> f32[N, 3] { return one_hot(i, 3) * x }",
+                      target="cuda-sim", cache=False)
+    with pytest.raises(TypeError, match="expects f32"):
+        m.f(np.zeros(2, np.int32), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="dimension N"):
+        m.f(np.zeros(2, np.int32), np.zeros((3, 3), np.float32))
+    with pytest.raises(ValueError, match="7"):
+        m.f(np.array([0, 7], np.int32), np.ones((2, 3), np.float32))
+    got = m.f(np.array([2, 0], np.int32), np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(got, [[0, 0, 1], [1, 0, 0]])
+
+
+def test_device_arrays_in_and_out(program):
+    """Device inputs give device results, passed on without a copy; NumPy in gives NumPy out."""
+    sim, ref = program
+    x = np.linspace(-1, 1, 1000).astype(np.float32)
+    dx = cuda.to_device(x, "cuda-sim")
+    gx, gy = sim.g(dx, dx)
+    assert isinstance(gx, cuda.DeviceArray) and gx.shape == (1000,)
+    assert gx.__cuda_array_interface__["typestr"] == "<f4"
+    for a, b in zip((gx.get(), np.asarray(gy)), ref.g(x, x)):
+        cases._compare(a, b, "f32", "g on device arrays")
+    again = sim.g(gx, gy)                      # a result fed back in
+    for a, b in zip(again, ref.g(gx.get(), gy.get())):
+        cases._compare(a.get(), b, "f32", "g on results")
+
+    class Foreign:                             # any object with the interface, as CuPy or Numba gives
+        def __init__(self, d):
+            self.__cuda_array_interface__ = dict(d.__cuda_array_interface__)
+    np.testing.assert_array_equal(sim.g(Foreign(dx), Foreign(dx))[0].get(), gx.get())
+    bad = dict(dx.__cuda_array_interface__, typestr="<f8")
+    with pytest.raises(TypeError, match="typestr <f8"):
+        sim.g(type("F", (), {"__cuda_array_interface__": bad})(), dx)
+
+
+def test_several_host_threads(program):
+    sim, ref = program
+    rng = np.random.default_rng(5)
+    inputs = [rng.normal(size=200 + 37 * i).astype(np.float32) for i in range(6)]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                results[i] = sim.g(inputs[i], inputs[i])
+        except Exception as ex:           # pragma: no cover - reported below
+            errors.append(ex)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(6):
+        for a, b in zip(results[i], ref.g(inputs[i], inputs[i])):
+            cases._compare(a, b, "f32", f"thread {i}")
+
+
+def test_launches_and_bytes_are_counted():
+    m = gradc.compile("fn f(x: f32[N]) -> f32[N] { return exp(x) * x + 1 }\n"
+                      "fn s(x: f32[N]) -> f32 { return sum(x * x) }", target="cuda-sim", cache=False)
+    x = np.ones(10_000, np.float32)
+    with cuda.stats() as st:
+        m.f(x)
+    assert (st.launches, st.bytes_loaded, st.bytes_stored) == (1, x.nbytes, x.nbytes)
+    with cuda.stats() as st:
+        m.s(x)
+    # the first pass reads x once and writes one f64 partial per block; the second reads those
+    assert st.launches == 2 and x.nbytes <= st.bytes_loaded <= x.nbytes * 1.01
+
+
+def test_cuda_without_a_driver_says_what_to_do():
+    ok, why = cuda.cuda_available()
+    if ok:
+        pytest.skip("this machine can run target cuda")
+    with pytest.raises(ValueError, match="cuda-sim"):
+        gradc.compile("fn f(x: f32) -> f32 { return x }", target="cuda")
+
+
+# ---- PTX: every kernel of the op tests assembled by ptxas
+
+
+@pytest.fixture(scope="module")
+def ptxas_available():
+    try:
+        toolkit.ptxas_path()
+        toolkit.libdevice_path()
+    except toolkit.ToolkitError as ex:
+        pytest.skip(f"CUDA's ptxas or libdevice is missing here: {ex}")
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_every_op_kernel_assembles(ptxas_available, arch, dtype):
+    graphs = {}
+    for name, params, body in cases.CASES:
+        for k, g in cases._graphs(name, params, body, dtype).items():
+            graphs[k] = optimize(g)
+    code = compile_graphs(graphs, f"ops_{dtype}", sim=False, arch=arch)
+    kernels, _ = function_kernels(graphs)
+    assert len(code["kernels"]) == len(kernels) > 100
+    for k in code["kernels"]:
+        assert f".entry {k}(" in code["ptx"]
+    assert f".target {arch}" in code["ptx"]
+    toolkit.ptxas(code["ptx"], arch)          # PtxasError if ptxas rejects any of it
