@@ -2,8 +2,8 @@
 
 1. `check_source`: a source compiles (lowering and optimization, no native code), or gets a
    CompileError that carries a source position. Anything else is a failure.
-2. `check_programs`: generated programs give the same value and derivatives on target cpu, on
-   target reference, and in float64 by the NumPy oracle and central differences.
+2. `check_programs`: generated programs give the same value and derivatives on the native
+   targets (TARGETS: cpu and cuda-sim), on target reference, and in float64 by the NumPy oracle and central differences.
 
 A failure kind is a short stable string (it keys the campaign's table and the shrinker);
 the detail says what differed.
@@ -103,8 +103,10 @@ def _dot(a, b) -> float:
 class Checker:
     """Runs one program's exported functions on both targets and compares them."""
 
-    def __init__(self, prog, ref_mod, cpu_mod, seed):
-        self.p, self.ref, self.cpu = prog, ref_mod, cpu_mod
+    def __init__(self, prog, ref_mod, native, seed):
+        # native: {target: module}, or one module taken for cpu
+        self.p, self.ref = prog, ref_mod
+        self.native = native if isinstance(native, dict) else {"cpu": native}
         self.rng = np.random.default_rng(seed)
         self.sizes = gen.sizes_for(self.rng)
         self.x = gen.inputs(prog, self.rng, self.sizes)
@@ -124,9 +126,10 @@ class Checker:
         return np.asarray(self.rng.uniform(-1, 1, size=shape), self.np_dt)
 
     def call(self, name, extra=()):
-        """(cpu result, reference result) as tuples, or None after recording a failure."""
+        """(native results..., reference result) as tuples, or None after recording a failure."""
         out = []
-        for target, mod in (("cpu", self.cpu), ("reference", self.ref)):
+        targets = list(self.native.items()) + [("reference", self.ref)]
+        for target, mod in targets:
             try:
                 with np.errstate(all="ignore"):
                     out.append(as_tuple(getattr(mod, name)(*self.args(extra))))
@@ -135,11 +138,13 @@ class Checker:
                 return None
         tol = F64_TOL if self.f64 else F32_TOL
         kind = name[len(self.p.prefix) + 1:]
-        for i, (a, b) in enumerate(zip(*out)):
-            if not close(a, b, **tol):
-                self.fail(f"cpu != reference: {kind}", f"{name} output {i}: cpu {a!r} reference {b!r}")
-                return None
-        for i, b in enumerate(out[1]):
+        for (target, _), got in zip(targets, out):
+            for i, (a, b) in enumerate(zip(got, out[-1])):
+                if not close(a, b, **tol):
+                    self.fail(f"{target} != reference: {kind}",
+                              f"{name} output {i}: {target} {a!r} reference {b!r}")
+                    return None
+        for i, b in enumerate(out[-1]):
             if self.f64 and not np.all(np.isfinite(b)):
                 self.fail(f"non-finite result: {kind}", f"{name} output {i}: {b!r}")
                 return None
@@ -179,7 +184,7 @@ class Checker:
                          (f"{p.prefix}_h", [self.base[o] for o in p.outs])):
             r = self.call(fn)
             if r is not None and self.f64:
-                for a, b in zip(r[1], want):
+                for a, b in zip(r[-1], want):
                     if not close(a, b, **F64_TOL):
                         self.fail("reference != oracle: value", f"{fn}: reference {a!r}, oracle {b!r}")
         for name, kind, wrt, _ in p.transforms:
@@ -196,21 +201,21 @@ class Checker:
     def t_grad(self, name, kind, wrt):
         r = self.call(name)
         if r is not None:
-            self._grads(name, kind, wrt, r[1])
+            self._grads(name, kind, wrt, r[-1])
 
     def t_value_and_grad(self, name, kind, wrt):
         r = self.call(name)
         if r is not None:
-            if self.f64 and not close(r[1][0], self.base["__loss__"], **F64_TOL):
-                self.fail("reference != oracle: value_and_grad", f"{name}: value {r[1][0]!r}")
-            self._grads(name, kind, wrt, r[1][1:])
+            if self.f64 and not close(r[-1][0], self.base["__loss__"], **F64_TOL):
+                self.fail("reference != oracle: value_and_grad", f"{name}: value {r[-1][0]!r}")
+            self._grads(name, kind, wrt, r[-1][1:])
 
     def t_vjp(self, name, kind, wrt):
         cts = [self.like(np.shape(self.base[o])) for o in self.p.outs]
         r = self.call(name, cts)
         if r is not None and self.f64:
             d = {w: self.like(self.shape_of(w)) for w in wrt}
-            got = _dot(r[1], [d[w] for w in wrt])
+            got = _dot(r[-1], [d[w] for w in wrt])
             self.fd(lambda s: _dot([self.oracle(d, s, True)[o] for o in self.p.outs], cts), kind, got)
 
     def t_jvp(self, name, kind, wrt):
@@ -219,7 +224,7 @@ class Checker:
         if r is not None and self.f64:
             d = dict(zip(wrt, ts))
             w = [self.like(np.shape(self.base[o])) for o in self.p.outs]
-            got = _dot(r[1][len(self.p.outs):], w)
+            got = _dot(r[-1][len(self.p.outs):], w)
             self.fd(lambda s: _dot([self.oracle(d, s, False)[o] for o in self.p.outs], w), kind, got)
 
     def _grad_at(self, name, extra, wrt, s, t):
@@ -235,8 +240,8 @@ class Checker:
         t = self.like(self.shape_of(wrt[0]))
         r = self.call(name, [t])
         if r is not None and self.f64 and self.second_order(False):
-            w = self.like(np.shape(r[1][1]))
-            self.fd(lambda s: _dot([self._grad_at(name, [t], wrt[0], s, t)], [w]), kind, _dot([r[1][1]], [w]))
+            w = self.like(np.shape(r[-1][1]))
+            self.fd(lambda s: _dot([self._grad_at(name, [t], wrt[0], s, t)], [w]), kind, _dot([r[-1][1]], [w]))
 
     def second_order(self, reverse: bool) -> bool:
         """Whether differences of the gradient function check a second-order derivative.
@@ -257,7 +262,7 @@ class Checker:
             v = self.like(self.shape_of(wrt[0]))
             # the gradient itself comes from jvp(grad) with any tangent: its first output
             gx = f"{self.p.prefix}_gx"
-            self.fd(lambda s: _dot([self._grad_at(gx, [], wrt[0], s, v)], [ct]), kind, _dot([r[1][0]], [v]))
+            self.fd(lambda s: _dot([self._grad_at(gx, [], wrt[0], s, v)], [ct]), kind, _dot([r[-1][0]], [v]))
 
     def t_gx(self, name, kind, wrt):
         self.call(name)
@@ -275,26 +280,30 @@ class Checker:
                     return float(getattr(self.ref, name)(*self.args()))
                 finally:
                     self.x[wrt[0]] = x0
-            self.fd(value, kind, _dot([rg[1][0]], [v]))
+            self.fd(value, kind, _dot([rg[-1][0]], [v]))
 
 
-def compile_both(src):
-    """(reference module, cpu module) of a source, or a failure (kind, detail)."""
+TARGETS = ("cpu", "cuda-sim")
+
+
+def compile_both(src, targets=TARGETS):
+    """(reference module, {target: module}) of a source, or a failure (kind, detail)."""
     import gradc
     from gradc.frontend.diagnostics import CompileError
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return gradc.compile(src, target="reference", cache=False), gradc.compile(src, target="cpu", cache=False)
+            return (gradc.compile(src, target="reference", cache=False),
+                    {t: gradc.compile(src, target=t, cache=False) for t in targets})
     except CompileError as ex:
         return "generated program rejected (CompileError)", str(ex)[:400]
     except Exception as ex:   # noqa: BLE001
         return f"compile raised {exception_kind(ex)}", f"{type(ex).__name__}: {str(ex)[:300]}"
 
 
-def check_programs(programs, seed: int) -> list:
+def check_programs(programs, seed: int, targets=TARGETS) -> list:
     """Property 2 for programs compiled as one module: [(kind, detail, program index)] and skips."""
-    mods = compile_both(gen.source(programs))
+    mods = compile_both(gen.source(programs), targets)
     if isinstance(mods[0], str):
         return [(mods[0], mods[1], None)], 0
     out, skipped = [], 0

@@ -144,12 +144,74 @@ class Group:
     writes: set = field(default_factory=set)
 
 
+def _space(n, OPS):
+    """The iteration space of a root's loop: its input's shape for a reduction, else its own."""
+    return n.ins[0].shape if OPS[n.op].kind == "reduce" else n.out.shape
+
+
+def _recompute_reads(g, plan):
+    """Which buffers each root's loop (and each output copy) reads, for the plan's buffers."""
+    via, reads = {}, {}
+    for n in g.nodes:
+        if n in plan.matmul_operands:
+            r = {x for x, _ in plan.matmul_operands[n]}
+        else:
+            r = set()
+            for i in n.ins:
+                r |= {i} if i in plan.buffers else via.get(i, set())
+        (reads if n.out in plan.buffers and n.out not in g.params else via)[n.out] = r
+    for o in g.outputs:
+        if o not in plan.buffers:
+            reads[("out", o)] = via.get(o, set())
+    plan.reads = reads
+
+
+def gpu_plan(g):
+    """The fusion plan, with fewer buffers: a value the CPU stores because several loops use it
+    is computed inline instead when every one of those loops runs over its own shape, so one
+    kernel can compute it once per element for all of them (no round trip through memory)."""
+    from ...ops import OPS
+    plan = make_plan(g)
+    fixed = set(g.outputs) | set(g.params)
+    for n in g.nodes:
+        kind = OPS[n.op].kind
+        if kind == "matmul":
+            fixed |= {x for x, _ in plan.matmul_operands[n]}
+        elif kind == "check":
+            fixed.add(n.ins[0])
+    changed = True
+    while changed:
+        changed = False
+        users = {}
+        for v, r in plan.reads.items():
+            for x in r:
+                users.setdefault(x, []).append(v)
+        for n in list(plan.roots):
+            v = n.out
+            if v in fixed or OPS[n.op].kind in ("reduce", "matmul"):
+                continue
+            spaces = []
+            for u in users.get(v, []):
+                if isinstance(u, tuple):
+                    spaces.append(u[1].shape)
+                else:
+                    un = plan.producers[u]
+                    spaces.append(None if OPS[un.op].kind == "matmul" else _space(un, OPS))
+            if spaces and all(sp == v.shape for sp in spaces):
+                plan.roots.remove(n)
+                plan.buffers.discard(v)
+                _recompute_reads(g, plan)
+                changed = True
+                break
+    return plan
+
+
 class FunctionKernels:
     """The kernels and the launch PLAN of one optimized graph."""
 
     def __init__(self, g, prefix: str):
         self.g, self.prefix = g, prefix
-        self.plan = make_plan(g)
+        self.plan = gpu_plan(g)
         self.kernels, self.steps = [], []
         self._layout()
         self._group()
