@@ -7,9 +7,9 @@ from gradc.frontend.diagnostics import CompileError
 from conftest import fd_grad
 
 
-@pytest.fixture(params=["reference", "cpu"], autouse=True)
+@pytest.fixture(params=["reference", "cpu", "cuda-sim"], autouse=True)
 def target(request):
-    """Every test here runs on both targets: the NumPy reference and native code."""
+    """Every test here runs on every target that runs here: the NumPy reference, native code, the GPU kernels in the simulator."""
     TARGET[0] = request.param
     return request.param
 
@@ -203,7 +203,7 @@ let jp0 = jvp(p0, wrt=x)
 """
 
 
-@pytest.mark.parametrize("target", ["reference", "cpu"])
+@pytest.mark.parametrize("target", ["reference", "cpu", "cuda-sim"])
 def test_edge_values_as_pytorch_gives_them(target):
     m = gradc.compile(EDGES, target=target)
     inf = np.inf

@@ -101,7 +101,7 @@ def test_deep_parentheses_and_long_chains_compile():
     assert m.h(0.5) == pytest.approx(n + 0.5, rel=1e-12)
 
 
-@pytest.mark.parametrize("target", ["cpu", "reference"])
+@pytest.mark.parametrize("target", ["cpu", "reference", "cuda-sim"])
 def test_chain_of_200_lets_and_its_gradient(target):
     # the CPU code generator inlines the whole fused chain into one loop body
     import numpy as np
@@ -150,7 +150,7 @@ def test_emit_ast_of_a_long_chain():
 
 
 @pytest.mark.parametrize("source", ["", "# only a comment\n", "\n\n;\n"])
-@pytest.mark.parametrize("target", ["cpu", "reference"])
+@pytest.mark.parametrize("target", ["cpu", "reference", "cuda-sim"])
 def test_empty_program_is_an_empty_module(source, target):
     import gradc
     assert gradc.compile(source, target=target, cache=False).functions == {}

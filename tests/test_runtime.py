@@ -112,7 +112,7 @@ fn f(x: f64[N], y: f64[N]) -> (f64[N], f64[N]) { return x * 2.0 + y, x - y }
 """
 
 
-@pytest.mark.parametrize("target", ["reference", "cpu"])
+@pytest.mark.parametrize("target", ["reference", "cpu", "cuda-sim"])
 def test_out_buffers_that_overlap(target):
     g = gradc.compile(OVERLAP, target=target)
     x, y = np.arange(4.0), np.arange(4.0) ** 2

@@ -47,7 +47,7 @@ fn rem(x: f64, y: f64) -> f64 { return x % y + 0.5 * (x // y) }
 let rem_grad = grad(rem, wrt=(x, y))
 """
 
-TARGETS = ["cpu", "reference"]
+TARGETS = ["cpu", "reference", "cuda-sim"]
 
 
 @pytest.fixture(scope="module", params=TARGETS)
