@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -25,6 +25,14 @@ class OpDef:
     # lower as loops in codegen/
     needs: Callable | None = None   # (*in_values, **attrs) -> [Need]: sizes the inputs must have
     # at run time (compiler/checks.py collects them, the runtime tests them once per call)
+    cheap: int | None = None   # the instructions an element costs to recompute where that is
+    # little: 0 (an index map, a cast) or 1; such values are computed again in each loop that
+    # uses them rather than stored (the fusion plan reads this). None: worth storing
+
+    identity: Callable | None = None   # a reduction's: (dtype) -> the Python value it starts from
+    combine: Callable | None = None    # a reduction's: (cg, acc, x) -> acc combined with x
+    index_map: Callable | None = None  # a layout op's element lowering: (L, node, idx) -> the element
+    # at idx from its input's elements (codegen/layout.py registers them; every backend uses them)
 
 
 @dataclass(frozen=True)
@@ -52,8 +60,17 @@ def _quiet(f):
     return g
 
 
-def defop(name, shape, ref, vjp=None, jvp=None, kind="elementwise", lower=None, needs=None):
-    OPS[name] = OpDef(name, shape, _quiet(ref), vjp, jvp, kind, lower, needs)
+def defop(name, shape, ref, vjp=None, jvp=None, kind="elementwise", lower=None, needs=None, cheap=None,
+          identity=None, combine=None):
+    OPS[name] = OpDef(name, shape, _quiet(ref), vjp, jvp, kind, lower, needs, cheap, identity, combine)
+
+
+def index_map(name):
+    """Register the decorated function as op name's index map (a layout op's element lowering)."""
+    def register(fn):
+        OPS[name] = replace(OPS[name], index_map=fn)
+        return fn
+    return register
 
 
 def composite(fn):
@@ -287,7 +304,7 @@ def _matmul_rule(x, y):
 
 # ---- derivative helpers shared by the rules
 
-def _math(name, ref, deriv, allowed=FLOATS, lower=None):
+def _math(name, ref, deriv, allowed=FLOATS, lower=None, cheap=None):
     """An elementwise op whose partials are deriv(e, out, *ins) (None = no gradient)."""
     def vjp(e, g, z, *xs, **_):
         return tuple(None if d is None else e.gmul(g, d) for d in deriv(e, z, *xs))
@@ -300,11 +317,11 @@ def _math(name, ref, deriv, allowed=FLOATS, lower=None):
         return acc
 
     n_in = deriv.__code__.co_argcount - 2
-    defop(name, unary(allowed) if n_in == 1 else binary(allowed), ref, vjp, jvp, lower=lower)
+    defop(name, unary(allowed) if n_in == 1 else binary(allowed), ref, vjp, jvp, lower=lower, cheap=cheap)
 
 
-def _nograd(name, shape, ref, lower=None):
-    defop(name, shape, ref, None, None, lower=lower)
+def _nograd(name, shape, ref, lower=None, cheap=None):
+    defop(name, shape, ref, None, None, lower=lower, cheap=cheap)
 
 
 def _linear(name, shape, ref, vjp, kind="layout", needs=None):
@@ -314,7 +331,7 @@ def _linear(name, shape, ref, vjp, kind="layout", needs=None):
             return e.emit(name, ts[0], **attrs)
         ts = [t if t is not None else e.zeros_like(x) for t, x in zip(ts, xs)]
         return e.emit(name, *ts, **attrs)
-    defop(name, shape, ref, vjp, jvp, kind=kind, needs=needs)
+    defop(name, shape, ref, vjp, jvp, kind=kind, needs=needs, cheap=0)
 
 
 def _int_zero_safe(f):
@@ -343,7 +360,7 @@ defop("numel", lambda x, axes, dtype: ((), dtype),
 # ---- elementwise math (partials written in the IR's own ops)
 
 _math("neg", np.negative, lambda e, y, x: (-1,), FLOATS + INTS,
-      lower=lambda cg, x: cg.neg(x))
+      lower=lambda cg, x: cg.neg(x), cheap=1)
 _math("sin", np.sin, lambda e, y, x: (e.cos(x),),
       lower=lambda cg, x: cg.call("sin", x))
 _math("cos", np.cos, lambda e, y, x: (e.neg(e.sin(x)),),
@@ -367,18 +384,18 @@ _math("sigmoid", _sigmoid, lambda e, y, x: (e.mul(y, e.sub(1, y)),),
 _math("softplus", lambda x: np.logaddexp(0, x).astype(x.dtype), lambda e, y, x: (e.sigmoid(x),),
       lower=lambda cg, x: cg.softplus(x))
 _math("abs", np.abs, lambda e, y, x: (e.sign(x),), FLOATS + INTS,
-      lower=lambda cg, x: cg.abs(x))
+      lower=lambda cg, x: cg.abs(x), cheap=1)
 _math("relu", lambda x: np.maximum(x, 0), lambda e, y, x: (e.cast(e.gt(x, 0), dtype=x.dtype),),
       FLOATS + INTS,
-      lower=lambda cg, x: cg.maximum(x, cg.c(0, x)))
+      lower=lambda cg, x: cg.maximum(x, cg.c(0, x)), cheap=1)
 _nograd("sign", unary(FLOATS + INTS), np.sign,
-      lower=lambda cg, x: cg.sign(x))
+      lower=lambda cg, x: cg.sign(x), cheap=1)
 _math("add", np.add, lambda e, z, x, y: (1, 1), FLOATS + INTS,
-      lower=lambda cg, x, y: cg.add(x, y))
+      lower=lambda cg, x, y: cg.add(x, y), cheap=1)
 _math("sub", np.subtract, lambda e, z, x, y: (1, -1), FLOATS + INTS,
-      lower=lambda cg, x, y: cg.sub(x, y))
+      lower=lambda cg, x, y: cg.sub(x, y), cheap=1)
 _math("mul", np.multiply, lambda e, z, x, y: (y, x), FLOATS + INTS,
-      lower=lambda cg, x, y: cg.mul(x, y))
+      lower=lambda cg, x, y: cg.mul(x, y), cheap=1)
 _math("div", np.divide, lambda e, z, x, y: (e.div(1, y), e.neg(e.div(z, y))),
       lower=lambda cg, x, y: cg.div(x, y))
 # Python's floor semantics, as NumPy's floor_divide and mod; an integer divisor of 0 gives 0
@@ -401,26 +418,26 @@ _math("pow", np.power, _pow_partials,
       lower=lambda cg, x, y: cg.pow(x, y))
 # the two sides of a tie share the gradient, as in PyTorch
 _math("maximum", np.maximum, lambda e, z, x, y: (e.tie(x, y), e.tie(y, x)), FLOATS + INTS,
-      lower=lambda cg, x, y: cg.maximum(x, y))
+      lower=lambda cg, x, y: cg.maximum(x, y), cheap=1)
 _math("minimum", np.minimum, lambda e, z, x, y: (e.tie(y, x), e.tie(x, y)), FLOATS + INTS,
-      lower=lambda cg, x, y: cg.minimum(x, y))
+      lower=lambda cg, x, y: cg.minimum(x, y), cheap=1)
 # gmul: x * y, but exactly zero where x is zero, so a zero cotangent contributes nothing
 _math("gmul", lambda x, y: np.where(x == 0, np.zeros_like(x * y), x * y),
       lambda e, z, x, y: (y, x),
-      lower=lambda cg, x, y: cg.gmul(x, y))
+      lower=lambda cg, x, y: cg.gmul(x, y), cheap=1)
 _nograd("tie", binary(FLOATS), lambda x, y: np.where(x > y, 1, np.where(x == y, 0.5, 0)).astype(x.dtype),
-      lower=lambda cg, x, y: cg.tie(x, y))
+      lower=lambda cg, x, y: cg.tie(x, y), cheap=1)
 
 for _name, _f in (("lt", np.less), ("le", np.less_equal), ("gt", np.greater),
                   ("ge", np.greater_equal), ("eq", np.equal), ("ne", np.not_equal)):
     _nograd(_name, binary(FLOATS + INTS + ("bool",), "bool"), _f,
             lower=lambda cg, x, y, _n=_name: getattr(cg, _n)(x, y))
 _nograd("and", binary(("bool",)), np.logical_and,
-      lower=lambda cg, x, y: cg.b.and_(x, y))
+      lower=lambda cg, x, y: cg.b.and_(x, y), cheap=1)
 _nograd("or", binary(("bool",)), np.logical_or,
-      lower=lambda cg, x, y: cg.b.or_(x, y))
+      lower=lambda cg, x, y: cg.b.or_(x, y), cheap=1)
 _nograd("not", unary(("bool",)), np.logical_not,
-      lower=lambda cg, x: cg.b.not_(x))
+      lower=lambda cg, x: cg.b.not_(x), cheap=1)
 
 
 def _where_rule(c, a, b):
@@ -433,7 +450,7 @@ def _where_rule(c, a, b):
         raise ShapeError(f"where: cannot broadcast {_t(c)}, {_t(a)} and {_t(b)}")
 
 
-defop("where", _where_rule, np.where,
+defop("where", _where_rule, np.where, cheap=1,
       vjp=lambda e, g, z, c, a, b: (None, e.where(c, g, 0), e.where(c, 0, g)),
       jvp=lambda e, ts, z, c, a, b: e.where(c, ts[1] if ts[1] is not None else 0,
                                             ts[2] if ts[2] is not None else 0),
@@ -454,7 +471,7 @@ def _clamp_masks(e, x, lo, hi):
     return inside, e.lt(x, lo), e.gt(x, hi)
 
 
-defop("clamp", _clamp_rule, lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
+defop("clamp", _clamp_rule, lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi), cheap=1,
       vjp=lambda e, g, z, x, lo, hi: tuple(e.where(m, g, 0) for m in _clamp_masks(e, x, lo, hi)),
       jvp=lambda e, ts, z, x, lo, hi: _sum_masked(e, ts, _clamp_masks(e, x, lo, hi)),
       lower=lambda cg, x, lo, hi: cg.minimum(cg.maximum(x, lo), hi))
@@ -481,13 +498,13 @@ def _cast_jvp(e, ts, z, x, dtype):
 
 
 defop("cast", _cast_rule, lambda x, dtype: x.astype(NP_DTYPES[dtype]), _cast_vjp, _cast_jvp,
-      lower=lambda cg, x, dtype: cg.cast(x, dtype))
+      lower=lambda cg, x, dtype: cg.cast(x, dtype), cheap=0)
 defop("detach", lambda x: (x.shape, x.dtype), lambda x: x,
-      lower=lambda cg, x: x)
+      lower=lambda cg, x: x, cheap=0)
 defop("hook", lambda x, fn: (x.shape, x.dtype), lambda x, fn: x,
       vjp=lambda e, g, z, x, fn: (e.call(fn, g)[0],),
       jvp=lambda e, ts, z, x, fn: ts[0],
-      lower=lambda cg, x, fn: x)
+      lower=lambda cg, x, fn: x, cheap=0)
 
 
 class CheckFailed(Exception):
@@ -511,7 +528,7 @@ def _check_range_ref(x, lo, hi, error, message):
 # x itself, once every element is in [lo, hi) (hi an int or a dim); else the call raises error
 # with message ("{value}": the first offending element). Backends test it once, after x is
 # computed and before anything that reads the result runs (docs/internals.md, the error channel)
-defop("check_range", _check_range_rule, _check_range_ref, kind="check", lower=lambda cg, x, **_: x)
+defop("check_range", _check_range_rule, _check_range_ref, kind="check", lower=lambda cg, x, **_: x, cheap=0)
 
 
 def _one_hot_rule(i, n, dtype):
@@ -521,7 +538,7 @@ def _one_hot_rule(i, n, dtype):
 
 
 _nograd("one_hot", _one_hot_rule,
-        lambda i, n, dtype: (i[..., None] == np.arange(n)).astype(NP_DTYPES[dtype]))
+        lambda i, n, dtype: (i[..., None] == np.arange(n)).astype(NP_DTYPES[dtype]), cheap=0)
 
 # ---- reductions
 
@@ -544,6 +561,24 @@ def _extremum_rule(x, axes, keepdims):
     return _reduce_rule(x, axes, keepdims)
 
 
+def _lowest(dtype, sign):
+    """The identity of max (sign -1) or min (sign 1): an infinity, or the integer type's extreme."""
+    if dtype in FLOATS:
+        return sign * math.inf
+    bits = 32 if dtype == "i32" else 64
+    return -(1 << (bits - 1)) if sign < 0 else (1 << (bits - 1)) - 1
+
+
+def _extremum_combine(name):
+    def combine(cg, acc, x):
+        # nan wins, as in np.max; otherwise the larger (smaller) value
+        better = cg.gt(x, acc) if name == "max" else cg.lt(x, acc)
+        if x.type == acc.type and str(x.type) in ("float", "double"):
+            better = cg.b.or_(better, cg.ne(x, x))
+        return cg.b.select(better, x, acc)
+    return combine
+
+
 def _extremum(name, ref):
     # an empty axis has no maximum: NumPy raises, and so does every target (checked per call)
     needs = lambda x, axes, keepdims: [Need("ValueError", x, a, 1, name) for a in axes
@@ -553,13 +588,14 @@ def _extremum(name, ref):
               e.gmul(_keep(e, g, x, axes, keepdims), _extremum_weights(e, z, x, axes, keepdims)),),
           jvp=lambda e, ts, z, x, axes, keepdims: e.sum(
               e.gmul(ts[0], _extremum_weights(e, z, x, axes, keepdims)), axes=axes, keepdims=keepdims),
-          kind="reduce", needs=needs)
+          kind="reduce", needs=needs, identity=lambda dtype: _lowest(dtype, -1 if name == "max" else 1),
+          combine=_extremum_combine(name))
 
 
 defop("sum", _reduce_rule, lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims),
       vjp=lambda e, g, z, x, axes, keepdims: (_keep(e, g, x, axes, keepdims),),
       jvp=lambda e, ts, z, x, axes, keepdims: e.sum(ts[0], axes=axes, keepdims=keepdims),
-      kind="reduce")
+      kind="reduce", identity=lambda dtype: 0, combine=lambda cg, acc, x: cg.add(acc, x))
 _extremum("max", np.max)
 _extremum("min", np.min)
 

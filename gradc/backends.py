@@ -130,18 +130,25 @@ def _cuda_load(target):
         try:
             data = json.loads(code.objects[0])
             sigs = {f["signature"]["name"]: Signature.from_json(f["signature"]) for f in header["functions"]}
-            _check_code(data, sigs, target, file)
+            _check_code(data, header, sigs, target, file)
+        except ArtifactError:
+            raise
         except (ValueError, KeyError, TypeError, IndexError) as ex:
             raise ArtifactError(f"{file}: corrupted gradc module ({type(ex).__name__}: {ex})") from None
         return cuda.load(data, sigs, target, name)
     return load
 
 
-def _check_code(data, sigs, target, file):
-    """The code keeps the header's promises: a plan per function, kernels for every launch."""
+def _check_code(data, header, sigs, target, file):
+    """The code keeps the header's promises: its architecture, a plan per function, kernels for
+    every launch."""
     from .runtime.artifact import ArtifactError
     if ("sim_ir" if target == "cuda-sim" else "ptx") not in data:
         raise ArtifactError(f"{file}: the module holds no code for target {target!r}")
+    if (data["arch"], data["ptx_version"]) != (header.get("gpu_arch"), header.get("ptx_version")):
+        raise ArtifactError(f"{file}: corrupted gradc module (its code is for {data['arch']}, PTX "
+                            f"{data['ptx_version']}; its header says {header.get('gpu_arch')}, PTX "
+                            f"{header.get('ptx_version')})")
     kernels = data["kernels"]
     for k in sigs:
         for step in data["functions"][k]["steps"]:

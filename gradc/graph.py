@@ -8,13 +8,14 @@ from pathlib import Path
 
 from .compiler.codegen.plan import make_plan
 from .compiler.ir import format_attr, format_node
+from .compiler.ops import OPS
 from .compiler.pipeline import optimize
 
 FORWARD, DERIVATIVE = "#a8dadc", "#ffd6a5"
 WRT, LEAF = "#f4a261", "#dddddd"
 INDEX_MAPS = ("reshape", "broadcast_to")  # index maps inside a fused loop: left out of labels
 LINE = 24                                 # characters of op names per label line
-SOURCES = ("const", "literal", "numel")   # read no data of their inputs
+
 PASS_NAMES = {"grad": "backward", "value_and_grad": "backward", "vjp": "backward", "jvp": "tangents"}
 
 
@@ -158,7 +159,7 @@ def _fused(g) -> list:
     prod = {n.out: n for n in g.nodes}
     owners = {}                              # value -> the roots whose loops compute it inline
     for r in plan.roots:
-        stack = [] if r.op in SOURCES else list(r.ins)
+        stack = [] if OPS[r.op].kind == "source" else list(r.ins)
         seen = set()
         while stack:
             x = stack.pop()
@@ -166,7 +167,7 @@ def _fused(g) -> list:
                 continue
             seen.add(x)
             owners.setdefault(x, set()).add(r.out)
-            if prod[x].op not in SOURCES:
+            if OPS[prod[x].op].kind != "source":
                 stack.extend(prod[x].ins)
     roots = {n.out for n in plan.roots}
     order = {n.out: i for i, n in enumerate(g.nodes)}

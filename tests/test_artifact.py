@@ -11,8 +11,8 @@ import pytest
 
 import gradc
 from gradc import cache
-from gradc.compiler.codegen import link
-from gradc.compiler.codegen.link import linker
+from gradc.compiler.codegen.cpu import link
+from gradc.compiler.codegen.cpu.link import linker
 from gradc.runtime import artifact
 from gradc.runtime.cpu import load_native
 from gradc.runtime.artifact import ArtifactError, ArtifactMismatch

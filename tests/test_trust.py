@@ -11,7 +11,7 @@ import pytest
 
 import gradc
 from gradc.cli import main
-from gradc.compiler.codegen.link import linker
+from gradc.compiler.codegen.cpu.link import linker
 from gradc.runtime import artifact, cpu, elf, host, trust
 from gradc.runtime.artifact import ArtifactError, SignatureError
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from ..ir import dim_parts
+from ..ops import index_map
 from .scalar import I64, LLTYPES
 
 ZERO = ir.Constant(I64, 0)
@@ -138,5 +139,8 @@ def _one_hot(L, n, idx):
     return L.cg.cast(L.b.icmp_signed("==", v, idx[-1]), n.attr("dtype"))
 
 
-INDEX_MAPS = {"broadcast_to": _broadcast_to, "transpose": _transpose, "reshape": _reshape,
-              "slice": _slice, "pad": _pad, "concat": _concat, "one_hot": _one_hot}
+# each layout op's index map lives in its registry entry (OpDef.index_map): every backend's
+# element lowering reads it from there
+for _name, _fn in {"broadcast_to": _broadcast_to, "transpose": _transpose, "reshape": _reshape,
+                   "slice": _slice, "pad": _pad, "concat": _concat, "one_hot": _one_hot}.items():
+    index_map(_name)(_fn)

@@ -6,12 +6,7 @@ from dataclasses import dataclass, field
 from ..ir import Graph, symbols
 from ..ops import OPS
 
-SOURCES = ("const", "literal", "numel")
-LAYOUT = ("reshape", "broadcast_to", "transpose", "slice", "pad", "concat", "one_hot", "cast",
-          "detach", "hook", "check_range")
-# elementwise ops without libm calls: a value made of a few of them is recomputed where needed
-ARITH = ("neg", "abs", "relu", "sign", "add", "sub", "mul", "maximum", "minimum", "gmul", "tie", "and",
-         "or", "not", "where", "clamp")
+# a value made of at most this many cheap instructions (OpDef.cheap) is recomputed where needed
 RECOMPUTE_MAX = 8
 
 
@@ -41,14 +36,15 @@ def make_plan(g: Graph) -> Plan:
     for n in g.nodes:
         kind = OPS[n.op].kind
         ins_cheap = all(i in cheap for i in n.ins)
-        if kind in ("reduce", "matmul") or n.op in SOURCES:
+        cost = OPS[n.op].cheap
+        if kind in ("reduce", "matmul", "source"):
             cheap.add(n.out)
-        elif ins_cheap and (n.op in LAYOUT or all(d == 1 for d in n.out.shape)):
+        elif ins_cheap and (cost == 0 or all(d == 1 for d in n.out.shape)):
             cheap.add(n.out)
             flops[n.out] = sum(flops.get(i, 0) for i in n.ins)
-        elif ins_cheap and n.op in ARITH:
+        elif ins_cheap and cost is not None:
             # a few flops again in each loop cost less than writing the value and reading it back
-            f = 1 + sum(flops.get(i, 0) for i in n.ins)
+            f = cost + sum(flops.get(i, 0) for i in n.ins)
             if f <= RECOMPUTE_MAX:
                 cheap.add(n.out)
                 flops[n.out] = f
@@ -80,7 +76,7 @@ def make_plan(g: Graph) -> Plan:
                 if x not in params:
                     need_buffer.add(x)
             operands[n] = tuple(ops)
-        elif n.op not in SOURCES:
+        elif kind != "source":
             if kind == "check" and n.ins[0] not in params:
                 need_buffer.add(n.ins[0])         # the entry tests the values in memory
             for x in n.ins:
@@ -98,7 +94,7 @@ def make_plan(g: Graph) -> Plan:
     for n in g.nodes:
         if n in operands:
             r = {x for x, _ in operands[n]}
-        elif n.op in SOURCES:
+        elif OPS[n.op].kind == "source":
             r = set()
         else:
             r = set()

@@ -14,6 +14,29 @@ INTRINSICS = {"sqrt", "fabs", "pow", "floor", "copysign"}
 LIBM = {"sin", "cos", "exp", "log", "tan", "tanh", "log1p", "expm1"}
 
 
+class FastMathBuilder(ir.IRBuilder):
+    """An IRBuilder whose floating-point arithmetic carries LLVM's `fast` flags: what fast-math
+    means (reassociation, contraction to FMA, reciprocals, no NaN, infinity or signed zero)."""
+
+
+def _fast(name):
+    base = getattr(ir.IRBuilder, name)
+
+    def op(self, *args, flags=(), **kw):
+        return base(self, *args, flags=tuple(flags) + (() if "fast" in flags else ("fast",)), **kw)
+    op.__name__ = name
+    return op
+
+
+for _op in ("fadd", "fsub", "fmul", "fdiv", "frem", "fneg"):
+    setattr(FastMathBuilder, _op, _fast(_op))
+
+
+def builder(block, fast_math: bool = False) -> ir.IRBuilder:
+    """An IRBuilder at the end of block; with fast_math, one that marks floating-point arithmetic."""
+    return FastMathBuilder(block) if fast_math else ir.IRBuilder(block)
+
+
 def is_float(v) -> bool:
     return isinstance(v.type, (ir.FloatType, ir.DoubleType))
 

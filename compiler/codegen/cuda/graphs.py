@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 
 from llvmlite import ir
 
-from ..function import FunctionLowering
+from ..element import ElementLowering, acc_dtype, reduction_combine as _combine, reduction_identity as _identity
 from ..layout import ZERO
 from ..plan import make_plan
-from ..reduce import _combine, _identity, acc_dtype
 from ..scalar import LLTYPES, Scalar, is_float
 from .kernel import I32, I64, Kernel, Param
 
@@ -48,22 +47,17 @@ class GpuScalar(Scalar):
         return self.b.fptosi(p, x.type)
 
 
-class KernelLowering(FunctionLowering):
+class KernelLowering(ElementLowering):
     """The element lowering of a graph inside one kernel: buffers are the kernel's Bufs, every
     load and store goes through the KernelBuilder (bounds-checked and counted in the simulator)."""
 
     def __init__(self, kb, g, plan, bufs: dict, syms: dict):
-        self.module, self.g, self.plan, self.fn, self.kb = kb.module, g, plan, kb.fn, kb
-        self.b = kb.b
+        self.kb = kb
         # values hoisted out of every loop (dims, sizes) go in the block the body starts in
-        self.entry = ir.IRBuilder(self.b.block)
-        self.start = self.fn.append_basic_block("start")
-        self.b.position_at_end(self.start)
-        self.cg = GpuScalar(self.module, self.b, kb)
-        self.syms, self.bufs, self.outs = dict(syms), dict(bufs), []
-        self.tid, self.nth = ZERO, ir.Constant(I64, 1)
-        self.is_first = ir.Constant(ir.IntType(1), 1)
-        self.extra, self.memo, self.dims = {}, [{}], {}
+        entry = ir.IRBuilder(kb.b.block)
+        self.start = kb.fn.append_basic_block("start")
+        kb.b.position_at_end(self.start)
+        self.setup(kb.module, g, plan, kb.fn, kb.b, entry, GpuScalar(kb.module, kb.b, kb), syms, bufs)
 
     def finish(self, ret=None):
         self.entry.branch(self.start)

@@ -1,11 +1,11 @@
 """Matrix products: a call into the BLAS that the loader found, or a generated loop kernel without one."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 from llvmlite import ir
 
-from .scalar import I64, LLTYPES
+from ..element import counted_loop  # noqa: F401  (the loops of the BLAS fallbacks)
+from ..scalar import I64, LLTYPES
 
 PTR = ir.PointerType()
 I32 = ir.IntType(32)
@@ -26,24 +26,6 @@ def _global(module, name, ty):
         gv = ir.GlobalVariable(module, ty, name)
         gv.initializer = ir.Constant(ty, None if ty == PTR else 0)
     return gv
-
-
-@contextmanager
-def counted_loop(b, count, start=ZERO, prefix=""):
-    """for (i = start; i < count; i++) around the body emitted inside the with block."""
-    pre = b.block
-    head, body, done = (b.append_basic_block(prefix + s) for s in ("loop", "body", "done"))
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(I64)
-    i.add_incoming(start, pre)
-    b.cbranch(b.icmp_signed("<", i, count), body, done)
-    b.position_at_end(body)
-    yield i
-    i.add_incoming(b.add(i, ONE), b.block)
-    b.branch(head)
-    b.position_at_end(done)
-
 
 
 def gemm_function(module: ir.Module, dtype: str) -> ir.Function:

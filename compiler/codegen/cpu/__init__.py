@@ -63,25 +63,18 @@ def target_machine(cpu=None, features=None, opt=3):
                                         opt=opt, reloc="pic", codemodel="jitdefault")
 
 
-def build_ir(graphs: dict, name: str = "gradc") -> tuple:
+def build_ir(graphs: dict, name: str = "gradc", fast_math: bool = False) -> tuple:
     """(llvmlite ir.Module, {function name: (symbol, dim names)}) of optimized graphs."""
     module = ir.Module(name=name)
     entries = {}
     for fname, g in graphs.items():
-        entries[fname] = lower_graph(module, g)
+        entries[fname] = lower_graph(module, g, fast_math)
     return module, entries
 
 
-# floating-point instructions that fast-math marks: LLVM may then reassociate, contract to
-# FMA, use reciprocals, and assume no NaN, infinity or signed zero
-_FP_OPS = re.compile(r"= (fadd|fsub|fmul|fdiv|frem|fneg) (?!fast )")
-
-
-def optimize_ir(text: str, tm, speed: int = 3, context=None, fast_math: bool = False):
+def optimize_ir(text: str, tm, speed: int = 3, context=None):
     """Parse LLVM IR and run the -O3 pipeline (loop and SLP vectorization on)."""
     init_llvm()
-    if fast_math:
-        text = _FP_OPS.sub(r"= \1 fast ", text)
     if vector_math_library():
         text = add_vector_variants(text, tm.feature_string if hasattr(tm, "feature_string") else host_cpu()[2])
     mod = llvm.parse_assembly(text, context=context)
@@ -141,7 +134,7 @@ def copy_name(name: str, i: int) -> str:
     return name if i == 0 else f"{name}.{i}"
 
 
-def _split(graphs: dict, order: list, name: str, describe=None):
+def _split(graphs: dict, order: list, name: str, describe=None, fast_math=False):
     """One LLVM module per function, as text, yielded as built: (function name, text, entry).
 
     Each keeps its own copy of the globals the loader patches, renamed apart, so every object
@@ -150,7 +143,7 @@ def _split(graphs: dict, order: list, name: str, describe=None):
     given, gives bytes the object carries as the constant SYMBOL.desc (runtime/trust.py).
     """
     for i, fname in enumerate(order):
-        module, entries = build_ir({fname: graphs[fname]}, f"{name}.{fname}")
+        module, entries = build_ir({fname: graphs[fname]}, f"{name}.{fname}", fast_math)
         if describe is not None:
             _add_constant(module, entries[fname][0] + ".desc", describe(fname, entries[fname]))
         text = str(module)
@@ -166,9 +159,9 @@ def _add_constant(module, name: str, data: bytes):
     g.initializer = ir.Constant(ty, bytearray(data))
 
 
-def _compile_one(text: str, opt: int, fast_math: bool) -> bytes:
+def _compile_one(text: str, opt: int) -> bytes:
     tm = target_machine(opt=opt)
-    return emit_object(tm, optimize_ir(text, tm, opt, llvm.create_context(), fast_math))
+    return emit_object(tm, optimize_ir(text, tm, opt, llvm.create_context()))
 
 
 def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool = True,
@@ -185,25 +178,25 @@ def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool =
     workers = max(1, min(len(order), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures, entries = {}, {}
-        for fname, text, entry in _split(graphs, order, name, describe):
+        for fname, text, entry in _split(graphs, order, name, describe, fast_math):
             entries[fname] = entry
-            futures[fname] = pool.submit(_compile_one, text, opt, fast_math)
+            futures[fname] = pool.submit(_compile_one, text, opt)
         objects = [futures[k].result() for k in order]
         if not objects:
             # a program without functions: one empty object, so its module file is like any other
-            objects = [_compile_one(str(build_ir({}, name)[0]), opt, fast_math)]
+            objects = [_compile_one(str(build_ir({}, name)[0]), opt)]
     return Compiled(objects, {k: entries[k] for k in graphs}, triple, cpu, feats,
                     link_shared(objects) if link else None)
 
 
 def emit_llvm(graphs: dict, name: str = "gradc", optimized: bool = True, fast_math: bool = False) -> str:
-    module, _ = build_ir(graphs, name)
+    module, _ = build_ir(graphs, name, fast_math)
     if not optimized:
         return str(module)
-    return str(optimize_ir(str(module), target_machine(), fast_math=fast_math))
+    return str(optimize_ir(str(module), target_machine()))
 
 
 def emit_asm(graphs: dict, name: str = "gradc", fast_math: bool = False) -> str:
     tm = target_machine()
-    module, _ = build_ir(graphs, name)
-    return tm.emit_assembly(optimize_ir(str(module), tm, fast_math=fast_math))
+    module, _ = build_ir(graphs, name, fast_math)
+    return tm.emit_assembly(optimize_ir(str(module), tm))

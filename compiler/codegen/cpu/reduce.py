@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .layout import ZERO
-from .scalar import I64, LLTYPES, STORE_TYPES
+from ..element import acc_dtype, reduction_combine, reduction_identity
+from ..layout import ZERO
+from ..scalar import I64, LLTYPES, STORE_TYPES
 
-# f32 sums accumulate in f64: closer to NumPy's pairwise sums than a long f32 running sum
-ACC_DTYPE = {("sum", "f32"): "f64"}
 ONE = ir.Constant(I64, 1)
 
 
@@ -20,10 +19,6 @@ def _axes(n):
     x = n.ins[0]
     axes = tuple(n.attr("axes"))
     return axes, [a for a in range(len(x.shape)) if a not in axes]
-
-
-def acc_dtype(n):
-    return ACC_DTYPE.get((n.op, n.ins[0].dtype), n.ins[0].dtype)
 
 
 def inner(n):
@@ -46,28 +41,16 @@ def needs_scratch(n):
 
 
 def _identity(op, dtype):
-    t = LLTYPES[dtype]
-    if op == "sum":
-        return ir.Constant(t, 0)
-    if dtype in ("f32", "f64"):
-        return ir.Constant(t, float("-inf") if op == "max" else float("inf"))
-    bits = t.width
-    return ir.Constant(t, -(1 << (bits - 1)) if op == "max" else (1 << (bits - 1)) - 1)
+    return reduction_identity(op, dtype)
 
 
 def _combine(cg, op, acc, x, reassoc=False):
-    if op == "sum":
-        r = cg.add(acc, x)
-        if reassoc and x.type in (LLTYPES["f32"], LLTYPES["f64"]):
-            # only the running sum may be reordered: LLVM then keeps several partial sums in
-            # vector lanes, which is faster and, like NumPy's pairwise sum, more accurate
-            r.flags.append("reassoc")
-        return r
-    # nan wins, as in np.max; otherwise the larger (smaller) value
-    better = cg.gt(x, acc) if op == "max" else cg.lt(x, acc)
-    if x.type in (LLTYPES["f32"], LLTYPES["f64"]):
-        better = cg.b.or_(better, cg.ne(x, x))
-    return cg.b.select(better, x, acc)
+    r = reduction_combine(cg, op, acc, x)
+    if reassoc and op == "sum" and x.type in (LLTYPES["f32"], LLTYPES["f64"]):
+        # only the running sum may be reordered: LLVM then keeps several partial sums in
+        # vector lanes, which is faster and, like NumPy's pairwise sum, more accurate
+        r.flags.append("reassoc")
+    return r
 
 
 def inner_reduction(L, n, split, hooks):

@@ -1,4 +1,10 @@
-"""Lower a phase of a graph to an LLVM function: a loop nest per planned root, fused chains inline."""
+"""The element-level lowering both backends share: one element of a value at a multi-index, computed
+inline from its fused chain through the ops' `lower=` rules and `cg`, or loaded from its buffer.
+
+A backend subclasses ElementLowering: the CPU's FunctionLowering (cpu/function.py) adds loop
+nests, threads and BLAS calls; the GPU's KernelLowering (cuda/graphs.py) routes loads and stores
+through its KernelBuilder and math through libdevice.
+"""
 from __future__ import annotations
 
 from collections.abc import Generator
@@ -8,43 +14,64 @@ from llvmlite import ir
 
 from ..ir import dim_parts
 from ..ops import OPS
-from .blas import counted_loop, gemm_function
-from .layout import INDEX_MAPS, ZERO, broadcast_index
-from .reduce import emit_reduce, inner, inner_reduction, split_axis
-from .scalar import I64, LLTYPES, STORE_TYPES, Scalar
+from .layout import ZERO, broadcast_index
+from .scalar import I64, LLTYPES, STORE_TYPES
 
-PTR = ir.PointerType()
-I32 = ir.IntType(32)
 ONE = ir.Constant(I64, 1)
-# below this many iterations a loop nest runs on one thread: waking others costs more
-PARALLEL_MIN = 1 << 16
-# a split of the innermost axis starts at a multiple of this, so every thread's vector loop
-# and scalar remainder cover the same elements as one thread's would: identical results
-ALIGN = 256
-ROW_ALIGN = 64
 
 
-class FunctionLowering:
-    """Builds one function; bufs: value -> pointer, syms: dim name -> i64, tid/nth: this thread."""
+@contextmanager
+def counted_loop(b, count, start=ZERO, prefix=""):
+    """for (i = start; i < count; i++) around the body emitted inside the with block."""
+    pre = b.block
+    head, body, done = (b.append_basic_block(prefix + s) for s in ("loop", "body", "done"))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64)
+    i.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", i, count), body, done)
+    b.position_at_end(body)
+    yield i
+    i.add_incoming(b.add(i, ONE), b.block)
+    b.branch(head)
+    b.position_at_end(done)
 
-    def __init__(self, module, g, plan, fn, bufs, syms, outs=(), tid=None, nth=None, extra=None):
+
+# f32 sums accumulate in f64: closer to NumPy's pairwise sums than a long f32 running sum
+ACC_DTYPE = {("sum", "f32"): "f64"}
+
+
+def acc_dtype(n):
+    """The type a reduction node accumulates in."""
+    return ACC_DTYPE.get((n.op, n.ins[0].dtype), n.ins[0].dtype)
+
+
+def reduction_identity(op: str, dtype: str) -> ir.Constant:
+    """The value a reduction starts from (OpDef.identity), as a constant of dtype."""
+    v = OPS[op].identity(dtype)
+    return ir.Constant(LLTYPES[dtype], float(v) if dtype in ("f32", "f64") else int(v))
+
+
+def reduction_combine(cg, op: str, acc, x):
+    """acc combined with x by the reduction op (OpDef.combine)."""
+    return OPS[op].combine(cg, acc, x)
+
+
+class ElementLowering:
+    """Elements of a graph's values inside one LLVM function.
+
+    Set by the subclass: module, g, plan, fn; b (the IRBuilder of the body) and entry (an
+    IRBuilder whose values dominate the body: dims and sizes are computed there once); cg (the
+    Scalar helper the ops' lower= rules get); syms (dim name -> i64 value); bufs (value ->
+    its buffer). ptr/load/store are how a buffer is read and written: a backend may override them.
+    """
+
+    def setup(self, module, g, plan, fn, b, entry, cg, syms, bufs):
         self.module, self.g, self.plan, self.fn = module, g, plan, fn
-        self.entry_block = fn.append_basic_block("entry")
-        self.entry = ir.IRBuilder(self.entry_block)
-        self.start = fn.append_basic_block("start")
-        self.b = ir.IRBuilder(self.start)
-        self.cg = Scalar(module, self.b)
-        self.syms, self.bufs, self.outs = dict(syms), dict(bufs), list(outs)
-        self.tid = tid if tid is not None else ZERO
-        self.nth = nth if nth is not None else ONE
-        self.is_first = self.entry.icmp_signed("==", self.tid, ZERO)
-        self.extra = extra or {}            # ("partial" | "acc", node) -> scratch pointer
+        self.b, self.entry, self.cg = b, entry, cg
+        self.syms, self.bufs = dict(syms), dict(bufs)
         self.memo = [{}]
         self.dims = {}
-
-    def finish(self, ret=None):
-        self.b.ret(ret) if ret is not None else self.b.ret_void()
-        self.entry.branch(self.start)
 
     # ---- dims and buffers
 
@@ -117,31 +144,6 @@ class FunctionLowering:
                 self.nest(shape, body, idx + (i,), bounds, hooks)
         for f in after:
             f(idx)
-
-    # ---- threads
-
-    def split_cond(self, shape, axis):
-        """Whether threads share this nest: several of them, enough work, an axis to cut."""
-        if axis is None:
-            return ir.Constant(ir.IntType(1), 0)
-        e = self.entry
-        big = e.icmp_signed(">=", self.size(shape), ir.Constant(I64, PARALLEL_MIN))
-        cut = e.icmp_signed(">=", self.dim(shape[axis]), ir.Constant(I64, 2))
-        return e.and_(e.and_(e.icmp_signed(">", self.nth, ONE), big), cut)
-
-    def chunk(self, shape, axis, split):
-        """(lo, hi) of this thread on axis: a contiguous share if split, else all on thread 0."""
-        e = self.entry
-        n = self.dim(shape[axis])
-        per = e.sdiv(e.add(n, e.sub(self.nth, ONE)), self.nth)
-        if all(isinstance(d, int) for d in shape[axis + 1:]):
-            # LLVM unrolls inner loops of fixed size, and may then vectorize this one
-            align = ALIGN if axis == len(shape) - 1 else ROW_ALIGN
-            per = e.and_(e.add(per, ir.Constant(I64, align - 1)), ir.Constant(I64, -align))
-        umin = lambda x, y: e.select(e.icmp_signed("<", x, y), x, y)
-        lo = umin(e.mul(self.tid, per), n)
-        hi = umin(e.add(lo, per), n)
-        return e.select(split, lo, ZERO), e.select(split, hi, e.select(self.is_first, n, ZERO))
 
     @contextmanager
     def when(self, cond):
@@ -220,8 +222,9 @@ class FunctionLowering:
         return x
 
     def _node_steps(self, n, idx):
-        if n.op in INDEX_MAPS:
-            x = INDEX_MAPS[n.op](self, n, idx)
+        index_map = OPS[n.op].index_map
+        if index_map is not None:
+            x = index_map(self, n, idx)
             return (yield from x) if isinstance(x, Generator) else x
         t = LLTYPES[n.out.dtype]
         if n.op == "const":
@@ -249,53 +252,3 @@ class FunctionLowering:
                                    source_etype=arr), typ=t)
         return self.b.trunc(x, LLTYPES["bool"]) if n.out.dtype == "bool" else x
 
-    # ---- steps
-
-    def step(self, steps, part):
-        """Steps of a phase (schedule.py): fused loops, a reduction's walk or combine, a matmul."""
-        self.memo = [{}]
-        n = steps[0].node
-        kind = OPS[n.op].kind if n is not None else None
-        if kind == "matmul":
-            self.matmul(n)
-        elif kind == "reduce" and (part == 1 or not inner(n)):
-            emit_reduce(self, n, part)
-        else:
-            self.fused(steps)
-        self.memo = [{}]
-
-    def fused(self, steps):
-        """Steps over one shape share a loop nest, so the values they have in common are computed once."""
-        shape = steps[0].space
-        a = split_axis(shape)
-        split = self.split_cond(shape, a)
-        hooks, parts = {}, []
-        for s in steps:
-            v, n = s.value, s.node
-            if n is not None and OPS[n.op].kind == "reduce":
-                parts.append(inner_reduction(self, n, split, hooks))
-                continue
-            dest = self.bufs[v] if n is not None else self.outs[s.out]
-            elem = (lambda idx, n=n: self.node_elem(n, idx)) if n is not None else \
-                (lambda idx, v=v: self.elem(v, idx))
-            parts.append(lambda idx, v=v, dest=dest, elem=elem: self.store(
-                v, idx, elem(idx), self.b.gep(dest, [self.offset(v.shape, idx)], source_etype=STORE_TYPES[v.dtype])))
-
-        def body(idx):
-            for f in parts:
-                f(idx)
-        if a is None:
-            with self.when(self.is_first):
-                self.nest(shape, body, hooks=hooks)
-            return
-        self.nest(shape, body, bounds={a: self.chunk(shape, a, split)}, hooks=hooks)
-
-    def matmul(self, n):
-        (a, ta), (bm, tb) = self.plan.matmul_operands[n]
-        m, k = n.ins[0].shape
-        nn = n.ins[1].shape[1]
-        fn = gemm_function(self.module, n.out.dtype)
-        args = [ir.Constant(I32, int(ta)), ir.Constant(I32, int(tb)), self.dim(m), self.dim(nn),
-                self.dim(k), self.bufs[a], self.dim(a.shape[1]), self.bufs[bm], self.dim(bm.shape[1]),
-                self.bufs[n.out], self.dim(nn)]
-        self.b.call(fn, args)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ops import OPS
+from ...ops import OPS
 from .reduce import inner, needs_scratch, reduce_mode
 
 

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from ..ir import Graph
-from ..ops import OPS
-from .blas import _Callee, counted_loop
+from ...ir import Graph
+from ...ops import OPS
+from ..element import acc_dtype, counted_loop
+from .blas import _Callee
 from .direct import add_direct_entries
 from .function import ONE, PARALLEL_MIN, PTR, FunctionLowering
-from .plan import make_plan
-from .reduce import acc_dtype
-from .scalar import I64, LLTYPES, SIZES
+from ..plan import make_plan
+from ..scalar import I64, LLTYPES, SIZES
 from .schedule import make_schedule
 
 I32 = ir.IntType(32)
@@ -51,7 +51,7 @@ def _call_ptr(b, gv, ret, args, values):
     return b.call(_Callee(b.load(gv, typ=PTR), ir.FunctionType(ret, args)), values)
 
 
-def lower_graph(module: ir.Module, g: Graph) -> tuple:
+def lower_graph(module: ir.Module, g: Graph, fast_math: bool = False) -> tuple:
     """Add `i32 gradc_fn_NAME(ptr inputs, ptr dims, ptr outputs, ptr err)`; returns (symbol, dim
     names, run-time checks). The status: OK, NO_MEMORY, or CHECK_FAILED with err[0] the index of
     the failed check in the checks ([{"error", "message"}]) and err[1] the offending value."""
@@ -77,7 +77,7 @@ def lower_graph(module: ir.Module, g: Graph) -> tuple:
         for key, s in sched.slot_of.items():
             (extra if isinstance(key, tuple) else bufs)[key] = ptrs[n_in + n_out + s]
         return FunctionLowering(module, g, plan, fn, bufs, dict(zip(plan.syms, args[n_ptr:n_words])), outs,
-                                tid, nth, extra)
+                                tid, nth, extra, fast_math)
 
     # every phase takes all buffers, the dims, then (thread id, thread count)
     phase_ty = ir.FunctionType(VOID, [PTR] * n_ptr + [I64] * (len(plan.syms) + 2))

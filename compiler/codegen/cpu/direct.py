@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from ..ir import Graph
-from .scalar import I64, LLTYPES
+from ...ir import Graph
+from ..scalar import I64, LLTYPES
 
 PTR = ir.PointerType()
 I32 = ir.IntType(32)

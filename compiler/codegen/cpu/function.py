@@ -1,0 +1,116 @@
+"""Lower a phase of a graph to an LLVM function: a loop nest per planned root, fused chains inline."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from ...ops import OPS
+from .blas import gemm_function
+from ..element import ONE, ElementLowering
+from ..layout import ZERO
+from .reduce import emit_reduce, inner, inner_reduction, split_axis
+from ..scalar import I64, STORE_TYPES, Scalar, builder
+
+PTR = ir.PointerType()
+I32 = ir.IntType(32)
+# below this many iterations a loop nest runs on one thread: waking others costs more
+PARALLEL_MIN = 1 << 16
+# a split of the innermost axis starts at a multiple of this, so every thread's vector loop
+# and scalar remainder cover the same elements as one thread's would: identical results
+ALIGN = 256
+ROW_ALIGN = 64
+
+
+class FunctionLowering(ElementLowering):
+    """Builds one function; bufs: value -> pointer, syms: dim name -> i64, tid/nth: this thread."""
+
+    def __init__(self, module, g, plan, fn, bufs, syms, outs=(), tid=None, nth=None, extra=None,
+                 fast_math=False):
+        self.entry_block = fn.append_basic_block("entry")
+        self.start = fn.append_basic_block("start")
+        b = builder(self.start, fast_math)       # fast-math: flags on every floating-point instruction
+        self.setup(module, g, plan, fn, b, ir.IRBuilder(self.entry_block), Scalar(module, b), syms, bufs)
+        self.outs = list(outs)
+        self.tid = tid if tid is not None else ZERO
+        self.nth = nth if nth is not None else ONE
+        self.is_first = self.entry.icmp_signed("==", self.tid, ZERO)
+        self.extra = extra or {}            # ("partial" | "acc", node) -> scratch pointer
+
+    def finish(self, ret=None):
+        self.b.ret(ret) if ret is not None else self.b.ret_void()
+        self.entry.branch(self.start)
+
+    # ---- threads
+
+    def split_cond(self, shape, axis):
+        """Whether threads share this nest: several of them, enough work, an axis to cut."""
+        if axis is None:
+            return ir.Constant(ir.IntType(1), 0)
+        e = self.entry
+        big = e.icmp_signed(">=", self.size(shape), ir.Constant(I64, PARALLEL_MIN))
+        cut = e.icmp_signed(">=", self.dim(shape[axis]), ir.Constant(I64, 2))
+        return e.and_(e.and_(e.icmp_signed(">", self.nth, ONE), big), cut)
+
+    def chunk(self, shape, axis, split):
+        """(lo, hi) of this thread on axis: a contiguous share if split, else all on thread 0."""
+        e = self.entry
+        n = self.dim(shape[axis])
+        per = e.sdiv(e.add(n, e.sub(self.nth, ONE)), self.nth)
+        if all(isinstance(d, int) for d in shape[axis + 1:]):
+            # LLVM unrolls inner loops of fixed size, and may then vectorize this one
+            align = ALIGN if axis == len(shape) - 1 else ROW_ALIGN
+            per = e.and_(e.add(per, ir.Constant(I64, align - 1)), ir.Constant(I64, -align))
+        umin = lambda x, y: e.select(e.icmp_signed("<", x, y), x, y)
+        lo = umin(e.mul(self.tid, per), n)
+        hi = umin(e.add(lo, per), n)
+        return e.select(split, lo, ZERO), e.select(split, hi, e.select(self.is_first, n, ZERO))
+
+    # ---- steps
+
+    def step(self, steps, part):
+        """Steps of a phase (schedule.py): fused loops, a reduction's walk or combine, a matmul."""
+        self.memo = [{}]
+        n = steps[0].node
+        kind = OPS[n.op].kind if n is not None else None
+        if kind == "matmul":
+            self.matmul(n)
+        elif kind == "reduce" and (part == 1 or not inner(n)):
+            emit_reduce(self, n, part)
+        else:
+            self.fused(steps)
+        self.memo = [{}]
+
+    def fused(self, steps):
+        """Steps over one shape share a loop nest, so the values they have in common are computed once."""
+        shape = steps[0].space
+        a = split_axis(shape)
+        split = self.split_cond(shape, a)
+        hooks, parts = {}, []
+        for s in steps:
+            v, n = s.value, s.node
+            if n is not None and OPS[n.op].kind == "reduce":
+                parts.append(inner_reduction(self, n, split, hooks))
+                continue
+            dest = self.bufs[v] if n is not None else self.outs[s.out]
+            elem = (lambda idx, n=n: self.node_elem(n, idx)) if n is not None else \
+                (lambda idx, v=v: self.elem(v, idx))
+            parts.append(lambda idx, v=v, dest=dest, elem=elem: self.store(
+                v, idx, elem(idx), self.b.gep(dest, [self.offset(v.shape, idx)], source_etype=STORE_TYPES[v.dtype])))
+
+        def body(idx):
+            for f in parts:
+                f(idx)
+        if a is None:
+            with self.when(self.is_first):
+                self.nest(shape, body, hooks=hooks)
+            return
+        self.nest(shape, body, bounds={a: self.chunk(shape, a, split)}, hooks=hooks)
+
+    def matmul(self, n):
+        (a, ta), (bm, tb) = self.plan.matmul_operands[n]
+        m, k = n.ins[0].shape
+        nn = n.ins[1].shape[1]
+        fn = gemm_function(self.module, n.out.dtype)
+        args = [ir.Constant(I32, int(ta)), ir.Constant(I32, int(tb)), self.dim(m), self.dim(nn),
+                self.dim(k), self.bufs[a], self.dim(a.shape[1]), self.bufs[bm], self.dim(bm.shape[1]),
+                self.bufs[n.out], self.dim(nn)]
+        self.b.call(fn, args)
