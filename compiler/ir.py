@@ -1,12 +1,9 @@
 """The typed graph IR: values, nodes and graphs as small immutable dataclasses."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-DTYPES = ("f32", "f64", "i32", "i64", "bool")
-FLOATS = ("f32", "f64")
-INTS = ("i32", "i64")
+from ..vocab import DTYPES, FLOATS, INTS, Loc, concrete, dim_add, dim_parts, dim_value, symbols, type_str  # noqa: F401
 
 Dim = "int | str"          # an int, a symbol "N", or a symbol with an offset "N-1"
 Shape = tuple
@@ -14,16 +11,6 @@ Shape = tuple
 
 class ShapeError(Exception):
     """An op was given inputs whose shapes or dtypes it cannot take."""
-
-
-@dataclass(frozen=True, slots=True)
-class Loc:
-    file: str
-    line: int
-    col: int
-
-    def __str__(self):
-        return f"{self.file}:{self.line}:{self.col}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,44 +59,6 @@ class Graph:
 
     def producers(self) -> dict:
         return {n.out: n for n in self.nodes}
-
-
-def type_str(shape, dtype) -> str:
-    return f"{dtype}[{', '.join(str(d) for d in shape)}]" if shape else dtype
-
-
-# Symbolic dimensions: a name, optionally with a constant offset ("N", "N-1", "N+3").
-_DIM = re.compile(r"^([A-Za-z_][A-Za-z_0-9]*)([+-]\d+)?$")
-
-
-def dim_parts(d):
-    """(symbol, offset) of a symbolic dim; (None, d) of a constant one."""
-    if isinstance(d, int):
-        return None, d
-    m = _DIM.match(d)
-    return m.group(1), int(m.group(2) or 0)
-
-
-def dim_add(d, k: int):
-    """The dimension d + k, kept symbolic where d is."""
-    sym, off = dim_parts(d)
-    if sym is None:
-        return off + k
-    off += k
-    return sym if off == 0 else f"{sym}{off:+d}"
-
-
-def dim_value(d, env: dict) -> int:
-    sym, off = dim_parts(d)
-    return off if sym is None else env[sym] + off
-
-
-def concrete(shape, env: dict) -> tuple:
-    return tuple(dim_value(d, env) for d in shape)
-
-
-def symbols(shape) -> set:
-    return {dim_parts(d)[0] for d in shape if not isinstance(d, int)}
 
 
 def format_attr(v) -> str:

@@ -7,9 +7,9 @@ from typing import Callable
 
 import numpy as np
 
+from ..vocab import NP_DTYPES
 from .ir import FLOATS, INTS, ShapeError, dim_add, dim_parts, type_str
 
-NP_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..compiler.ir import Loc
+from ..vocab import Loc
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from ..compiler.ir import Loc, dim_add
+from ..vocab import Loc, dim_add
 from . import ast as A
 from .diagnostics import CompileError
 

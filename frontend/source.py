@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..compiler.ir import Loc
+from ..vocab import Loc
 from .diagnostics import CompileError
 
 

@@ -14,7 +14,8 @@ from .fastcall import (CHECK_FAILED, EXACT_INT, NO_MEMORY, RECORD, ScalarEntry, 
 from .host import host  # noqa: F401 - the runtime's face for callers
 from .libs import (_init, _state, _threads, blas_info, get_num_threads, patch_globals,  # noqa: F401
                    set_num_threads, threads_info, tune_malloc)
-from .module import ERRORS, NP_DTYPES, Function, Module, Signature, check_failed, dim_value
+from ..vocab import NP_DTYPES, dim_value
+from .module import ERRORS, Function, Module, Signature, check_failed
 
 
 

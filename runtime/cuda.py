@@ -17,14 +17,16 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .module import NP_DTYPES, Function, _dim_parts, check_failed, type_str
+from ..vocab import ITEMSIZE, NP_DTYPES, dim_parts, type_str
+from .module import Function, check_failed
 
-ITEMSIZE = {"f32": 4, "f64": 8, "i32": 4, "i64": 8, "bool": 1}
 _PACK = {"f32": "<f", "f64": "<d", "i32": "<i", "i64": "<q"}
 TYPESTR = {"f32": "<f4", "f64": "<f8", "i32": "<i4", "i64": "<i8", "bool": "|b1"}
 DTYPE_OF = {np.dtype(v): k for k, v in NP_DTYPES.items()}
-INSTALL = ("install an NVIDIA driver and a CUDA binding (pip install 'gradc[cuda]': NVIDIA's "
-           "cuda-bindings, or PyCUDA where it builds); target 'cuda-sim' runs the same kernels on the CPU")
+SIM = "target 'cuda-sim' runs the same kernels on the CPU"
+INSTALL = f"a machine with an NVIDIA GPU and its driver is needed; {SIM}"
+BINDING = ("install a CUDA binding: pip install 'gradc[cuda]' (NVIDIA's cuda-bindings; PyCUDA is used "
+           f"instead where it is installed); {SIM}")
 
 
 class CudaUnavailable(RuntimeError):
@@ -47,7 +49,7 @@ def size(e, dims: dict) -> int:
     if isinstance(e, str):
         if e.lstrip("-").isdigit():
             return int(e)
-        sym, off = _dim_parts(e)
+        sym, off = dim_parts(e)
         return max(dims[sym] + off, 0)
     op, a, b = e
     a, b = size(a, dims), size(b, dims)
@@ -319,7 +321,7 @@ def _make_driver(target):
         reasons.append(f"cuda-bindings is not installed ({ex})")
     except CudaUnavailable as ex:
         return ex
-    return CudaUnavailable(f"target 'cuda' needs a CUDA binding: {'; '.join(reasons)}; {INSTALL}")
+    return CudaUnavailable(f"target 'cuda' needs a CUDA binding: {'; '.join(reasons)}; {BINDING}")
 
 
 def cuda_available() -> tuple:

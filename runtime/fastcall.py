@@ -8,7 +8,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from .module import NP_DTYPES
+from ..vocab import NP_DTYPES
 
 # a Python int within +-2**53 converts to f64 exactly, and to f32 with the single rounding astype does
 EXACT_INT = 2 ** 53

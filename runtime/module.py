@@ -5,12 +5,9 @@ import inspect
 
 import numpy as np
 
+from ..vocab import NP_DTYPES, dim_parts, dim_value, type_str  # noqa: F401
+
 _TOO_HARD = getattr(np, "exceptions", np).TooHardError
-NP_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
-
-
-def type_str(shape, dtype) -> str:
-    return f"{dtype}[{', '.join(str(d) for d in shape)}]" if shape else dtype
 
 
 # the exceptions a size requirement or a run-time check may raise (a module header names them)
@@ -36,7 +33,7 @@ class Signature:
             if n.get("error") not in ERRORS or not isinstance(n.get("min"), int) or \
                     not isinstance(n.get("dim"), str) or not isinstance(n.get("message"), str):
                 raise ValueError(f"{name}: malformed size requirement {n!r:.200}")
-            sym, off = _dim_parts(n["dim"])
+            sym, off = dim_parts(n["dim"])
             self._tests.append((sym, off, n["min"] - off, n))
 
     def __str__(self):
@@ -69,22 +66,6 @@ def check_failed(fn_name: str, error: str, message: str, value) -> Exception:
     """The exception of a failed run-time check (the error channel, docs/internals.md): the same
     on every target. message has "{value}" where the offending value goes."""
     return ERRORS.get(error, ValueError)(f"{fn_name}: " + message.replace("{value}", str(value)))
-
-
-def _dim_parts(d: str) -> tuple:
-    """(symbol, offset) of a symbolic dim: "N" -> ("N", 0), "N-1" -> ("N", -1)."""
-    for sign in "+-":
-        if sign in d[1:]:
-            i = d.index(sign, 1)
-            return d[:i], int(d[i:])
-    return d, 0
-
-
-def dim_value(d, dims):
-    if isinstance(d, int):
-        return d
-    sym, off = _dim_parts(d)
-    return dims[sym] + off
 
 
 def _kind(dtype):

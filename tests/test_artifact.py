@@ -183,6 +183,18 @@ def test_import_hook(tmp_path, monkeypatch):
         sys.modules.pop("gradc_hooked_model", None)
 
 
+def test_import_hook_takes_a_target(tmp_path, monkeypatch):
+    (tmp_path / "gradc_hooked_sim.ad").write_text(SRC)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("GRADC_TARGET", "cuda-sim")
+    try:
+        import gradc_hooked_sim as m
+        assert m.gradc_module.target == "cuda-sim"
+        _same(m.loss_grad(*_args()), gradc.compile(SRC, target="reference").loss_grad(*_args()))
+    finally:
+        sys.modules.pop("gradc_hooked_sim", None)
+
+
 def test_import_hook_misses_cleanly(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModuleNotFoundError):

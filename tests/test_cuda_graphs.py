@@ -197,3 +197,122 @@ def test_every_op_kernel_assembles(ptxas_available, arch, dtype):
         assert f".entry {k}(" in code["ptx"]
     assert f".target {arch}" in code["ptx"]
     toolkit.ptxas(code["ptx"], arch)          # PtxasError if ptxas rejects any of it
+
+
+# ---- the cuda-bindings driver, against a stand-in for NVIDIA's driver API that runs each
+# launch in the simulator: the calls, their arguments and the kernel parameters as packed
+
+
+class FakeDriverAPI:
+    """cuda.bindings.driver's calls as the BindingsDriver makes them: each returns (CUresult,
+    values...); memory is host memory; cuLaunchKernel unpacks the parameter array (void **)
+    and runs the kernel in a SimModule built from the same graphs."""
+
+    def __init__(self, sim):
+        self.sim, self.memory, self.calls = sim, {}, []
+
+    def _ok(self, *values):
+        return (0, *values)
+
+    def cuInit(self, flags):
+        return self._ok()
+
+    def cuDeviceGetCount(self):
+        return self._ok(1)
+
+    def cuDeviceGet(self, i):
+        return self._ok(i)
+
+    def cuDevicePrimaryCtxRetain(self, dev):
+        return self._ok("ctx")
+
+    def cuCtxSetCurrent(self, ctx):
+        return self._ok()
+
+    def cuGetErrorName(self, err):
+        return self._ok(b"CUDA_ERROR_TEST")
+
+    def cuModuleLoadData(self, image):
+        assert image.endswith(b"\0") and b".entry" in image
+        return self._ok("module")
+
+    def cuModuleGetFunction(self, module, name):
+        return self._ok(name.decode())
+
+    def cuMemAlloc(self, n):
+        buf = np.zeros(n, np.uint8)
+        self.memory[buf.ctypes.data] = buf
+        return self._ok(buf.ctypes.data)
+
+    def cuMemFree(self, ptr):
+        self.memory.pop(int(ptr))
+        return self._ok()
+
+    def _copy(self, dst, src, n):
+        import ctypes
+        ctypes.memmove(dst, src, n)
+        return self._ok()
+
+    cuMemcpyHtoD = cuMemcpyDtoH = cuMemcpyDtoD = _copy
+
+    def _elements(self, ptr, dtype):
+        for start, buf in self.memory.items():
+            if start <= ptr < start + buf.size:
+                return (start + buf.size - ptr) // np.dtype(NP[dtype]).itemsize
+        raise AssertionError(f"pointer {ptr:#x} is not device memory")
+
+    def cuLaunchKernel(self, f, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
+        import ctypes
+        assert (gy, gz, by, bz, shared, stream, extra) == (1, 1, 1, 1, 0, 0, 0)
+        info = self.sim.infos[f]
+        pointers = (ctypes.c_void_p * len(info.params)).from_address(params)
+        slots, sizes = [], []
+        for p, addr in zip(info.params, pointers):
+            if p.buffer:
+                ptr = ctypes.c_uint64.from_address(addr).value
+                slots.append(ptr)
+                sizes.append(self._elements(ptr, p.dtype))
+            else:
+                raw = ctypes.c_uint64.from_address(addr).value
+                slots.append(raw if p.dtype.endswith("64") else raw & 0xFFFFFFFF)
+                sizes.append(0)
+        self.calls.append(f)
+        self.sim.launch_raw(f, gx, bx, slots, sizes)
+        return self._ok()
+
+    def cuCtxSynchronize(self):
+        return self._ok()
+
+
+NP = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
+
+
+def test_bindings_driver_end_to_end():
+    from gradc.compiler.codegen.cuda import SimModule
+    from gradc.compiler.codegen.cuda.kernel import KernelInfo
+    mod, graphs = gradc.api._optimized(cases.PROGRAM, "p.ad")
+    graphs = {k: graphs[k] for k in ("mlp_grad", "g")}
+    sim_code = compile_graphs(graphs, "p", sim=True)
+    sim = SimModule.from_ir(sim_code["sim_ir"], {k: KernelInfo.from_json(v) for k, v in sim_code["kernels"].items()})
+    api = FakeDriverAPI(sim)
+    # the driver as its constructor sets it up, with the stand-in in place of the binding
+    drv = cuda.BindingsDriver.__new__(cuda.BindingsDriver)
+    drv.cu, drv._current = api, threading.local()
+    drv._check(api.cuInit(0), "cuInit")
+    drv.device = drv._check(api.cuDeviceGet(0), "cuDeviceGet")
+    drv.context = drv._check(api.cuDevicePrimaryCtxRetain(drv.device), "cuDevicePrimaryCtxRetain")
+    code = compile_graphs(graphs, "p", sim=False)
+    sigs = {k: signature(mod.graphs[k]) for k in graphs}
+    loaded = drv.load(code)
+    fns = {k: cuda.CudaFunction(s, code["functions"][k], loaded, drv) for k, s in sigs.items()}
+    ref = gradc.compile(cases.PROGRAM, target="reference")
+    rng = np.random.default_rng(9)
+    args = cases._mlp_args(rng, 7)
+    for a, b in zip(fns["mlp_grad"](*args), ref.mlp_grad(*args)):
+        cases._compare(a, b, "f64", "mlp_grad through the bindings driver")
+    x = rng.normal(size=300).astype(np.float32)
+    for a, b in zip(fns["g"](x, x), ref.g(x, x)):
+        cases._compare(a, b, "f32", "g through the bindings driver")
+    assert set(api.calls) <= set(code["kernels"]) and len(api.calls) > 5
+    with pytest.raises(cuda.CudaError, match="cuMemAlloc failed: CUDA_ERROR_TEST"):
+        drv._check((2, None), "cuMemAlloc")

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from ...vocab import ITEMSIZE as SIZES  # noqa: F401  (bytes per element in memory)
+
 LLTYPES = {"f32": ir.FloatType(), "f64": ir.DoubleType(), "i32": ir.IntType(32),
            "i64": ir.IntType(64), "bool": ir.IntType(1)}
 STORE_TYPES = dict(LLTYPES, bool=ir.IntType(8))      # NumPy keeps a bool in one byte
-SIZES = {"f32": 4, "f64": 8, "i32": 4, "i64": 8, "bool": 1}
 I64 = ir.IntType(64)
 
 # llvm.* intrinsics where LLVM has them; the rest resolve to libm at load time

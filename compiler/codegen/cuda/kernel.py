@@ -8,13 +8,13 @@ from typing import Callable, Protocol
 
 from llvmlite import ir
 
+from ....vocab import ITEMSIZE as SIZES
 from . import mathlib
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 PTR = ir.PointerType()
 # element types in memory (a bool is one byte, as NumPy keeps it) and their sizes
 ELEMENT = {"f32": ir.FloatType(), "f64": ir.DoubleType(), "i32": I32, "i64": I64, "bool": I8}
-SIZES = {"f32": 4, "f64": 8, "i32": 4, "i64": 8, "bool": 1}
 SCALARS = ("f32", "f64", "i32", "i64")
 AXES = {"x": 0, "y": 1, "z": 2}
 REGISTERS = ("tid", "ntid", "ctaid", "nctaid")

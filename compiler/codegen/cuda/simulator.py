@@ -11,12 +11,12 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
+from ....vocab import NP_DTYPES
 from .kernel import MAX_THREADS, build_module
 from .simcontext import DIVERGED, DONE, GLOBAL_LOAD, GLOBAL_STORE, LAUNCH, SHARED_LOAD, THREAD
 from .simdriver import DRIVER, FAULTED, OK, add_driver
 from .simtarget import SimTarget, symbol
 
-NP_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
 _PACK = {"f32": "<f", "f64": "<d", "i32": "<i", "i64": "<q"}
 _init_lock = threading.Lock()
 _driver_lock = threading.Lock()
