@@ -124,6 +124,17 @@ def _cdiv(a, b):
     return ["cdiv", a, b]
 
 
+def _block_size(space) -> int:
+    """Threads per block of a grid-stride kernel over space: BLOCK, or for a small space of fixed
+    size the power of two that covers it (at least a warp), so no block is mostly idle."""
+    if all(isinstance(d, int) for d in space):
+        n = 1
+        for d in space:
+            n *= d
+        return max(32, min(BLOCK, 1 << max(n - 1, 0).bit_length()))
+    return BLOCK
+
+
 # ---- what a function's kernels are made of
 
 
@@ -335,7 +346,8 @@ class FunctionKernels:
                     self._store_steps(L, steps, L.unflatten(i, space))
             L.finish()
         name = self._kernel(body)
-        self._launch(name, _cdiv(_prod(space), BLOCK), BLOCK)
+        block = _block_size(space)
+        self._launch(name, _cdiv(_prod(space), block), block)
 
     def _reduce(self, grp):
         """A reduction: blocks of BLOCK threads, one per (output, chunk), accumulate their share,
