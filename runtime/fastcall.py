@@ -28,7 +28,7 @@ def flat_entry(code, symbol: str, n_ptrs: int, n_dims: int):
     return proto(code.address(symbol + ".flat"))
 
 
-# a function's status (compiler/codegen/parallel.py): OK, NO_MEMORY, or CHECK_FAILED with the
+# a function's status (compiler/codegen/cpu/parallel.py): OK, NO_MEMORY, or CHECK_FAILED with the
 # error record (two i64: the index of the failed check, the offending value) filled in
 OK, NO_MEMORY, CHECK_FAILED = 0, 1, 2
 RECORD = 16

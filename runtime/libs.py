@@ -202,7 +202,7 @@ def patch_globals(code):
     """Point a loaded module's globals at BLAS, libgomp and the thread count.
 
     A module of several objects holds a copy per object, NAME in the first and NAME.i in
-    object i (compiler/codegen/cpu.py); code.global_address gives 0 for a copy that is not
+    object i (compiler/codegen/cpu/__init__.py); code.global_address gives 0 for a copy that is not
     there (an object that never multiplies matrices, say).
     """
     _init()
