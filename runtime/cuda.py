@@ -395,6 +395,18 @@ class DeviceArray:
         return {"shape": self.shape, "typestr": TYPESTR[self.gradc_dtype], "data": (self.ptr, False),
                 "strides": None, "version": 3}
 
+    def __dlpack_device__(self) -> tuple:
+        """(kDLCUDA, 0) on a GPU; (kDLCPU, 0) in the simulator, whose device memory is host memory."""
+        return (KDL_CPU if self._driver.name == "cuda-sim" else KDL_CUDA, 0)
+
+    def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
+        """A DLPack capsule of this array (no copy): torch.from_dlpack, cupy.from_dlpack,
+        np.from_dlpack (in the simulator) take it. The work that made it is finished (each call
+        synchronizes), so any stream may read it."""
+        if copy:
+            raise BufferError("gradc device arrays are exported without a copy (copy=True is not supported)")
+        return _export(self, self.__dlpack_device__()[0])
+
     def get(self) -> np.ndarray:
         a = np.empty(self.shape, NP_DTYPES[self.gradc_dtype])
         self._driver.to_host(a, self.ptr)
@@ -436,10 +448,10 @@ def to_device(array, target: str = "cuda") -> DeviceArray:
 
 
 class _DeviceInput:
-    """A device-array argument, checked: its pointer, shape and dtype."""
+    """A device-array argument, checked: its pointer, shape and dtype (and what keeps it alive)."""
 
-    def __init__(self, ptr, shape, dtype):
-        self.ptr, self.shape, self.gradc_dtype = ptr, tuple(shape), dtype
+    def __init__(self, ptr, shape, dtype, keep=None):
+        self.ptr, self.shape, self.gradc_dtype, self.keep = ptr, tuple(shape), dtype, keep
 
     @property
     def ndim(self):
@@ -448,6 +460,122 @@ class _DeviceInput:
     @property
     def size(self):
         return int(np.prod(self.shape, dtype=np.int64))
+
+
+# ---- DLPack: device arrays in and out without a copy (the 0.x DLManagedTensor ABI)
+
+KDL_CPU, KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED = 1, 2, 3, 13
+_DL_CODES = {"f32": (2, 32), "f64": (2, 64), "i32": (0, 32), "i64": (0, 64), "bool": (6, 8)}
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+class _DLManagedTensor(ctypes.Structure):
+    pass
+
+
+_DELETER = ctypes.CFUNCTYPE(None, ctypes.POINTER(_DLManagedTensor))
+_DLManagedTensor._fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", _DELETER)]
+
+
+class _DLManagedTensorVersioned(ctypes.Structure):
+    """DLPack 1.x: a version, the owner's context and deleter, flags (read-only...), the tensor."""
+    _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32), ("manager_ctx", ctypes.c_void_p),
+                ("deleter", ctypes.c_void_p), ("flags", ctypes.c_uint64), ("dl_tensor", _DLTensor)]
+
+_api = ctypes.pythonapi
+_api.PyCapsule_IsValid.restype, _api.PyCapsule_IsValid.argtypes = ctypes.c_int, [ctypes.py_object, ctypes.c_char_p]
+_api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+_api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_api.PyCapsule_New.restype = ctypes.py_object
+_api.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+_CAPSULE_DESTRUCTOR = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_raw_is_valid = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p)(("PyCapsule_IsValid", _api))
+_raw_get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)(("PyCapsule_GetPointer", _api))
+_DLTENSOR = b"dltensor"                # the capsule's name until a consumer takes it
+_DLTENSOR_VERSIONED = b"dltensor_versioned"
+_exported = {}                         # managed tensor address -> what keeps it and its memory alive
+_exported_lock = threading.Lock()
+
+
+@_DELETER
+def _release(managed):
+    with _exported_lock:
+        _exported.pop(ctypes.addressof(managed.contents), None)
+
+
+@_CAPSULE_DESTRUCTOR
+def _capsule_gone(capsule):
+    # a capsule nobody consumed still owns its tensor (a consumer renames it and calls the deleter)
+    if _raw_is_valid(capsule, _DLTENSOR):
+        address = _raw_get_pointer(capsule, _DLTENSOR)
+        if address:
+            with _exported_lock:
+                _exported.pop(address, None)
+
+
+def _export(array: "DeviceArray", device_type: int):
+    """A "dltensor" capsule of array's memory, keeping its owner alive until the deleter runs."""
+    managed = _DLManagedTensor()
+    shape = (ctypes.c_int64 * max(array.ndim, 1))(*array.shape)
+    t = managed.dl_tensor
+    t.data, t.device = array.ptr, _DLDevice(device_type, 0)
+    t.ndim = array.ndim
+    code, bits = _DL_CODES[array.gradc_dtype]
+    t.dtype = _DLDataType(code, bits, 1)
+    t.shape = ctypes.cast(shape, ctypes.POINTER(ctypes.c_int64))
+    t.strides = None                           # C-contiguous
+    t.byte_offset = 0
+    managed.deleter = _release
+    address = ctypes.addressof(managed)
+    with _exported_lock:
+        _exported[address] = (managed, shape, array)
+    return _api.PyCapsule_New(address, _DLTENSOR, ctypes.cast(_capsule_gone, ctypes.c_void_p))
+
+
+def _import_dlpack(obj, name: str, dtype: str, fn: str):
+    """(pointer, shape, capsule) of a DLPack producer's tensor, checked like any argument."""
+    # our kernels run on the legacy default stream: 1 says so to a CUDA producer (None for a host one)
+    stream = 1 if obj.__dlpack_device__()[0] != KDL_CPU else None
+    capsule = None
+    for kw in ({"stream": stream, "max_version": (1, 0)}, {"stream": stream}, {}):
+        try:
+            capsule = obj.__dlpack__(**kw)
+            break
+        except TypeError:
+            continue
+    if capsule is not None and _api.PyCapsule_IsValid(capsule, _DLTENSOR_VERSIONED):
+        t = _DLManagedTensorVersioned.from_address(_api.PyCapsule_GetPointer(capsule, _DLTENSOR_VERSIONED)).dl_tensor
+    elif capsule is not None and _api.PyCapsule_IsValid(capsule, _DLTENSOR):
+        t = _DLManagedTensor.from_address(_api.PyCapsule_GetPointer(capsule, _DLTENSOR)).dl_tensor
+    else:
+        raise TypeError(f"{fn}: parameter '{name}': __dlpack__ did not give a DLPack tensor capsule")
+    shape = tuple(t.shape[i] for i in range(t.ndim))
+    code, bits = _DL_CODES[dtype]
+    if (t.dtype.code, t.dtype.bits, t.dtype.lanes) != (code, bits, 1) and \
+            not (dtype == "bool" and (t.dtype.code, t.dtype.bits) in ((1, 8), (6, 8))):
+        raise TypeError(f"{fn}: parameter '{name}' expects {dtype} elements, got a DLPack tensor of type code "
+                        f"{t.dtype.code} with {t.dtype.bits} bits")
+    if t.strides:
+        expect = 1
+        for i in range(t.ndim - 1, -1, -1):
+            if shape[i] > 1 and t.strides[i] != expect:
+                raise ValueError(f"{fn}: parameter '{name}': the DLPack tensor must be C-contiguous")
+            expect *= shape[i]
+    # not renamed: the capsule still owns the tensor, and frees it when the call drops it
+    return (t.data or 0) + t.byte_offset, shape, capsule
 
 
 # ---- functions
@@ -464,6 +592,16 @@ class CudaFunction(Function):
 
     def _convert(self, name, dtype, shape, v):
         cai = getattr(v, "__cuda_array_interface__", None)
+        if cai is None and not isinstance(v, np.ndarray) and hasattr(v, "__dlpack__") \
+                and hasattr(v, "__dlpack_device__"):
+            device = v.__dlpack_device__()[0]
+            on_device = device in (KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED) or \
+                (device == KDL_CPU and self.driver.name == "cuda-sim")
+            if on_device:
+                ptr, shp, capsule = _import_dlpack(v, name, dtype, self.sig.name)
+                return _DeviceInput(ptr, shp, dtype, capsule)
+            if device == KDL_CPU:
+                return super()._convert(name, dtype, shape, np.from_dlpack(v))
         if cai is None:
             return super()._convert(name, dtype, shape, v)
         want = TYPESTR[dtype]
