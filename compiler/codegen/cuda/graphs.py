@@ -20,7 +20,12 @@ from ..scalar import LLTYPES, Scalar, is_float
 from .kernel import I32, I64, Kernel, Param
 
 BLOCK = 256                 # threads per block of elementwise and reduction kernels (a power of 2)
-TILE = 16                   # matrix products: TILE x TILE outputs per block, TILE x TILE operand tiles
+# matrix products: a block of TILE_THREADS threads makes a BM x BN tile of the result, each thread
+# MICRO x MICRO outputs, from BM x BK and BK x BN operand tiles in shared memory
+BM = BN = 64
+BK = 16
+MICRO = 4
+TILE_THREADS = (BM // MICRO) * (BN // MICRO)
 CHUNK = 2048                # a reduction splits its extent into chunks of at least this many elements...
 TARGET_BLOCKS = 1024        # ...while its outputs alone give fewer blocks than this
 MAX_GRID = 2 ** 31 - 1
@@ -218,8 +223,11 @@ class FunctionKernels:
         self.g, self.prefix = g, prefix
         self.plan = gpu_plan(g)
         self.kernels, self.steps = [], []
-        self._layout()
+        self._outputs()
         self._group()
+        self._epilogues()
+        self._place_checks()
+        self._layout()
         for grp in self.groups:
             self._emit(grp)
             for n in self.checks_after.get(id(grp), ()):
@@ -227,7 +235,7 @@ class FunctionKernels:
 
     # -- buffers: parameters, outputs, temporaries; every kernel takes them all
 
-    def _layout(self):
+    def _outputs(self):
         g, plan = self.g, self.plan
         self.dest = {}                      # value -> ("in"|"out"|"tmp", index)
         for i, v in enumerate(g.params):
@@ -238,9 +246,13 @@ class FunctionKernels:
                 self.copies.append((v, i))
             else:
                 self.dest[v] = ("out", i)
+        self.unstored = set()               # products whose consumers take them in their epilogue
+
+    def _layout(self):
+        g, plan = self.g, self.plan
         self.temps = []
         for n in plan.roots:
-            if n.out not in self.dest:
+            if n.out not in self.dest and n.out not in self.unstored:
                 self.dest[n.out] = ("tmp", len(self.temps))
                 self.temps.append({"dtype": n.out.dtype, "count": _prod(n.out.shape)})
         self.base = [Param(f"in{i}", v.dtype) for i, v in enumerate(g.params)]
@@ -279,7 +291,7 @@ class FunctionKernels:
             if kind == "reduce":
                 cur.kind, cur.node = "reduce", n
             else:
-                cur.steps.append((n.out, n, self.dest[n.out]))
+                cur.steps.append((n.out, n, None))
             cur.writes.add(n.out)
         for v, i in self.copies:
             reads = {v} if v in plan.buffers else plan.reads.get(("out", v), set())
@@ -287,15 +299,56 @@ class FunctionKernels:
                 cur = Group("map", v.shape)
                 self.groups.append(cur)
             cur.steps.append((v, None, ("out", i)))
-        # a check runs right after the kernel that writes its operand (first, for a parameter)
+        self.pending_checks = checks
+
+    def _place_checks(self):
+        """A check runs right after the kernel that writes its operand (first, for a parameter)."""
         self.checks_after = {}
-        for n in checks:
+        for n in self.pending_checks:
             x = n.ins[0]
             if x in self.g.params:
                 self._check(n)
                 continue
             grp = next(grp for grp in self.groups if x in grp.writes)
             self.checks_after.setdefault(id(grp), []).append(n)
+
+    def _epilogues(self):
+        """A product whose only readers are the elementwise steps of the next kernel, over its own
+        shape and at its own index (bias, activation), hands them each element as it is made:
+        they run in the product's kernel, and the product never goes to memory."""
+        from ...ops import OPS
+        consumers = {}
+        for n in self.g.nodes:
+            for x in n.ins:
+                consumers.setdefault(x, []).append(n)
+        outputs = set(self.g.outputs)
+        for i in range(len(self.groups) - 1, -1, -1):
+            grp = self.groups[i]
+            if grp.kind != "matmul" or i + 1 == len(self.groups):
+                continue
+            nxt, mm = self.groups[i + 1], grp.node.out
+            if nxt.kind != "map" or nxt.space != mm.shape or mm in outputs:
+                continue
+            steps = {v for v, n, _ in nxt.steps if n is not None}
+            if any(n is None for _, n, _ in nxt.steps):
+                continue
+            ok, todo, seen = True, [mm], set()
+            while todo and ok:
+                for c in consumers.get(todo.pop(), ()):
+                    if c.out in seen:
+                        continue
+                    seen.add(c.out)
+                    if OPS[c.op].kind != "elementwise" or c.out.shape != mm.shape or \
+                            (c.out in self.plan.buffers and c.out not in steps):
+                        ok = False
+                        break
+                    if c.out not in self.plan.buffers:
+                        todo.append(c.out)
+            if ok and seen:
+                grp.steps = nxt.steps
+                grp.writes |= nxt.writes
+                self.unstored.add(mm)
+                del self.groups[i + 1]
 
     def _check(self, n):
         x = n.ins[0]
@@ -323,7 +376,7 @@ class FunctionKernels:
 
     def _emit(self, grp):
         if grp.kind == "matmul":
-            self._matmul(grp.node)
+            self._matmul(grp.node, grp.steps)
         elif grp.kind == "reduce":
             self._reduce(grp)
         else:
@@ -331,6 +384,7 @@ class FunctionKernels:
 
     def _store_steps(self, L, steps, idx):
         for v, n, key in steps:
+            key = key or self.dest[v]
             x = L.node_elem(n, idx) if n is not None else L.elem(v, idx)
             L.store_buf(L.kb.arg(self._param(key)), v.dtype, L.offset(v.shape, idx), x)
 
@@ -444,57 +498,86 @@ class FunctionKernels:
         self.steps.append({"launch": name, "grid": ["min", grid, MAX_GRID], "block": block,
                            "args": self.base_args + [["size", chunks], ["tmp", partial]]})
 
-    def _matmul(self, n):
-        """C = A @ B with TILE x TILE tiles of A and B in shared memory; an operand that is a
-        transpose is read in place, its index map swapped."""
+    def _matmul(self, n, epilogue=()):
+        """C = A @ B: each block of TILE_THREADS threads makes a BM x BN tile of C, each thread a
+        MICRO x MICRO block of it in registers, from BM x BK and BK x BN tiles of A and B staged in
+        shared memory. An operand that is a transpose is read in place, its index map swapped.
+        The epilogue's steps (bias, activation) take each element as it is made."""
         (a, ta), (bm, tb) = self.plan.matmul_operands[n]
         m, k = n.ins[0].shape
         nn = n.ins[1].shape[1]
-        dt = n.out.dtype
-        akey, bkey, ckey = self.dest[a], self.dest[bm], self.dest[n.out]
+        mm, dt = n.out, n.out.dtype
+        akey, bkey = self.dest[a], self.dest[bm]
+        ckey = None if mm in self.unstored else self.dest[mm]
+        T = ir.Constant(I64, TILE_THREADS)
+        side = BM // MICRO                          # threads along a tile's side (16)
+
+        def c64(v):
+            return ir.Constant(I64, v)
 
         def body(kb):
             L = self._lowering(kb)
-            b = kb.b
+            b, e = kb.b, L.entry
             M, K, N = L.dim(m), L.dim(k), L.dim(nn)
-            t = ir.Constant(I64, TILE)
-            tiles_n = L.entry.udiv(L.entry.add(N, ir.Constant(I64, TILE - 1)), t)
-            tiles_m = L.entry.udiv(L.entry.add(M, ir.Constant(I64, TILE - 1)), t)
-            tiles = L.entry.mul(tiles_m, tiles_n)
+            tiles_n = e.udiv(e.add(N, c64(BN - 1)), c64(BN))
+            tiles = e.mul(e.udiv(e.add(M, c64(BM - 1)), c64(BM)), tiles_n)
             tid = b.zext(kb.tid(), I64)
-            tx, ty = b.urem(tid, t), b.udiv(tid, t)
-            As, Bs = kb.shared("a_tile", dt, TILE * TILE), kb.shared("b_tile", dt, TILE * TILE)
-            A, B, C = (kb.arg(self._param(key)) for key in (akey, bkey, ckey))
-            zero = ir.Constant(LLTYPES[dt], 0)
-            acc, tmp = kb.local(LLTYPES[dt]), kb.local(LLTYPES[dt])
+            tx, ty = b.urem(tid, c64(side)), b.udiv(tid, c64(side))
+            As, Bs = kb.shared("a_tile", dt, BM * BK), kb.shared("b_tile", dt, BK * BN)
+            A, B = kb.arg(self._param(akey)), kb.arg(self._param(bkey))
+            t = LLTYPES[dt]
+            zero = ir.Constant(t, 0)
+            acc = [[kb.local(t) for _ in range(MICRO)] for _ in range(MICRO)]
+            tmp = kb.local(t)
             with kb.loop(b.zext(kb.ctaid(), I64), tiles, b.zext(kb.nctaid(), I64)) as tile:
-                row = b.add(b.mul(b.udiv(tile, tiles_n), t), ty)
-                col = b.add(b.mul(b.urem(tile, tiles_n), t), tx)
-                b.store(zero, acc)
-                with kb.loop(ZERO, K, TILE) as k0:
-                    ka, kb_ = b.add(k0, tx), b.add(k0, ty)
-                    # A[row, ka]: a is [M, K], or [K, M] read transposed
-                    ia = b.add(b.mul(ka, M), row) if ta else b.add(b.mul(row, K), ka)
-                    ib = b.add(b.mul(col, K), kb_) if tb else b.add(b.mul(kb_, N), col)
-                    for buf, tilebuf, inside, index in (
-                            (A, As, b.and_(b.icmp_unsigned("<", row, M), b.icmp_unsigned("<", ka, K)), ia),
-                            (B, Bs, b.and_(b.icmp_unsigned("<", kb_, K), b.icmp_unsigned("<", col, N)), ib)):
-                        b.store(zero, tmp)
-                        with kb.if_then(inside):
-                            b.store(kb.load(buf, index), tmp)
-                        kb.store(tilebuf, tid, b.load(tmp, typ=LLTYPES[dt]))
+                r0 = b.mul(b.udiv(tile, tiles_n), c64(BM))
+                c0 = b.mul(b.urem(tile, tiles_n), c64(BN))
+                for row in acc:
+                    for slot in row:
+                        b.store(zero, slot)
+                with kb.loop(ZERO, K, BK) as k0:
+                    # stage the tiles: each thread loads BM*BK/TILE_THREADS elements of each
+                    for q in range(BM * BK // TILE_THREADS):
+                        el = b.add(tid, c64(q * TILE_THREADS))
+                        ar, ac = b.udiv(el, c64(BK)), b.urem(el, c64(BK))        # A tile: BM x BK
+                        br, bc = b.udiv(el, c64(BN)), b.urem(el, c64(BN))        # B tile: BK x BN
+                        gr, gk = b.add(r0, ar), b.add(k0, ac)
+                        hk, hc = b.add(k0, br), b.add(c0, bc)
+                        ia = b.add(b.mul(gk, M), gr) if ta else b.add(b.mul(gr, K), gk)
+                        ib = b.add(b.mul(hc, K), hk) if tb else b.add(b.mul(hk, N), hc)
+                        for buf, tilebuf, inside, index, at in (
+                                (A, As, b.and_(b.icmp_unsigned("<", gr, M), b.icmp_unsigned("<", gk, K)), ia, el),
+                                (B, Bs, b.and_(b.icmp_unsigned("<", hk, K), b.icmp_unsigned("<", hc, N)), ib, el)):
+                            b.store(zero, tmp)
+                            with kb.if_then(inside):
+                                b.store(kb.load(buf, index), tmp)
+                            kb.store(tilebuf, at, b.load(tmp, typ=t))
                     kb.barrier("tiles loaded")
-                    with kb.loop(ZERO, t, 1) as kk:
-                        u = kb.load(As, b.add(b.mul(ty, t), kk))
-                        w = kb.load(Bs, b.add(b.mul(kk, t), tx))
-                        b.store(b.fadd(b.load(acc, typ=LLTYPES[dt]), b.fmul(u, w)), acc)
+                    with kb.loop(ZERO, c64(BK), 1) as kk:
+                        av = [kb.load(As, b.add(b.mul(b.add(ty, c64(side * i)), c64(BK)), kk)) for i in range(MICRO)]
+                        bv = [kb.load(Bs, b.add(b.mul(kk, c64(BN)), b.add(tx, c64(side * j)))) for j in range(MICRO)]
+                        for i in range(MICRO):
+                            for j in range(MICRO):
+                                slot = acc[i][j]
+                                b.store(b.fadd(b.load(slot, typ=t), b.fmul(av[i], bv[j])), slot)
                     kb.barrier("tiles used")
-                inside = b.and_(b.icmp_unsigned("<", row, M), b.icmp_unsigned("<", col, N))
-                with kb.if_then(inside):
-                    kb.store(C, b.add(b.mul(row, N), col), b.load(acc, typ=LLTYPES[dt]))
+                for i in range(MICRO):
+                    row = b.add(r0, b.add(ty, c64(side * i)))
+                    for j in range(MICRO):
+                        col = b.add(c0, b.add(tx, c64(side * j)))
+                        inside = b.and_(b.icmp_unsigned("<", row, M), b.icmp_unsigned("<", col, N))
+                        with kb.if_then(inside):
+                            value = b.load(acc[i][j], typ=t)
+                            if ckey is not None:
+                                kb.store(kb.arg(self._param(ckey)), b.add(b.mul(row, N), col), value)
+                            if epilogue:
+                                idx = (row, col)
+                                with L.scope():
+                                    L.memo[-1][(mm, tuple(map(id, idx)))] = value
+                                    self._store_steps(L, epilogue, idx)
             L.finish()
         name = self._kernel(body)
-        self._launch(name, ["*", _cdiv(m, TILE), _cdiv(nn, TILE)], TILE * TILE)
+        self._launch(name, ["*", _cdiv(m, BM), _cdiv(nn, BN)], TILE_THREADS)
 
     def plan_json(self) -> dict:
         return {"symbols": list(self.plan.syms), "temps": self.temps, "steps": self.steps}
