@@ -412,3 +412,21 @@ def test_product_traffic_and_epilogue(gemm):
     with cuda.stats() as st:
         mod.layer(a, b, np.zeros(n, NP[dtype]))
     assert st.launches == 1 and st.bytes_stored == n * n * size
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_sample_kernel_assembles(ptxas_available, arch):
+    """The kernels of every sample (those that compile: some carry an expected error), as one
+    module per architecture, accepted by ptxas; each an .entry of the PTX."""
+    samples = sorted((Path(__file__).parent.parent / "samples").glob("*.ad"))
+    graphs = {}
+    for i, path in enumerate(samples):
+        try:
+            _, gs = gradc.api._optimized(path.read_text(), str(path))
+        except gradc.CompileError:
+            continue
+        graphs.update({f"s{i}_{k}": g for k, g in gs.items()})
+    code = compile_graphs(graphs, "samples", sim=False, arch=arch)
+    assert len(code["kernels"]) > 50
+    assert all(f".entry {k}(" in code["ptx"] for k in code["kernels"])
+    toolkit.ptxas(code["ptx"], arch)
