@@ -366,15 +366,22 @@ class Scope:
     # -- statements
 
     def let(self, stmt: A.Let):
+        where = stmt.pattern or stmt.loc
+        named = [t for t in stmt.targets if t != "_"]
+        twice = sorted({t for t in named if named.count(t) > 1})
+        if twice:
+            raise CompileError(f"'{twice[0]}' is bound twice in one pattern", where)
         v = self.expr(stmt.value)
         if len(stmt.targets) == 1:
             vals = [v]
         elif isinstance(v, tuple) and len(v) == len(stmt.targets):
             vals = list(v)
         else:
-            got = f"{len(v)} values" if isinstance(v, tuple) else "one value"
-            raise CompileError(f"cannot unpack {got} into {len(stmt.targets)} names", stmt.loc)
+            got = f"{len(v)} values" if isinstance(v, tuple) else "one value, not a tuple,"
+            raise CompileError(f"cannot unpack {got} into {len(stmt.targets)} names", where)
         for name, val in zip(stmt.targets, vals):
+            if name == "_":
+                continue                # the part not wanted: dead code elimination drops it
             self.env[name] = val
             if isinstance(val, Value):
                 self.lets.append((name, val))

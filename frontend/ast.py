@@ -34,8 +34,9 @@ class FnDef(Node):
 
 @dataclass
 class Let(Node):
-    targets: list
+    targets: list             # names; "_" discards its part of a tuple
     value: "Node"
+    pattern: Loc | None = None    # where the names are written
 
 
 @dataclass

@@ -106,12 +106,13 @@ class _ToAst(Transformer_NonRecursive):          # deep trees: Python's stack en
         return [c for c in ch if c is not None]
 
     def let_stmt(self, meta, ch):
-        return A.Let(self.loc(meta), ch[0], ch[1])
+        names, where = ch[0]
+        return A.Let(self.loc(meta), names, ch[1], where)
 
     let_top = let_stmt
 
     def target(self, meta, ch):
-        return [str(t) for t in ch]
+        return [str(t) for t in ch], self.loc(meta)
 
     def return_stmt(self, meta, ch):
         return A.Return(self.loc(meta), list(ch))

@@ -375,6 +375,8 @@ GEMM = """
 fn mm(a: F[M, K], b: F[K, N]) -> F[M, N] { return a @ b }
 fn mm_tt(a: F[K, M], b: F[N, K]) -> F[M, N] { return transpose(a) @ transpose(b) }
 fn layer(x: F[M, K], w: F[K, N], c: F[N]) -> F[M, N] { return tanh(x @ w + c) }
+fn row(x: F[1, K], w: F[K, N], c: F[N]) -> F[1, N] { return relu(x @ w + c) * 2 }
+fn col(w: F[M, K], v: F[K, 1]) -> F[M, 1] { return exp(w @ v) }
 """
 
 
@@ -395,6 +397,11 @@ def test_products_of_any_shape(gemm, m, k, n):
     np.testing.assert_allclose(mod.mm(a, b), a64 @ b64, **tol)
     np.testing.assert_allclose(mod.mm_tt(a.T.copy(), b.T.copy()), a64 @ b64, **tol)
     np.testing.assert_allclose(mod.layer(a, b, c), np.tanh(a64 @ b64 + c), **tol)
+    # a unit axis: the epilogue indexes the product as the element lowering does (found by fuzzing)
+    if m:
+        np.testing.assert_allclose(mod.row(a[:1], b, c), np.maximum(a64[:1] @ b64 + c, 0) * 2, **tol)
+    if n:
+        np.testing.assert_allclose(mod.col(a, b[:, :1]), np.exp(a64 @ b64[:, :1]), **tol)
 
 
 def test_product_traffic_and_epilogue(gemm):

@@ -10,6 +10,7 @@ Generation uses the `random` module, seeded once per program, so a seed names a 
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +66,12 @@ class Program:
                 lines.append(f"let {name} = {kind[:3]}(grad({pre}_f, wrt={w}), wrt={w})")
             elif kind == "grad_grad":
                 lines.append(f"let {name} = grad(grad({pre}_f, wrt={w}), wrt={w})")
+            elif kind == "inline" and extra == "destructure":
+                args = ", ".join(p[0] for p in self.params)
+                lines.append(f"fn {name}({sig}) -> {self.dtype} {{\n"
+                             f"    let (_, g) = value_and_grad({pre}_f, wrt={w})({args})\n"
+                             f"    return sum(g ** 2)\n}}")
+                lines.append(f"let {name}_g = grad({name}, wrt={w})")
             elif kind == "inline":
                 args = ", ".join(p[0] for p in self.params)
                 lines.append(f"fn {name}({sig}) -> {self.dtype} {{\n"
@@ -294,7 +301,10 @@ def generate(seed: int, prefix: str = "p0", dtype: str | None = None) -> Program
         kind = random.choice(["jvp_grad", "jvp_grad", "vjp_grad", "inline"])
         if kind == "vjp_grad":
             p.transforms.append((f"{prefix}_gx", "gx", x, None))
-        p.transforms.append((f"{prefix}_{kind}", kind, x, None))
+        # half the inline second derivatives take the gradient out of value_and_grad's tuple with
+        # a destructuring let (chosen by name, so the random stream is the same either way)
+        form = "destructure" if kind == "inline" and zlib.crc32(prefix.encode()) % 2 else None
+        p.transforms.append((f"{prefix}_{kind}", kind, x, form))
     if h_live:
         wrt = random.sample(h_live, random.randint(1, len(h_live)))
         p.transforms.append((f"{prefix}_vjp", "vjp", wrt, None))

@@ -571,7 +571,8 @@ class FunctionKernels:
                             if ckey is not None:
                                 kb.store(kb.arg(self._param(ckey)), b.add(b.mul(row, N), col), value)
                             if epilogue:
-                                idx = (row, col)
+                                # as the element lowering indexes it: a unit axis by a constant 0
+                                idx = tuple(ZERO if d == 1 else v for d, v in zip(mm.shape, (row, col)))
                                 with L.scope():
                                     L.memo[-1][(mm, tuple(map(id, idx)))] = value
                                     self._store_steps(L, epilogue, idx)
