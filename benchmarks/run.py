@@ -123,7 +123,7 @@ def bound_of(name, args, bw, flops):
         # X @ W1 and X^T @ dh (no gradient for X), then three products with W2
         return (2 * 2 * n * d * h + 3 * 2 * n * h * c) / flops
     if name == "W5":
-        return 4 * args[0].nbytes / bw                       # read x, t; write g, Hv
+        return 3 * args[0].nbytes / bw                       # read x, t; write Hv
     return None
 
 

@@ -235,3 +235,55 @@ let pv = vjp(p, wrt=w)
     w, c0, c1 = np.array([0.1, -0.7, 1.3]), np.array([1.0, 2.0, 3.0]), np.array([10.0, -20.0, 30.0])
     np.testing.assert_allclose(m.hv(w, c0, c1), (c0 + c1) * np.cos(w), rtol=1e-12)
     np.testing.assert_allclose(m.pv(w, c0, c1), c0 + c1, rtol=1e-12)
+
+
+ROSEN_HV = """
+fn rosen(x: f64[N]) -> f64 {
+    return sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+}
+fn hvp(x: f64[N], t: f64[N]) -> f64[N] {
+    let (_, hv) = jvp(grad(rosen), wrt=x)(x, t)
+    return hv
+}
+fn both(x: f64[N], t: f64[N]) -> (f64[N], f64[N]) {
+    let (g, hv) = jvp(grad(rosen), wrt=x)(x, t)
+    return hv, g
+}
+"""
+
+
+def _rosen_hessian(x):
+    n = len(x)
+    h = np.zeros((n, n))
+    for i in range(n - 1):
+        h[i, i] += 1200 * x[i] ** 2 - 400 * x[i + 1] + 2
+        h[i + 1, i + 1] += 200
+        h[i, i + 1] -= 400 * x[i]
+        h[i + 1, i] -= 400 * x[i]
+    return h
+
+
+def test_destructuring_keeps_one_part():
+    """let (_, hv) = jvp(grad(f))(...): the Hessian-vector product alone, equal to the analytic
+    Hessian of Rosenbrock's function times t, and to the part that (g, hv) returns."""
+    m = compile_ref(ROSEN_HV)
+    rng = np.random.default_rng(11)
+    x, t = rng.uniform(-1.5, 1.5, 9), rng.normal(size=9)
+    np.testing.assert_allclose(m.hvp(x, t), _rosen_hessian(x) @ t, rtol=1e-12, atol=1e-10)
+    hv, g = m.both(x, t)
+    np.testing.assert_array_equal(hv, m.hvp(x, t))
+    np.testing.assert_allclose(g, _rosen_grad(x), rtol=1e-12, atol=1e-10)
+
+
+def _rosen_grad(x):
+    g = np.zeros_like(x)
+    g[:-1] = -400 * x[:-1] * (x[1:] - x[:-1] ** 2) - 2 * (1 - x[:-1])
+    g[1:] += 200 * (x[1:] - x[:-1] ** 2)
+    return g
+
+
+def test_destructuring_drops_the_unused_part():
+    from gradc.api import _optimized
+    _, graphs = _optimized(ROSEN_HV, "r.ad")
+    assert len(graphs["hvp"].outputs) == 1
+    assert len(graphs["hvp"].nodes) < len(graphs["both"].nodes)
