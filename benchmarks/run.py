@@ -18,6 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 TARGET = ["cpu"]
+CPU = {}                 # --cpu, --cpu-features: gradc's code for another CPU than this one
 
 
 def set_threads(n: int):
@@ -139,7 +140,7 @@ def systems(name, args, np):
     fname = "hvp" if key == "W5" else "vg"
 
     def gradc_factory():
-        f = getattr(gradc.compile(str(HERE / "workloads" / f"{src}.ad"), target=TARGET[0]), fname)
+        f = getattr(gradc.compile(str(HERE / "workloads" / f"{src}.ad"), target=TARGET[0], **CPU), fname)
         return (lambda: f(*args)), flat
     out.append(("gradc", gradc_factory))
     import peers
@@ -182,9 +183,13 @@ def main(argv=None):
     p.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W3")
     p.add_argument("--quick", action="store_true", help="smaller W2/W5 inputs, shorter timings")
     p.add_argument("--target", default="cpu", help="gradc's target (cpu, or reference for the NumPy evaluator)")
+    p.add_argument("--cpu", help="compile gradc's code for this CPU (e.g. znver3: AVX2 on an AVX-512 machine)")
+    p.add_argument("--cpu-features", default="", help="LLVM CPU features to turn on or off for gradc, e.g. -avx512f")
     p.add_argument("--cold", nargs=2, metavar=("WORKLOAD", "SYSTEM"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     TARGET[0] = a.target
+    if a.cpu or a.cpu_features:
+        CPU.update(cpu=a.cpu, cpu_features=a.cpu_features)
     set_threads(a.threads)
     sys.path.insert(0, str(HERE))
     if a.cold:
@@ -199,8 +204,14 @@ def main(argv=None):
         names = [n for n in names if n.split("@")[0] in keep]
     scale = 0.1 if a.quick else 1.0
     bw, flops = bounds(np, a.threads, a.quick)
+    import gradc
+    from gradc.backends import BACKENDS, Options
+    host = BACKENDS["cpu"].host_facts(Options(**CPU))
+    avx = "AVX-512" if "+avx512f" in host["features"].split(",") else "AVX2" if "+avx2" in \
+        host["features"].split(",") else "no AVX2"
     print(f"# gradc benchmarks, {date.today()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, {a.threads} threads for every system")
+          f"{os.cpu_count()} cores, {a.threads} threads for every system; gradc's code for "
+          f"{host['cpu']} ({avx}){' (--cpu)' if CPU else ''}")
     print(f"# measured here: memory bandwidth {bw / 1e9:.1f} GB/s, float32 matrix product {flops / 1e9:.1f} GFLOP/s")
     print(f"{'workload':10} {'system':15} {'median':>12} {'vs gradc':>9} {'bound':>10}  note")
     failures = 0
@@ -252,7 +263,7 @@ def grad_ratios(names, np, scale):
     print(f"\n{'gradc':10} {'forward':>12} {'derivative':>12} {'ratio':>7}")
     for name in names:
         src, fwd, der = FORWARD[name.split("@")[0]]
-        m = gradc.compile(str(HERE / "workloads" / f"{src}.ad"), target=TARGET[0])
+        m = gradc.compile(str(HERE / "workloads" / f"{src}.ad"), target=TARGET[0], **CPU)
         args = inputs(name, np, scale)
         fargs = args[:1] if fwd == "rosen" else args
         time.sleep(0.3)

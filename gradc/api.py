@@ -90,16 +90,17 @@ def _optimized(text, file, record=None) -> tuple:
         return mod, {k: optimize(g) for k, g in mod.graphs.items()}
 
 
-def _options(options, fast_math, gpu_arch, link=True) -> Options:
+def _options(options, fast_math, gpu_arch, link=True, cpu=None, cpu_features="") -> Options:
     if options is not None:
         if not isinstance(options, Options):
             raise TypeError(f"options must be a gradc.Options, not {type(options).__name__}")
         return options
-    return Options(fast_math=bool(fast_math), gpu_arch=gpu_arch, link=link)
+    return Options(fast_math=bool(fast_math), gpu_arch=gpu_arch, link=link, cpu=cpu, cpu_features=cpu_features)
 
 
 def compile(src, target: str = DEFAULT_TARGET, cache: bool = True, fast_math: bool = False,
-            gpu_arch: str = "sm_80", options: Options | None = None) -> Module:
+            gpu_arch: str = "sm_80", options: Options | None = None, cpu: str | None = None,
+            cpu_features: str = "") -> Module:
     """Compile a .ad program (a path or source text) into a module of callable functions.
 
     target: "cpu" (the default) runs native code, cached on disk ($GRADC_CACHE_DIR or
@@ -107,10 +108,12 @@ def compile(src, target: str = DEFAULT_TARGET, cache: bool = True, fast_math: bo
     for gpu_arch); "cuda-sim" runs the same kernels on the CPU in a grid simulator.
     fast_math=True lets the native code reassociate and contract floating-point arithmetic and
     assume finite values (opt-in: results then differ from the exact ones in the last bits, or
-    more near inf/nan). options (a gradc.Options) replaces fast_math and gpu_arch.
+    more near inf/nan). cpu names a CPU to compile for instead of this one (tuning; the
+    instruction set is this machine's less what that CPU lacks), cpu_features turns LLVM
+    features on or off ("-avx512f"). options (a gradc.Options) replaces all of these.
     """
     b = _backend(target)
-    opts = _options(options, fast_math, gpu_arch)
+    opts = _options(options, fast_math, gpu_arch, True, cpu, cpu_features)
     text, file = read_source(src)
     name = module_stem(file)
     if not b.native:
@@ -136,7 +139,8 @@ def compile(src, target: str = DEFAULT_TARGET, cache: bool = True, fast_math: bo
     data = build_bytes(text, file, target=target, options=Options(**{**opts.__dict__, "link": cache}))
     header, obj = artifact.unpack(data, file)
     if cache:
-        if target == "cpu" and any(header[k] != _host()[k] for k in ("triple", "cpu", "features")):
+        if target == "cpu" and not header.get("cpu_chosen") and \
+                any(header[k] != _host()[k] for k in ("triple", "cpu", "features")):
             _host(refresh=True)              # the remembered host description was stale or damaged
         disk.put(text, file, data, ckey)
     return _load(name, header, obj, file)
@@ -172,7 +176,7 @@ def build_bytes(text: str, file: str = "<source>", link: bool = True, fast_math:
 
 
 def build(src, out=None, target: str = "cpu", fast_math: bool = False, key=None, gpu_arch: str = "sm_80",
-          options: Options | None = None) -> Path:
+          options: Options | None = None, cpu: str | None = None, cpu_features: str = "") -> Path:
     """Compile a program into one .gcm file (next to the source unless out is given).
 
     target: cpu (this machine's CPU), cuda (PTX for gpu_arch: builds without a GPU) or
@@ -186,7 +190,8 @@ def build(src, out=None, target: str = "cpu", fast_math: bool = False, key=None,
     text, file = read_source(src)
     if out is None:
         out = Path(file).with_suffix(".gcm") if file != "<source>" else Path("module.gcm")
-    data = build_bytes(text, file, target=target, options=_options(options, fast_math, gpu_arch))
+    data = build_bytes(text, file, target=target,
+                       options=_options(options, fast_math, gpu_arch, True, cpu, cpu_features))
     artifact.write_atomic(out, data if key is None else artifact.sign(data, key))
     return Path(out)
 
@@ -217,7 +222,8 @@ def load(path, key=None) -> Module:
 
 
 def emit(src, stage: str, target: str = "cpu", optimized: bool = True, fast_math: bool = False,
-         gpu_arch: str = "sm_80", options: Options | None = None) -> str:
+         gpu_arch: str = "sm_80", options: Options | None = None, cpu: str | None = None,
+         cpu_features: str = "") -> str:
     """A printable stage of a program's code for target: `gradc build --target T --emit STAGE`.
 
     cpu: llvm (after -O3 unless optimized=False), asm; cuda: llvm (the NVPTX module), ptx;
@@ -227,7 +233,7 @@ def emit(src, stage: str, target: str = "cpu", optimized: bool = True, fast_math
     if stage not in b.stages:
         shown = ", ".join(b.stages) or "none"
         raise ValueError(f"--emit {stage} is not a stage of target {target!r} (its stages: {shown})")
-    opts = _options(options, fast_math, gpu_arch)
+    opts = _options(options, fast_math, gpu_arch, True, cpu, cpu_features)
     text, file = read_source(src)
     graphs = _optimized(text, file)[1]
     with compiling(file):

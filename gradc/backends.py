@@ -8,25 +8,41 @@ generation and make the cache key.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ARCHS = ("sm_80", "sm_86", "sm_87", "sm_89", "sm_90")
+# CPUs --cpu may name (x86-64): LLVM tunes for the named one; the instruction set is this machine's,
+# less what the named CPU lacks: AVX-512 for those of the first set
+AVX2_CPUS = ("x86-64-v3", "haswell", "broadwell", "skylake", "alderlake", "znver1", "znver2", "znver3")
+AVX512_CPUS = ("x86-64-v4", "skylake-avx512", "cascadelake", "icelake-server", "sapphirerapids",
+               "znver4", "znver5")
+CPUS = AVX2_CPUS + AVX512_CPUS
+_FEATURES = re.compile(r"[+-][a-z0-9][a-z0-9._-]*(,[+-][a-z0-9][a-z0-9._-]*)*")
 
 
 @dataclass(frozen=True)
 class Options:
-    """How to compile: optimization level, fast-math, the GPU architecture, linking a shared library."""
+    """How to compile: optimization level, fast-math, the GPU architecture, linking a shared library;
+    for the CPU, a CPU to tune for (cpu) and LLVM features to turn on or off ("-avx512f")."""
     opt_level: int = 3
     fast_math: bool = False
     gpu_arch: str = "sm_80"
     link: bool = True
+    cpu: str | None = None
+    cpu_features: str = ""
 
     def __post_init__(self):
         if self.opt_level not in (0, 1, 2, 3):
             raise ValueError(f"optimization level {self.opt_level!r}: choose 0, 1, 2 or 3")
         if self.gpu_arch not in ARCHS:
             raise ValueError(f"GPU architecture {self.gpu_arch!r}: choose one of {', '.join(ARCHS)}")
+        if self.cpu is not None and self.cpu not in CPUS:
+            raise ValueError(f"CPU {self.cpu!r}: choose one of {', '.join(CPUS)}")
+        if self.cpu_features and not _FEATURES.fullmatch(self.cpu_features):
+            raise ValueError(f"CPU features {self.cpu_features!r}: write them as LLVM does, "
+                             f"+name or -name separated by commas (for example -avx512f)")
 
     def key(self) -> str:
         """What the options change in the code (linking adds a library, it changes no code)."""
@@ -67,7 +83,24 @@ class Backend:
 def _cpu_host(options, refresh=False):
     from .runtime.host import host
     h = host(refresh)
-    return {k: h[k] for k in ("triple", "cpu", "features")}
+    facts = {k: h[k] for k in ("triple", "cpu", "features")}
+    if options.cpu is None and not options.cpu_features:
+        return facts
+    # code for another CPU: this machine's instruction set less what that CPU lacks, with the
+    # changes asked for; it loads on any machine that has every feature it uses. The changes go
+    # last: LLVM reads the list in order, and a later +fma would turn a removed avx on again
+    feats, changes = {}, {}
+    for f in facts["features"].split(","):
+        if f:
+            feats[f[1:]] = f[0]
+    if options.cpu in AVX2_CPUS:
+        changes.update({name: "-" for name, sign in feats.items()
+                        if sign == "+" and name.startswith(("avx512", "avx10", "amx"))})
+    for f in options.cpu_features.split(",") if options.cpu_features else ():
+        changes[f[1:]] = f[0]
+    feats = {**{k: v for k, v in feats.items() if k not in changes}, **changes}
+    return {"triple": facts["triple"], "cpu": options.cpu or facts["cpu"],
+            "features": ",".join(sign + name for name, sign in feats.items()), "cpu_chosen": True}
 
 
 def _cpu_compile(graphs, name, options, facts, sigs):
@@ -84,7 +117,7 @@ def _cpu_compile(graphs, name, options, facts, sigs):
                 "dims": list(compiled_entry[1]), "checks": compiled_entry[2]}
     # each function's code carries a digest of its header entry and of the facts (runtime/trust.py)
     compiled = compile_graphs(graphs, name, opt=options.opt_level, link=options.link,
-                              fast_math=options.fast_math,
+                              fast_math=options.fast_math, cpu=facts["cpu"], features=facts["features"],
                               describe=lambda k, e: describe(facts, entry(k, e)))
     functions = [entry(k, compiled.entries[k]) for k in graphs]
     return functions, artifact.Code(compiled.objects, compiled.shared)
@@ -99,9 +132,10 @@ def _cpu_load(name, header, code, file):
 
 def _cpu_emit(stage, graphs, name, options):
     from .compiler import codegen
+    h = _cpu_host(options)
     if stage == "llvm":
-        return codegen.emit_llvm(graphs, name, True, options.fast_math)
-    return codegen.emit_asm(graphs, name, options.fast_math)
+        return codegen.emit_llvm(graphs, name, True, options.fast_math, h["cpu"], h["features"])
+    return codegen.emit_asm(graphs, name, options.fast_math, h["cpu"], h["features"])
 
 
 # ---- cuda and cuda-sim: the same kernels and launch plans; PTX for a GPU, host IR for the simulator
@@ -182,7 +216,7 @@ def _cuda_available():
 BACKENDS = {
     "reference": Backend("reference", "the CPU, NumPy (the optimized graphs interpreted)", native=False),
     "cpu": Backend("cpu", "the host CPU: LLVM machine code", ("llvm", "asm"),
-                   option_fields=("opt_level", "fast_math"), host=_cpu_host, compile=_cpu_compile,
+                   option_fields=("opt_level", "fast_math", "cpu", "cpu_features"), host=_cpu_host, compile=_cpu_compile,
                    load=_cpu_load, emit=_cpu_emit),
     "cuda": Backend("cuda", "an NVIDIA GPU: PTX launched through PyCUDA or cuda-bindings", ("llvm", "ptx"),
                     option_fields=("opt_level", "gpu_arch"), host=_cuda_host, available=_cuda_available,

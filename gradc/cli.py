@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends import ARCHS, CPUS, Options
 from .frontend.diagnostics import CompileError, InternalError, internal_error
 
 STAGES = ("ast", "ir", "grad-ir", "opt-ir", "llvm", "asm", "ptx")
-ARCHS = ("sm_80", "sm_86", "sm_87", "sm_89", "sm_90")
 
 
 class UserError(Exception):
@@ -86,7 +86,8 @@ def cmd_build(args):
         except ValueError as ex:
             raise UserError(str(ex)) from None
     try:
-        api.build(file, out, target=args.target, fast_math=args.fast_math, key=key, gpu_arch=args.gpu_arch)
+        api.build(file, out, target=args.target, fast_math=args.fast_math, key=key, gpu_arch=args.gpu_arch,
+                  **_cpu_options(args))
     except api.TargetUnavailable as ex:
         raise UserError(str(ex)) from None
     print(f"wrote {out}" + (" (signed)" if key else ""))
@@ -99,7 +100,8 @@ def _emit_native(args, text, file):
     if args.emit == "ptx" and target == "cpu" and not args.target_given:
         target = "cuda"                 # PTX is the cuda target's: no need to name it
     try:
-        print(api.emit(file, args.emit, target, fast_math=args.fast_math, gpu_arch=args.gpu_arch))
+        print(api.emit(file, args.emit, target, fast_math=args.fast_math, gpu_arch=args.gpu_arch,
+                       **_cpu_options(args)))
     except ValueError as ex:
         if isinstance(ex, CompileError):
             raise
@@ -151,10 +153,15 @@ def _format(outs) -> str:
     return ", ".join(np.array2string(np.asarray(o), precision=6, separator=", ", max_line_width=160) for o in outs)
 
 
-def _compile(path, target, fast_math=False, gpu_arch="sm_80"):
+def _cpu_options(args) -> dict:
+    return {"cpu": getattr(args, "cpu", None), "cpu_features": getattr(args, "cpu_features", "") or ""}
+
+
+def _compile(path, target, fast_math=False, gpu_arch="sm_80", cpu=None, cpu_features=""):
     from . import api
     try:
-        return _warnings_to_stderr(api.compile, path, target=target, fast_math=fast_math, gpu_arch=gpu_arch)
+        return _warnings_to_stderr(api.compile, path, target=target, fast_math=fast_math, gpu_arch=gpu_arch,
+                                   cpu=cpu, cpu_features=cpu_features)
     except api.TargetUnavailable as ex:
         raise UserError(str(ex)) from None
 
@@ -163,14 +170,14 @@ def cmd_run(args):
     text, file = _source(args.file)
     target = args.target
     if args.func is None:
-        return _run_examples(file, text, target, args.json, args.fast_math, args.gpu_arch)
+        return _run_examples(file, text, target, args.json, args.fast_math, args.gpu_arch, _cpu_options(args))
     kwargs = {}
     for item in args.values:
         name, eq, value = item.partition("=")
         if not eq or not name:
             raise UserError(f"arguments are written NAME=VALUE, got {item!r}")
         kwargs[name] = parse_value(value, name)
-    module = _compile(file, target, args.fast_math, args.gpu_arch)
+    module = _compile(file, target, args.fast_math, args.gpu_arch, **_cpu_options(args))
     outs = _call(module, args.func, kwargs)
     if args.json:
         print(json.dumps({"function": args.func, "outputs": [_jsonable(o) for o in outs]}))
@@ -179,7 +186,8 @@ def cmd_run(args):
     return 0
 
 
-def _run_examples(file, text, target, as_json, fast_math=False, gpu_arch="sm_80"):
+def _run_examples(file, text, target, as_json, fast_math=False, gpu_arch="sm_80", cpu_opts=None):
+    cpu_opts = cpu_opts or {}
     from .frontend.examples import ExampleError, mismatch, parse_examples
     try:
         ex = parse_examples(text)
@@ -187,7 +195,7 @@ def _run_examples(file, text, target, as_json, fast_math=False, gpu_arch="sm_80"
         raise UserError(f"{file}: {e}") from None
     if ex.errors:
         try:
-            _compile(file, target, fast_math, gpu_arch)
+            _compile(file, target, fast_math, gpu_arch, **cpu_opts)
         except CompileError as err:
             print(str(err), file=sys.stderr)
             missing = [s for s in ex.errors if s not in str(err)]
@@ -200,7 +208,7 @@ def _run_examples(file, text, target, as_json, fast_math=False, gpu_arch="sm_80"
         return 1
     if not ex.calls:
         raise UserError(f"{file} carries no example calls (# CALL: lines); name a function to run")
-    module = _compile(file, target, fast_math, gpu_arch)
+    module = _compile(file, target, fast_math, gpu_arch, **cpu_opts)
     failed = 0
     for c in ex.calls:
         outs = _call(module, c.func, c.args)
@@ -261,6 +269,9 @@ def make_parser():
     b.add_argument("--gpu-arch", default="sm_80", choices=ARCHS,
                    help="the GPU architecture of target cuda's PTX (default sm_80)")
     b.add_argument("--fast-math", action="store_true", help="let native code reassociate and assume finite values")
+    b.add_argument("--cpu", choices=CPUS, help="compile for this CPU instead of this machine's (cpu target)")
+    b.add_argument("--cpu-features", metavar="FEATS", default="",
+                       help="LLVM CPU features to turn on or off, e.g. -avx512f (cpu target)")
     b.add_argument("--emit", choices=STAGES)
     b.add_argument("--print-after", metavar="PASS", help="with --emit opt-ir: print the graph after PASS")
     b.add_argument("--sign-key", metavar="FILE",
@@ -272,6 +283,9 @@ def make_parser():
     r.add_argument("--target", default=None, help="cpu (default), reference, cuda, cuda-sim")
     r.add_argument("--gpu-arch", default="sm_80", choices=ARCHS, help="the GPU architecture for target cuda")
     r.add_argument("--fast-math", action="store_true", help="let native code reassociate and assume finite values")
+    r.add_argument("--cpu", choices=CPUS, help="compile for this CPU instead of this machine's (cpu target)")
+    r.add_argument("--cpu-features", metavar="FEATS", default="",
+                       help="LLVM CPU features to turn on or off, e.g. -avx512f (cpu target)")
     r.add_argument("--json", action="store_true")
     c = sub.add_parser("check", help="compare gradients with central finite differences (float64)")
     c.add_argument("file")
@@ -303,6 +317,11 @@ def main(argv=None) -> int:
             args.target = args.target or getattr(api, "DEFAULT_TARGET", api.TARGETS[0])
             if args.target not in api.TARGETS:
                 raise UserError(f"unknown target {args.target!r}; choose one of: {', '.join(api.TARGETS)}")
+        if getattr(args, "cpu_features", ""):
+            try:
+                Options(cpu_features=args.cpu_features)
+            except ValueError as ex:
+                raise UserError(str(ex)) from None
         if args.cmd == "run" and args.func is not None and "=" in args.func:
             raise UserError("name the function to call before its arguments: gradc run FILE FUNC NAME=VALUE")
         return {"build": cmd_build, "run": cmd_run, "check": cmd_check, "graph": cmd_graph}[args.cmd](args)

@@ -163,6 +163,14 @@ def check_compatible(header: dict, target: str, host: dict, version: str, name: 
         raise ArtifactMismatch(f"{name}: built for target {header.get('target')!r}, not {target}; {how}")
     names = {"triple": "platform", "cpu": "CPU", "features": "CPU features", "gpu_arch": "GPU architecture",
              "ptx_version": "PTX version"}
+    if header.get("cpu_chosen") and not host.get("cpu_chosen") and header.get("triple") == host.get("triple"):
+        # built for a chosen CPU (--cpu, --cpu-features): it runs where every feature it uses is
+        have = {f[1:] for f in str(host.get("features", "")).split(",") if f.startswith("+")}
+        need = {f[1:] for f in str(header.get("features", "")).split(",") if f.startswith("+")}
+        if need <= have:
+            return
+        raise ArtifactMismatch(f"{name}: built for CPU {header.get('cpu')} with features this machine lacks "
+                               f"({', '.join(sorted(need - have)[:6])}); {how}")
     for key in host:
         if header.get(key) != host[key]:
             what = names.get(key, key)

@@ -95,3 +95,34 @@ def test_a_module_file_is_loaded_for_its_own_target(tmp_path):
     # the header's facts are what the module says of itself: a changed one is a corrupted module
     with pytest.raises(artifact.ArtifactError, match="its code is for sm_80"):
         gradc.load(bad)
+
+
+def test_code_for_another_cpu(tmp_path):
+    """--cpu NAME tunes for NAME on this machine's instruction set less what NAME lacks;
+    --cpu-features turns features off (or on); such a module loads where its features exist."""
+    cpu = BACKENDS["cpu"]
+    avx2 = cpu.host_facts(Options(cpu="znver3"))["features"].split(",")
+    assert not any(f.startswith("+avx512") for f in avx2) and avx2[-1].startswith(("-", "+"))
+    off = cpu.host_facts(Options(cpu_features="-avx2,-avx"))
+    assert off["features"].endswith("-avx2,-avx") and off["cpu_chosen"] and off["cpu"] == cpu.host_facts(Options())["cpu"]
+    assert "ymm" not in api.emit(SRC, "asm", cpu_features="-avx2,-avx")
+    with pytest.raises(ValueError, match="pentium"):
+        Options(cpu="pentium")
+    with pytest.raises(ValueError, match="-avx512f"):
+        Options(cpu_features="avx")
+    p = tmp_path / "c.ad"
+    p.write_text(SRC)
+    out = gradc.build(p, tmp_path / "c.gcm", cpu="x86-64-v3")
+    header, code = artifact.read(out)
+    assert header["cpu"] == "x86-64-v3" and header["cpu_chosen"]
+    x = np.linspace(-1, 1, 50).astype(np.float32)
+    np.testing.assert_allclose(gradc.load(out).g(x), np.sin(x) + x * np.cos(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gradc.compile(SRC, cpu="znver3", cache=False).g(x), np.sin(x) + x * np.cos(x),
+                               rtol=1e-5, atol=1e-6)
+    host = cpu.host_facts(Options())
+    needs_more = dict(header, features=header["features"] + ",+gradc-imaginary-feature")
+    with pytest.raises(artifact.ArtifactMismatch, match="lacks \\(gradc-imaginary-feature\\)"):
+        artifact.check_compatible(needs_more, "cpu", host, api.VERSION, "c.gcm")
+    r = subprocess.run([sys.executable, "-m", "gradc", "build", str(p), "--cpu-features", "avx"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "+name or -name" in r.stderr and "Traceback" not in r.stderr

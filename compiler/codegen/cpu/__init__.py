@@ -72,11 +72,12 @@ def build_ir(graphs: dict, name: str = "gradc", fast_math: bool = False) -> tupl
     return module, entries
 
 
-def optimize_ir(text: str, tm, speed: int = 3, context=None):
-    """Parse LLVM IR and run the -O3 pipeline (loop and SLP vectorization on)."""
+def optimize_ir(text: str, tm, speed: int = 3, context=None, features=None):
+    """Parse LLVM IR and run the -O3 pipeline (loop and SLP vectorization on); features: those of
+    the target machine (this machine's by default), which pick libmvec's vector variants."""
     init_llvm()
     if vector_math_library():
-        text = add_vector_variants(text, tm.feature_string if hasattr(tm, "feature_string") else host_cpu()[2])
+        text = add_vector_variants(text, features if features is not None else host_cpu()[2])
     mod = llvm.parse_assembly(text, context=context)
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)
@@ -159,20 +160,20 @@ def _add_constant(module, name: str, data: bytes):
     g.initializer = ir.Constant(ty, bytearray(data))
 
 
-def _compile_one(text: str, opt: int) -> bytes:
-    tm = target_machine(opt=opt)
-    return emit_object(tm, optimize_ir(text, tm, opt, llvm.create_context()))
+def _compile_one(text: str, opt: int, cpu=None, features=None) -> bytes:
+    tm = target_machine(cpu, features, opt=opt)
+    return emit_object(tm, optimize_ir(text, tm, opt, llvm.create_context(), features))
 
 
 def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool = True,
-                   fast_math: bool = False, describe=None) -> Compiled:
+                   fast_math: bool = False, describe=None, cpu=None, features=None) -> Compiled:
     """Object code of optimized graphs, one object file per function, compiled on parallel threads.
 
     With link, also the objects linked into one shared library (None when no linker is found).
-    describe: see _split.
+    describe: see _split. cpu, features: what to compile for (this machine's by default).
     """
     init_llvm()
-    triple, cpu, feats = host_cpu()
+    triple, host, feats = host_cpu()
     # the largest function first: it bounds the wall time, so it should start first
     order = sorted(graphs, key=lambda k: -len(graphs[k].nodes))
     workers = max(1, min(len(order), os.cpu_count() or 1))
@@ -180,23 +181,24 @@ def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool =
         futures, entries = {}, {}
         for fname, text, entry in _split(graphs, order, name, describe, fast_math):
             entries[fname] = entry
-            futures[fname] = pool.submit(_compile_one, text, opt)
+            futures[fname] = pool.submit(_compile_one, text, opt, cpu, features)
         objects = [futures[k].result() for k in order]
         if not objects:
             # a program without functions: one empty object, so its module file is like any other
-            objects = [_compile_one(str(build_ir({}, name)[0]), opt)]
-    return Compiled(objects, {k: entries[k] for k in graphs}, triple, cpu, feats,
+            objects = [_compile_one(str(build_ir({}, name)[0]), opt, cpu, features)]
+    return Compiled(objects, {k: entries[k] for k in graphs}, triple, cpu or host, features or feats,
                     link_shared(objects) if link else None)
 
 
-def emit_llvm(graphs: dict, name: str = "gradc", optimized: bool = True, fast_math: bool = False) -> str:
+def emit_llvm(graphs: dict, name: str = "gradc", optimized: bool = True, fast_math: bool = False,
+              cpu=None, features=None) -> str:
     module, _ = build_ir(graphs, name, fast_math)
     if not optimized:
         return str(module)
-    return str(optimize_ir(str(module), target_machine()))
+    return str(optimize_ir(str(module), target_machine(cpu, features), features=features))
 
 
-def emit_asm(graphs: dict, name: str = "gradc", fast_math: bool = False) -> str:
-    tm = target_machine()
+def emit_asm(graphs: dict, name: str = "gradc", fast_math: bool = False, cpu=None, features=None) -> str:
+    tm = target_machine(cpu, features)
     module, _ = build_ir(graphs, name, fast_math)
-    return tm.emit_assembly(optimize_ir(str(module), tm))
+    return tm.emit_assembly(optimize_ir(str(module), tm, features=features))
