@@ -126,11 +126,15 @@ class ElementLowering:
             yield i
             self.memo.pop()
 
-    def nest(self, shape, body, idx=(), bounds=None, hooks=None):
+    assume_inside = frozenset()       # pad nodes whose innermost index is known to be in range
+
+    def nest(self, shape, body, idx=(), bounds=None, hooks=None, inner=None):
         """Loops over shape (innermost last, where memory is contiguous) around body(idx).
 
         bounds: {axis: (lo, hi)} narrows an axis to this thread's share; hooks: {depth:
         ([before], [after])} run around the loops at that depth (a reduction's accumulator).
+        inner: (pads, lo, hi): the innermost loop runs in three parts, the middle one over
+        [lo, hi), where those pads read their input without a test (see pad_interior).
         """
         k = len(idx)
         before, after = (hooks or {}).get(k, ((), ()))
@@ -140,10 +144,54 @@ class ElementLowering:
             body(idx)
         else:
             lo, hi = (bounds or {}).get(k, (ZERO, self.dim(shape[k])))
-            with self.loop(hi, lo) as i:
-                self.nest(shape, body, idx + (i,), bounds, hooks)
+            if inner is not None and k == len(shape) - 1:
+                pads, a, z = inner
+                b = self.b
+                m0 = b.select(b.icmp_signed("<", a, lo), lo, b.select(b.icmp_signed(">", a, hi), hi, a))
+                m1 = b.select(b.icmp_signed("<", z, m0), m0, b.select(b.icmp_signed(">", z, hi), hi, z))
+                for start, stop, inside in ((lo, m0, False), (m0, m1, True), (m1, hi, False)):
+                    saved, self.assume_inside = self.assume_inside, (pads if inside else frozenset())
+                    with self.loop(stop, start) as i:
+                        self.nest(shape, body, idx + (i,), bounds, hooks)
+                    self.assume_inside = saved
+            else:
+                with self.loop(hi, lo) as i:
+                    self.nest(shape, body, idx + (i,), bounds, hooks, inner)
         for f in after:
             f(idx)
+
+    def pad_interior(self, roots, shape):
+        """(pads, lo, hi) for a loop nest over shape computing the values roots at its own index:
+        the pads of those values' fused chains, reached at the loop's index, that slice their
+        innermost axis with step 1; [lo, hi) is where every one of them is inside its input, so
+        a loop over it reads them without a test (and vectorizes with plain loads, not masked
+        ones). None when there is no such pad."""
+        if not shape or shape[-1] == 1:
+            return None
+        seen, pads, todo = set(), [], list(roots)
+        while todo:
+            v = todo.pop()
+            if v in seen or v in self.bufs or v.shape != tuple(shape):
+                continue
+            seen.add(v)
+            n = self.plan.producers.get(v)
+            if n is None:
+                continue
+            spec = n.attr("spec") if n.op == "pad" else None
+            if spec is not None and len(spec) == len(shape) and spec[-1][0] == "s" and spec[-1][3] in (None, 1):
+                pads.append(n)
+            elif OPS[n.op].kind == "elementwise" and OPS[n.op].index_map is None:
+                todo.extend(n.ins)
+        if not pads:
+            return None
+        from .layout import _start
+        e, lo, hi = self.entry, None, None
+        for n in pads:
+            start, _ = _start(self, shape[-1], n.attr("spec")[-1])
+            end = e.add(start, self.dim(n.ins[0].shape[-1]))
+            lo = start if lo is None else e.select(e.icmp_signed(">", start, lo), start, lo)
+            hi = end if hi is None else e.select(e.icmp_signed("<", end, hi), end, hi)
+        return frozenset(pads), lo, hi
 
     @contextmanager
     def when(self, cond):

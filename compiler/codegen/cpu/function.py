@@ -99,11 +99,25 @@ class FunctionLowering(ElementLowering):
         def body(idx):
             for f in parts:
                 f(idx)
+        # where the steps read shifted slices (pads), the innermost loop is split at their edges
+        roots = [s.node.ins[0] if s.node is not None and OPS[s.node.op].kind == "reduce" else
+                 (s.node.out if s.node is not None else s.value) for s in steps]
+        inner = self._interior(roots, shape, steps)
         if a is None:
             with self.when(self.is_first):
-                self.nest(shape, body, hooks=hooks)
+                self.nest(shape, body, hooks=hooks, inner=inner)
             return
-        self.nest(shape, body, bounds={a: self.chunk(shape, a, split)}, hooks=hooks)
+        self.nest(shape, body, bounds={a: self.chunk(shape, a, split)}, hooks=hooks, inner=inner)
+
+    def _interior(self, roots, shape, steps):
+        # the steps' own values are being computed, not read: their buffers do not stop the walk
+        own = {s.node.out for s in steps if s.node is not None}
+        bufs = self.bufs
+        self.bufs = {v: p for v, p in bufs.items() if v not in own}
+        try:
+            return self.pad_interior(roots, shape)
+        finally:
+            self.bufs = bufs
 
     def matmul(self, n):
         (a, ta), (bm, tb) = self.plan.matmul_operands[n]
