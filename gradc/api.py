@@ -163,7 +163,7 @@ def build_bytes(text: str, file: str = "<source>", link: bool = True, fast_math:
     mod, graphs = _optimized(text, file, record=seen)
     facts = {
         "gradc_version": VERSION, "target": target, "fast_math": opts.fast_math,
-        **b.host_facts(opts),
+        **b.build_facts(opts),
         "source_name": Path(file).name if file != "<source>" else None,
         "source_hash": hashlib.sha256(text.encode()).hexdigest(),
         "warnings": seen,

@@ -64,7 +64,7 @@ class Backend:
     stages: tuple = ()
     native: bool = True                 # makes module files (reference does not)
     option_fields: tuple = ()           # the Options fields that change its code
-    host: object = None                 # (options) -> dict: triple/arch/features/versions
+    host: object = None                 # (options, ask_llvm=False) -> dict: triple/arch/features/versions
     available: object = field(default=lambda: (True, ""))
     compile: object = None
     load: object = None
@@ -73,6 +73,10 @@ class Backend:
     def host_facts(self, options: Options) -> dict:
         return self.host(options) if self.host is not None else {}
 
+    def build_facts(self, options: Options) -> dict:
+        """What the code being compiled depends on, asked afresh (a module header records it)."""
+        return self.host(options, ask_llvm=True) if self.host is not None else {}
+
     def cache_options(self, options: Options) -> str:
         return json.dumps({k: getattr(options, k) for k in self.option_fields}, sort_keys=True)
 
@@ -80,10 +84,17 @@ class Backend:
 # ---- cpu
 
 
-def _cpu_host(options, refresh=False):
-    from .runtime.host import host
-    h = host(refresh)
-    facts = {k: h[k] for k in ("triple", "cpu", "features")}
+def _cpu_host(options, refresh=False, ask_llvm=False):
+    """What cpu code depends on. For cache keys and load checks, this machine as remembered
+    (runtime/host.py: no LLVM needed); for compiling (ask_llvm), as LLVM sees it now, so a
+    damaged description file can never reach code generation."""
+    if ask_llvm:
+        from .compiler.codegen import host_cpu
+        facts = dict(zip(("triple", "cpu", "features"), host_cpu()))
+    else:
+        from .runtime.host import host
+        h = host(refresh)
+        facts = {k: h[k] for k in ("triple", "cpu", "features")}
     if options.cpu is None and not options.cpu_features:
         return facts
     # code for another CPU: this machine's instruction set less what that CPU lacks, with the
@@ -116,8 +127,10 @@ def _cpu_compile(graphs, name, options, facts, sigs):
         return {"signature": sigs[k], "symbol": compiled_entry[0],
                 "dims": list(compiled_entry[1]), "checks": compiled_entry[2]}
     # each function's code carries a digest of its header entry and of the facts (runtime/trust.py)
+    chosen = facts.get("cpu_chosen")
     compiled = compile_graphs(graphs, name, opt=options.opt_level, link=options.link,
-                              fast_math=options.fast_math, cpu=facts["cpu"], features=facts["features"],
+                              fast_math=options.fast_math, cpu=facts["cpu"] if chosen else None,
+                              features=facts["features"] if chosen else None,
                               describe=lambda k, e: describe(facts, entry(k, e)))
     functions = [entry(k, compiled.entries[k]) for k in graphs]
     return functions, artifact.Code(compiled.objects, compiled.shared)
@@ -132,7 +145,7 @@ def _cpu_load(name, header, code, file):
 
 def _cpu_emit(stage, graphs, name, options):
     from .compiler import codegen
-    h = _cpu_host(options)
+    h = _cpu_host(options, ask_llvm=True)
     if stage == "llvm":
         return codegen.emit_llvm(graphs, name, True, options.fast_math, h["cpu"], h["features"])
     return codegen.emit_asm(graphs, name, options.fast_math, h["cpu"], h["features"])
@@ -141,7 +154,7 @@ def _cpu_emit(stage, graphs, name, options):
 # ---- cuda and cuda-sim: the same kernels and launch plans; PTX for a GPU, host IR for the simulator
 
 
-def _cuda_host(options):
+def _cuda_host(options, ask_llvm=False):
     from .compiler.codegen.cuda.ptx import PTX_VERSION
     return {"gpu_arch": options.gpu_arch, "ptx_version": PTX_VERSION}
 
