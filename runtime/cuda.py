@@ -495,12 +495,13 @@ class _DLManagedTensorVersioned(ctypes.Structure):
     _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32), ("manager_ctx", ctypes.c_void_p),
                 ("deleter", ctypes.c_void_p), ("flags", ctypes.c_uint64), ("dl_tensor", _DLTensor)]
 
+# the capsule calls through prototypes of our own: setting argtypes on ctypes.pythonapi's shared
+# function objects would change them for every other user in the process
 _api = ctypes.pythonapi
-_api.PyCapsule_IsValid.restype, _api.PyCapsule_IsValid.argtypes = ctypes.c_int, [ctypes.py_object, ctypes.c_char_p]
-_api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-_api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-_api.PyCapsule_New.restype = ctypes.py_object
-_api.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+_is_valid = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_IsValid", _api))
+_get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_GetPointer", _api))
+_new_capsule = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)(
+    ("PyCapsule_New", _api))
 _CAPSULE_DESTRUCTOR = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _raw_is_valid = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p)(("PyCapsule_IsValid", _api))
 _raw_get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)(("PyCapsule_GetPointer", _api))
@@ -542,7 +543,7 @@ def _export(array: "DeviceArray", device_type: int):
     address = ctypes.addressof(managed)
     with _exported_lock:
         _exported[address] = (managed, shape, array)
-    return _api.PyCapsule_New(address, _DLTENSOR, ctypes.cast(_capsule_gone, ctypes.c_void_p))
+    return _new_capsule(address, _DLTENSOR, ctypes.cast(_capsule_gone, ctypes.c_void_p))
 
 
 def _import_dlpack(obj, name: str, dtype: str, fn: str):
@@ -556,10 +557,10 @@ def _import_dlpack(obj, name: str, dtype: str, fn: str):
             break
         except TypeError:
             continue
-    if capsule is not None and _api.PyCapsule_IsValid(capsule, _DLTENSOR_VERSIONED):
-        t = _DLManagedTensorVersioned.from_address(_api.PyCapsule_GetPointer(capsule, _DLTENSOR_VERSIONED)).dl_tensor
-    elif capsule is not None and _api.PyCapsule_IsValid(capsule, _DLTENSOR):
-        t = _DLManagedTensor.from_address(_api.PyCapsule_GetPointer(capsule, _DLTENSOR)).dl_tensor
+    if capsule is not None and _is_valid(capsule, _DLTENSOR_VERSIONED):
+        t = _DLManagedTensorVersioned.from_address(_get_pointer(capsule, _DLTENSOR_VERSIONED)).dl_tensor
+    elif capsule is not None and _is_valid(capsule, _DLTENSOR):
+        t = _DLManagedTensor.from_address(_get_pointer(capsule, _DLTENSOR)).dl_tensor
     else:
         raise TypeError(f"{fn}: parameter '{name}': __dlpack__ did not give a DLPack tensor capsule")
     shape = tuple(t.shape[i] for i in range(t.ndim))
