@@ -129,6 +129,26 @@ def test_dlpack_input_errors(mods):
     with pytest.raises(TypeError, match="parameter 'x'.*kDLCUDA.*host memory only"):
         sim.f(OnGpu(x), x)
 
+    class Pinned(Only):                        # page-locked host memory: the simulator reads it
+        def __dlpack_device__(self):
+            return (cuda.kDLCUDAHost, 0)
+    with pytest.raises(TypeError, match="on kDLCPU, but __dlpack_device__ said kDLCUDAHost"):
+        sim.f(Pinned(x), x)                       # NumPy's capsule says kDLCPU: a mismatch
+
+    class PinnedOwn:                            # a capsule that says kDLCUDAHost too: accepted
+        def __init__(self, a):
+            self.a = a
+
+        def __dlpack__(self, stream=None, max_version=None):
+            assert stream is None
+            return cuda._export(self.a, self.a.ctypes.data, self.a.shape, "f32",
+                                (cuda.kDLCUDAHost, 0), max_version is not None)
+
+        def __dlpack_device__(self):
+            return (cuda.kDLCUDAHost, 0)
+    y = np.arange(6, dtype=np.float32)
+    np.testing.assert_allclose(sim.f(PinnedOwn(y), x).get(), y + np.sin(y), rtol=1e-6)
+
     class NotCapsule(Only):
         def __dlpack__(self, **kw):
             return object()
