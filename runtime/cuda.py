@@ -536,16 +536,21 @@ _USED = b"used_dltensor"
 _NAME_V = b"dltensor_versioned"
 _USED_V = b"used_dltensor_versioned"
 
-_capi = ctypes.pythonapi
-_capi.PyCapsule_IsValid.restype = ctypes.c_int
-_capi.PyCapsule_IsValid.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-_capi.PyCapsule_GetPointer.restype = ctypes.c_void_p
-_capi.PyCapsule_GetPointer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-_capi.PyCapsule_SetName.restype = ctypes.c_int
-_capi.PyCapsule_SetName.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 _CapsuleDestructor = ctypes.CFUNCTYPE(None, ctypes.c_void_p)   # the capsule as an address: no refcounting
-_capi.PyCapsule_New.restype = ctypes.py_object
-_capi.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, _CapsuleDestructor]
+
+
+def _capi(name, restype, *argtypes):
+    """A prototype of our own for a C-API function (not ctypes.pythonapi's shared attributes,
+    whose argtypes another library may set otherwise)."""
+    return ctypes.PYFUNCTYPE(restype, *argtypes)((name, ctypes.pythonapi))
+
+
+_addr_is_valid = _capi("PyCapsule_IsValid", ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p)
+_addr_get_pointer = _capi("PyCapsule_GetPointer", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)
+_capsule_new = _capi("PyCapsule_New", ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p, _CapsuleDestructor)
+_py_is_valid = _capi("PyCapsule_IsValid", ctypes.c_int, ctypes.py_object, ctypes.c_char_p)
+_py_get_pointer = _capi("PyCapsule_GetPointer", ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)
+_py_set_name = _capi("PyCapsule_SetName", ctypes.c_int, ctypes.py_object, ctypes.c_char_p)
 
 # exported managed tensors, by address: the ctypes structs (their memory) and the memory owner
 _exported = {}
@@ -571,8 +576,8 @@ def _capsule_destructor(cap):
     """A capsule nobody consumed (it still has its first name) deletes its managed tensor."""
     try:
         for name in (_NAME, _NAME_V):
-            if _capi.PyCapsule_IsValid(cap, name):
-                _release_export(_capi.PyCapsule_GetPointer(cap, name))
+            if _addr_is_valid(cap, name):
+                _release_export(_addr_get_pointer(cap, name))
                 return
     except Exception:          # interpreter shutdown
         pass
@@ -594,7 +599,7 @@ def _export(owner, ptr, shape, dtype, device, versioned, copied=False):
     with _exported_lock:
         _exported[addr] = (m, shape_arr, owner)
     try:
-        return _capi.PyCapsule_New(addr, _NAME_V if versioned else _NAME, _capsule_destructor)
+        return _capsule_new(addr, _NAME_V if versioned else _NAME, _capsule_destructor)
     except BaseException:
         _release_export(addr)
         raise
@@ -621,14 +626,6 @@ class _DLPackHold:
 def _dl_dtype_name(code, bits, lanes):
     s = f"{_DL_CODES.get(code, f'code {code} ')}{bits}"
     return s if lanes == 1 else f"{s}x{lanes}"
-
-
-_py_is_valid = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.c_char_p)(
-    ("PyCapsule_IsValid", ctypes.pythonapi))
-_py_get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
-    ("PyCapsule_GetPointer", ctypes.pythonapi))
-_py_set_name = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.c_char_p)(
-    ("PyCapsule_SetName", ctypes.pythonapi))
 
 
 def _consume_dlpack(v, stream):
