@@ -395,18 +395,6 @@ class DeviceArray:
         return {"shape": self.shape, "typestr": TYPESTR[self.gradc_dtype], "data": (self.ptr, False),
                 "strides": None, "version": 3}
 
-    def __dlpack_device__(self) -> tuple:
-        """(kDLCUDA, 0) on a GPU; (kDLCPU, 0) in the simulator, whose device memory is host memory."""
-        return (KDL_CPU if self._driver.name == "cuda-sim" else KDL_CUDA, 0)
-
-    def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
-        """A DLPack capsule of this array (no copy): torch.from_dlpack, cupy.from_dlpack,
-        np.from_dlpack (in the simulator) take it. The work that made it is finished (each call
-        synchronizes), so any stream may read it."""
-        if copy:
-            raise BufferError("gradc device arrays are exported without a copy (copy=True is not supported)")
-        return _export(self, self.__dlpack_device__()[0])
-
     def get(self) -> np.ndarray:
         a = np.empty(self.shape, NP_DTYPES[self.gradc_dtype])
         self._driver.to_host(a, self.ptr)
@@ -417,6 +405,40 @@ class DeviceArray:
     def __array__(self, dtype=None, copy=None):
         a = self.get()
         return a if dtype is None else a.astype(dtype)
+
+    def __dlpack_device__(self) -> tuple:
+        """(kDLCUDA, 0) on a GPU; (kDLCPU, 0) on cuda-sim, whose device memory is host memory."""
+        return (kDLCPU, 0) if self._driver.name == "cuda-sim" else (kDLCUDA, 0)
+
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        """A DLPack capsule of this array, without a copy unless copy=True or dl_device asks for
+        another device ((kDLCPU, 0): a host copy). DLPack 1.0 ("dltensor_versioned") where
+        max_version allows it, else 0.x. The results of a call are complete when it returns, so
+        any consumer stream may read them."""
+        dev = self.__dlpack_device__()
+        if dev[0] == kDLCPU:
+            if stream is not None:
+                raise BufferError(f"stream={stream!r}: a tensor on kDLCPU takes stream=None")
+        elif stream == 0:
+            raise ValueError("stream=0 is ambiguous in DLPack: 1 is CUDA's legacy default stream, "
+                             "2 its per-thread default stream")
+        versioned = max_version is not None and int(tuple(max_version)[0]) >= 1
+        if dl_device is not None and tuple(int(x) for x in dl_device) != dev:
+            want = tuple(int(x) for x in dl_device)
+            if copy is False:
+                raise BufferError(f"dl_device={want} needs a copy of an array on {dev}, and copy=False")
+            if want != (kDLCPU, 0):
+                raise BufferError(f"dl_device={want}: a gradc device array exports to {dev} or, "
+                                  f"by a copy, to the host ({kDLCPU}, 0)")
+            a = self.get()
+            return _export(a, a.ctypes.data, self.shape, self.gradc_dtype, want, versioned, copied=True)
+        if copy:
+            mem = _Allocation(self._driver, self.nbytes)
+            self._driver.copy(mem.ptr, self.ptr, self.nbytes)
+            self._driver.synchronize()
+            return _export(mem, mem.ptr, self.shape, self.gradc_dtype, dev, versioned, copied=True)
+        owner = self if self._owner is None else self._owner
+        return _export(owner, self.ptr, self.shape, self.gradc_dtype, dev, versioned)
 
     def __repr__(self):
         return f"<gradc device array {type_str(self.shape, self.gradc_dtype)} on {self._driver.name}>"
@@ -448,10 +470,11 @@ def to_device(array, target: str = "cuda") -> DeviceArray:
 
 
 class _DeviceInput:
-    """A device-array argument, checked: its pointer, shape and dtype (and what keeps it alive)."""
+    """A device-array argument, checked: its pointer, shape and dtype."""
 
-    def __init__(self, ptr, shape, dtype, keep=None):
-        self.ptr, self.shape, self.gradc_dtype, self.keep = ptr, tuple(shape), dtype, keep
+    def __init__(self, ptr, shape, dtype, hold=None):
+        self.ptr, self.shape, self.gradc_dtype = ptr, tuple(shape), dtype
+        self.hold = hold          # a consumed DLPack tensor, released after the call
 
     @property
     def ndim(self):
@@ -462,10 +485,21 @@ class _DeviceInput:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
-# ---- DLPack: device arrays in and out without a copy (the 0.x DLManagedTensor ABI)
+# ---- DLPack: results exported as DLPack capsules, DLPack tensors taken as inputs
+#
+# The structs of dlpack.h (DLPack 0.x "dltensor" and 1.x "dltensor_versioned" capsules). A
+# consumer renames the capsule it takes ("used_dltensor"...) and then owns the managed tensor:
+# it calls the deleter when done. A producer's capsule destructor calls the deleter only if the
+# capsule still has its first name (nobody consumed it).
 
-KDL_CPU, KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED = 1, 2, 3, 13
-_DL_CODES = {"f32": (2, 32), "f64": (2, 64), "i32": (0, 32), "i64": (0, 64), "bool": (6, 8)}
+kDLCPU, kDLCUDA, kDLCUDAHost, kDLCUDAManaged = 1, 2, 3, 13
+_DL_DEVICE_NAMES = {1: "kDLCPU", 2: "kDLCUDA", 3: "kDLCUDAHost", 4: "kDLOpenCL", 7: "kDLVulkan",
+                    8: "kDLMetal", 9: "kDLVPI", 10: "kDLROCM", 11: "kDLROCMHost", 13: "kDLCUDAManaged",
+                    14: "kDLOneAPI", 15: "kDLWebGPU", 16: "kDLHexagon", 17: "kDLMAIA"}
+_DL_CODES = {0: "int", 1: "uint", 2: "float", 3: "opaque", 4: "bfloat", 5: "complex", 6: "bool"}
+_DL_DTYPE = {(2, 32): "f32", (2, 64): "f64", (0, 32): "i32", (0, 64): "i64", (6, 8): "bool", (1, 8): "bool"}
+_DL_OF = {"f32": (2, 32), "f64": (2, 64), "i32": (0, 32), "i64": (0, 64), "bool": (6, 8)}
+DLPACK_FLAG_BITMASK_IS_COPIED = 1 << 1
 
 
 class _DLDevice(ctypes.Structure):
@@ -482,101 +516,148 @@ class _DLTensor(ctypes.Structure):
                 ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
 
 
+_DLDeleter = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
 class _DLManagedTensor(ctypes.Structure):
-    pass
+    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", _DLDeleter)]
 
 
-_DELETER = ctypes.CFUNCTYPE(None, ctypes.POINTER(_DLManagedTensor))
-_DLManagedTensor._fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", _DELETER)]
+class _DLPackVersion(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32)]
 
 
 class _DLManagedTensorVersioned(ctypes.Structure):
-    """DLPack 1.x: a version, the owner's context and deleter, flags (read-only...), the tensor."""
-    _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32), ("manager_ctx", ctypes.c_void_p),
-                ("deleter", ctypes.c_void_p), ("flags", ctypes.c_uint64), ("dl_tensor", _DLTensor)]
+    _fields_ = [("version", _DLPackVersion), ("manager_ctx", ctypes.c_void_p), ("deleter", _DLDeleter),
+                ("flags", ctypes.c_uint64), ("dl_tensor", _DLTensor)]
 
-# the capsule calls through prototypes of our own: setting argtypes on ctypes.pythonapi's shared
-# function objects would change them for every other user in the process
-_api = ctypes.pythonapi
-_is_valid = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_IsValid", _api))
-_get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_GetPointer", _api))
-_new_capsule = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)(
-    ("PyCapsule_New", _api))
-_CAPSULE_DESTRUCTOR = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-_raw_is_valid = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p)(("PyCapsule_IsValid", _api))
-_raw_get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)(("PyCapsule_GetPointer", _api))
-_DLTENSOR = b"dltensor"                # the capsule's name until a consumer takes it
-_DLTENSOR_VERSIONED = b"dltensor_versioned"
-_exported = {}                         # managed tensor address -> what keeps it and its memory alive
+
+# capsule names: module constants, since a capsule keeps the pointer to its name, not a copy
+_NAME = b"dltensor"
+_USED = b"used_dltensor"
+_NAME_V = b"dltensor_versioned"
+_USED_V = b"used_dltensor_versioned"
+
+_CapsuleDestructor = ctypes.CFUNCTYPE(None, ctypes.c_void_p)   # the capsule as an address: no refcounting
+
+
+def _capi(name, restype, *argtypes):
+    """A prototype of our own for a C-API function (not ctypes.pythonapi's shared attributes,
+    whose argtypes another library may set otherwise)."""
+    return ctypes.PYFUNCTYPE(restype, *argtypes)((name, ctypes.pythonapi))
+
+
+_addr_is_valid = _capi("PyCapsule_IsValid", ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p)
+_addr_get_pointer = _capi("PyCapsule_GetPointer", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)
+_capsule_new = _capi("PyCapsule_New", ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p, _CapsuleDestructor)
+_py_is_valid = _capi("PyCapsule_IsValid", ctypes.c_int, ctypes.py_object, ctypes.c_char_p)
+_py_get_pointer = _capi("PyCapsule_GetPointer", ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)
+_py_set_name = _capi("PyCapsule_SetName", ctypes.c_int, ctypes.py_object, ctypes.c_char_p)
+
+# exported managed tensors, by address: the ctypes structs (their memory) and the memory owner
+_exported = {}
 _exported_lock = threading.Lock()
 
 
-@_DELETER
-def _release(managed):
+def _release_export(addr):
     with _exported_lock:
-        _exported.pop(ctypes.addressof(managed.contents), None)
+        _exported.pop(addr, None)
 
 
-@_CAPSULE_DESTRUCTOR
-def _capsule_gone(capsule):
-    # a capsule nobody consumed still owns its tensor (a consumer renames it and calls the deleter)
-    if _raw_is_valid(capsule, _DLTENSOR):
-        address = _raw_get_pointer(capsule, _DLTENSOR)
-        if address:
-            with _exported_lock:
-                _exported.pop(address, None)
+@_DLDeleter
+def _dl_deleter(addr):
+    """The deleter of an exported tensor: drops its structs and its reference to the memory."""
+    try:
+        _release_export(addr)
+    except Exception:          # interpreter shutdown
+        pass
 
 
-def _export(array: "DeviceArray", device_type: int):
-    """A "dltensor" capsule of array's memory, keeping its owner alive until the deleter runs."""
-    managed = _DLManagedTensor()
-    shape = (ctypes.c_int64 * max(array.ndim, 1))(*array.shape)
-    t = managed.dl_tensor
-    t.data, t.device = array.ptr, _DLDevice(device_type, 0)
-    t.ndim = array.ndim
-    code, bits = _DL_CODES[array.gradc_dtype]
-    t.dtype = _DLDataType(code, bits, 1)
-    t.shape = ctypes.cast(shape, ctypes.POINTER(ctypes.c_int64))
-    t.strides = None                           # C-contiguous
-    t.byte_offset = 0
-    managed.deleter = _release
-    address = ctypes.addressof(managed)
-    with _exported_lock:
-        _exported[address] = (managed, shape, array)
-    return _new_capsule(address, _DLTENSOR, ctypes.cast(_capsule_gone, ctypes.c_void_p))
+@_CapsuleDestructor
+def _capsule_destructor(cap):
+    """A capsule nobody consumed (it still has its first name) deletes its managed tensor."""
+    try:
+        for name in (_NAME, _NAME_V):
+            if _addr_is_valid(cap, name):
+                _release_export(_addr_get_pointer(cap, name))
+                return
+    except Exception:          # interpreter shutdown
+        pass
 
 
-def _import_dlpack(obj, name: str, dtype: str, fn: str):
-    """(pointer, shape, capsule) of a DLPack producer's tensor, checked like any argument."""
-    # our kernels run on the legacy default stream: 1 says so to a CUDA producer (None for a host one)
-    stream = 1 if obj.__dlpack_device__()[0] != KDL_CPU else None
-    capsule = None
-    for kw in ({"stream": stream, "max_version": (1, 0)}, {"stream": stream}, {}):
-        try:
-            capsule = obj.__dlpack__(**kw)
-            break
-        except TypeError:
-            continue
-    if capsule is not None and _is_valid(capsule, _DLTENSOR_VERSIONED):
-        t = _DLManagedTensorVersioned.from_address(_get_pointer(capsule, _DLTENSOR_VERSIONED)).dl_tensor
-    elif capsule is not None and _is_valid(capsule, _DLTENSOR):
-        t = _DLManagedTensor.from_address(_get_pointer(capsule, _DLTENSOR)).dl_tensor
+def _export(owner, ptr, shape, dtype, device, versioned, copied=False):
+    """A DLPack capsule of C-contiguous memory at ptr, holding a reference to owner until deleted."""
+    n = len(shape)
+    shape_arr = (ctypes.c_int64 * max(n, 1))(*shape)
+    code, bits = _DL_OF[dtype]
+    t = _DLTensor(ptr, _DLDevice(*device), n, _DLDataType(code, bits, 1),
+                  ctypes.cast(shape_arr, ctypes.POINTER(ctypes.c_int64)), None, 0)
+    if versioned:
+        m = _DLManagedTensorVersioned(_DLPackVersion(1, 0), None, _dl_deleter,
+                                      DLPACK_FLAG_BITMASK_IS_COPIED if copied else 0, t)
     else:
-        raise TypeError(f"{fn}: parameter '{name}': __dlpack__ did not give a DLPack tensor capsule")
-    shape = tuple(t.shape[i] for i in range(t.ndim))
-    code, bits = _DL_CODES[dtype]
-    if (t.dtype.code, t.dtype.bits, t.dtype.lanes) != (code, bits, 1) and \
-            not (dtype == "bool" and (t.dtype.code, t.dtype.bits) in ((1, 8), (6, 8))):
-        raise TypeError(f"{fn}: parameter '{name}' expects {dtype} elements, got a DLPack tensor of type code "
-                        f"{t.dtype.code} with {t.dtype.bits} bits")
-    if t.strides:
-        expect = 1
-        for i in range(t.ndim - 1, -1, -1):
-            if shape[i] > 1 and t.strides[i] != expect:
-                raise ValueError(f"{fn}: parameter '{name}': the DLPack tensor must be C-contiguous")
-            expect *= shape[i]
-    # not renamed: the capsule still owns the tensor, and frees it when the call drops it
-    return (t.data or 0) + t.byte_offset, shape, capsule
+        m = _DLManagedTensor(t, None, _dl_deleter)
+    addr = ctypes.addressof(m)
+    with _exported_lock:
+        _exported[addr] = (m, shape_arr, owner)
+    try:
+        return _capsule_new(addr, _NAME_V if versioned else _NAME, _capsule_destructor)
+    except BaseException:
+        _release_export(addr)
+        raise
+
+
+class _DLPackHold:
+    """A consumed DLPack tensor: the managed tensor is ours until release() calls its deleter."""
+
+    def __init__(self, addr, deleter):
+        self.addr, self.deleter = addr, deleter
+
+    def release(self):
+        addr, self.addr = self.addr, None
+        if addr is not None and self.deleter:
+            ctypes.cast(self.deleter, _DLDeleter)(addr)
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:          # interpreter shutdown
+            pass
+
+
+def _dl_dtype_name(code, bits, lanes):
+    s = f"{_DL_CODES.get(code, f'code {code} ')}{bits}"
+    return s if lanes == 1 else f"{s}x{lanes}"
+
+
+def _consume_dlpack(v, stream):
+    """v.__dlpack__ taken as its consumer: (the DLTensor, a _DLPackHold that deletes it, flags).
+
+    DLPack 1.x where v gives it (max_version=(1, 0)), else 0.x. The capsule is renamed
+    "used_dltensor[_versioned]": the managed tensor is then ours, until the hold's release()."""
+    kwargs = {} if stream is None else {"stream": stream}
+    try:
+        cap = v.__dlpack__(max_version=(1, 0), **kwargs)
+    except TypeError:                  # a producer of DLPack 0.x: no max_version
+        cap = v.__dlpack__(**kwargs)
+    for name, used, versioned in ((_NAME_V, _USED_V, True), (_NAME, _USED, False)):
+        if type(cap).__name__ == "PyCapsule" and _py_is_valid(cap, name):
+            addr = _py_get_pointer(cap, name)
+            if versioned:
+                m = _DLManagedTensorVersioned.from_address(addr)
+                if m.version.major != 1:
+                    # the struct of another major version is unknown: leave it to the producer
+                    raise BufferError(f"DLPack {m.version.major}.{m.version.minor} tensor: "
+                                      f"gradc reads DLPack 1.x and 0.x")
+                flags = m.flags
+            else:
+                m = _DLManagedTensor.from_address(addr)
+                flags = 0
+            _py_set_name(cap, used)
+            deleter = ctypes.cast(m.deleter, ctypes.c_void_p).value
+            return m.dl_tensor, _DLPackHold(addr, deleter), flags
+    raise TypeError(f"__dlpack__ returned {type(cap).__name__}, not a capsule named 'dltensor' "
+                    f"or 'dltensor_versioned'")
 
 
 # ---- functions
@@ -593,17 +674,10 @@ class CudaFunction(Function):
 
     def _convert(self, name, dtype, shape, v):
         cai = getattr(v, "__cuda_array_interface__", None)
-        if cai is None and not isinstance(v, np.ndarray) and hasattr(v, "__dlpack__") \
-                and hasattr(v, "__dlpack_device__"):
-            device = v.__dlpack_device__()[0]
-            on_device = device in (KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED) or \
-                (device == KDL_CPU and self.driver.name == "cuda-sim")
-            if on_device:
-                ptr, shp, capsule = _import_dlpack(v, name, dtype, self.sig.name)
-                return _DeviceInput(ptr, shp, dtype, capsule)
-            if device == KDL_CPU:
-                return super()._convert(name, dtype, shape, np.from_dlpack(v))
         if cai is None:
+            if (hasattr(v, "__dlpack__") and hasattr(v, "__dlpack_device__")
+                    and not isinstance(v, (np.ndarray, np.generic))):
+                return self._convert_dlpack(name, dtype, shape, v)
             return super()._convert(name, dtype, shape, v)
         want = TYPESTR[dtype]
         got = cai.get("typestr")
@@ -622,7 +696,59 @@ class CudaFunction(Function):
                                  f"C-contiguous (strides {strides})")
         return _DeviceInput(int(cai["data"][0]), shp, dtype)
 
+    def _convert_dlpack(self, name, dtype, shape, v):
+        """A DLPack tensor as an input: on a CUDA device (or, on cuda-sim, in host memory), taken
+        without a copy and held until the call returns; on the host with target cuda, copied."""
+        where = f"{self.sig.name}: parameter '{name}'"
+        sim = self.driver.name == "cuda-sim"
+        dev_type, dev_id = (int(x) for x in v.__dlpack_device__())
+        if dev_type == kDLCPU and not sim:
+            return super()._convert(name, dtype, shape, np.from_dlpack(v))
+        accepted = (kDLCPU, kDLCUDAHost, kDLCUDAManaged) if sim else (kDLCUDA, kDLCUDAHost, kDLCUDAManaged)
+        dev_name = _DL_DEVICE_NAMES.get(dev_type, f"device type {dev_type}")
+        if dev_type not in accepted:
+            why = " (target cuda-sim reads host memory only)" if sim and dev_type == kDLCUDA else ""
+            raise TypeError(f"{where} expects {type_str(shape, dtype)}, got a DLPack tensor on "
+                            f"{dev_name}{why}")
+        if dev_type != kDLCPU and dev_id != 0 and not sim:
+            raise ValueError(f"{where}: the DLPack tensor is on CUDA device {dev_id}; gradc runs on device 0")
+        # DLPack for CUDA: stream=1 is the legacy default stream, the one gradc launches on
+        t, hold, _ = _consume_dlpack(v, None if dev_type == kDLCPU or sim else 1)
+        try:
+            dt = t.dtype
+            got = _DL_DTYPE.get((dt.code, dt.bits)) if dt.lanes == 1 else None
+            if got != dtype and not (dtype == "bool" and got == "bool"):
+                raise TypeError(f"{where} expects {type_str(shape, dtype)}, got a DLPack tensor of "
+                                f"dtype {_dl_dtype_name(dt.code, dt.bits, dt.lanes)}")
+            if t.device.device_type != dev_type:
+                raise TypeError(f"{where}: the DLPack tensor is on "
+                                f"{_DL_DEVICE_NAMES.get(t.device.device_type, t.device.device_type)}, "
+                                f"but __dlpack_device__ said {dev_name}")
+            shp = tuple(int(t.shape[i]) for i in range(t.ndim))
+            if t.strides:
+                strides = tuple(int(t.strides[i]) for i in range(t.ndim))
+                expect, step = [], 1
+                for d in reversed(shp):
+                    expect.append(step)
+                    step *= d
+                if any(d > 1 and s != e for d, s, e in zip(shp, strides, reversed(expect))):
+                    raise ValueError(f"{where}: the DLPack tensor must be C-contiguous "
+                                     f"(strides {strides} in elements)")
+            ptr = (t.data or 0) + int(t.byte_offset)
+        except BaseException:
+            hold.release()
+            raise
+        return _DeviceInput(ptr, shp, dtype, hold)
+
     def _run(self, arrays, dims):
+        try:
+            return self._launch_all(arrays, dims)
+        finally:
+            for a in arrays:           # the call is complete: consumed DLPack tensors are deleted
+                if isinstance(a, _DeviceInput) and a.hold is not None:
+                    a.hold.release()
+
+    def _launch_all(self, arrays, dims):
         drv, plan = self.driver, self.plan
         on_device = any(isinstance(a, _DeviceInput) for a in arrays)
         keep = []

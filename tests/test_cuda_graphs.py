@@ -318,57 +318,6 @@ def test_bindings_driver_end_to_end():
         drv._check((2, None), "cuMemAlloc")
 
 
-# ---- DLPack, both ways (on cuda-sim, device memory is host memory: NumPy is a producer and a consumer)
-
-
-class DLPackOnly:
-    """A producer with the DLPack protocol and nothing else (as a JAX or PyTorch array is to gradc)."""
-
-    def __init__(self, a):
-        self._a = a
-
-    def __dlpack__(self, **kw):
-        return self._a.__dlpack__(**kw)
-
-    def __dlpack_device__(self):
-        return self._a.__dlpack_device__()
-
-
-def test_dlpack_in_and_out(program):
-    sim, ref = program
-    x = np.linspace(-2, 2, 257).astype(np.float32)
-    gx, gy = sim.g(DLPackOnly(x), DLPackOnly(x))            # DLPack in: device results out
-    assert isinstance(gx, cuda.DeviceArray) and gx.__dlpack_device__() == (cuda.KDL_CPU, 0)
-    out = np.from_dlpack(gx)                                # DLPack out, no copy
-    assert out.ctypes.data == gx.ptr
-    for a, b in zip((out, np.from_dlpack(gy)), ref.g(x, x)):
-        cases._compare(a, b, "f32", "g through DLPack")
-    again = sim.g(DLPackOnly(out), gy)                      # a consumer's array fed back in
-    for a, b in zip(again, ref.g(out, gy.get())):
-        cases._compare(a.get(), b, "f32", "g on DLPack results")
-
-
-def test_dlpack_mistakes_name_the_parameter(program):
-    sim, _ = program
-    x = np.zeros(8, np.float32)
-    with pytest.raises(TypeError, match="parameter 'x' expects f32 elements"):
-        sim.g(DLPackOnly(np.zeros(8)), x)
-    with pytest.raises(ValueError, match="parameter 'y': the DLPack tensor must be C-contiguous"):
-        sim.g(x, DLPackOnly(np.zeros(16, np.float32)[::2]))
-
-
-def test_dlpack_exports_are_released():
-    import gc
-    m = gradc.compile("fn f(x: f32[N]) -> f32[N] { return x * 2 }", target="cuda-sim", cache=False)
-    d = cuda.to_device(np.arange(6, dtype=np.float32), "cuda-sim")
-    for _ in range(500):
-        r = m.f(d)
-        np.testing.assert_array_equal(np.from_dlpack(r), [0, 2, 4, 6, 8, 10])   # consumed: deleter runs
-        r.__dlpack__()                                                          # never consumed
-    gc.collect()
-    assert not cuda._exported
-
-
 # ---- matrix products: register-blocked tiles, transposes in place, fused epilogues
 
 GEMM = """
