@@ -126,3 +126,16 @@ def test_code_for_another_cpu(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gradc", "build", str(p), "--cpu-features", "avx"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "+name or -name" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_cuda_module_loads_without_llvm(tmp_path):
+    """The driver compiles PTX: loading a cuda module file touches no LLVM (here, without a
+    driver, it stops at the one message; on a GPU it goes on to the driver)."""
+    p = tmp_path / "m.ad"
+    p.write_text(SRC)
+    out = gradc.build(p, tmp_path / "m.gcm", target="cuda")
+    code = ("import sys, gradc\n"
+            f"try:\n    gradc.load({str(out)!r})\nexcept gradc.TargetUnavailable:\n    pass\n"
+            "print('llvmlite.binding' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
