@@ -183,11 +183,10 @@ def gpu_plan(g):
     from ...ops import OPS
     plan = make_plan(g)
     fixed = set(g.outputs) | set(g.params)
+    for ops in plan.matmul_operands.values():      # the products the plan computes (a product no
+        fixed |= {x for x, _ in ops}                # output reads the data of has no entry)
     for n in g.nodes:
-        kind = OPS[n.op].kind
-        if kind == "matmul":
-            fixed |= {x for x, _ in plan.matmul_operands[n]}
-        elif kind == "check":
+        if OPS[n.op].kind == "check":
             fixed.add(n.ins[0])
     changed = True
     while changed:
