@@ -1,6 +1,7 @@
 """The Python entry points: compile a .ad program, build and load compiled modules, call functions."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import warnings
@@ -136,7 +137,7 @@ def compile(src, target: str = DEFAULT_TARGET, cache: bool = True, fast_math: bo
                 warnings.warn(w, GradcWarning, stacklevel=2)
             return module
     # linking pays only for a module that later processes load; cache=False writes nothing
-    data = build_bytes(text, file, target=target, options=Options(**{**opts.__dict__, "link": cache}))
+    data = build_bytes(text, file, target=target, options=dataclasses.replace(opts, link=cache))
     header, obj = artifact.unpack(data, file)
     if cache:
         if target == "cpu" and not header.get("cpu_chosen") and \
@@ -182,7 +183,7 @@ def build(src, out=None, target: str = "cpu", fast_math: bool = False, key=None,
     target: cpu (this machine's CPU), cuda (PTX for gpu_arch: builds without a GPU) or
     cuda-sim. key (bytes, or the path of a key file) signs it: gradc.load(path, key=) then checks it.
     """
-    b = backend(target, need_available=False) if target in BACKENDS else _backend(target)
+    b = backend(target, need_available=False)      # a cuda module builds without a GPU
     if not b.native:
         raise ValueError(f"gradc.build makes native modules; target {target!r} is not one (use cpu, cuda or cuda-sim)")
     if key is not None:

@@ -17,7 +17,7 @@ from ..element import ElementLowering, acc_dtype, reduction_combine as _combine,
 from ..layout import ZERO
 from ..plan import make_plan
 from ..scalar import LLTYPES, Scalar, is_float
-from .kernel import I32, I64, Kernel, Param
+from .kernel import I64, Kernel, Param
 
 BLOCK = 256                 # threads per block of elementwise and reduction kernels (a power of 2)
 # matrix products: a block of TILE_THREADS threads makes a BM x BN tile of the result, each thread
@@ -508,7 +508,6 @@ class FunctionKernels:
         mm, dt = n.out, n.out.dtype
         akey, bkey = self.dest[a], self.dest[bm]
         ckey = None if mm in self.unstored else self.dest[mm]
-        T = ir.Constant(I64, TILE_THREADS)
         side = BM // MICRO                          # threads along a tile's side (16)
 
         def c64(v):
