@@ -663,6 +663,16 @@ def _consume_dlpack(v, stream):
 # ---- functions
 
 
+def _c_contiguous(shape, strides, unit) -> bool:
+    """Whether strides (in units of `unit`) lay shape out row-major without gaps (unit axes aside)."""
+    step = unit
+    for d, s in zip(reversed(shape), reversed(strides)):
+        if d > 1 and s != step:
+            return False
+        step *= d
+    return True
+
+
 class CudaFunction(Function):
     """A function of a module compiled for cuda or cuda-sim: NumPy arrays in (copied to the
     device) and NumPy arrays out, or device arrays in and device arrays out, without a copy."""
@@ -686,14 +696,9 @@ class CudaFunction(Function):
                             f"got a device array of typestr {got}")
         shp = tuple(cai["shape"])
         strides = cai.get("strides")
-        if strides is not None:
-            expect, step = [], ITEMSIZE[dtype]
-            for d in reversed(shp):
-                expect.append(step)
-                step *= d
-            if any(d > 1 and s != e for d, s, e in zip(shp, strides, reversed(expect))):
-                raise ValueError(f"{self.sig.name}: parameter '{name}': the device array must be "
-                                 f"C-contiguous (strides {strides})")
+        if strides is not None and not _c_contiguous(shp, strides, ITEMSIZE[dtype]):
+            raise ValueError(f"{self.sig.name}: parameter '{name}': the device array must be "
+                             f"C-contiguous (strides {strides})")
         return _DeviceInput(int(cai["data"][0]), shp, dtype)
 
     def _convert_dlpack(self, name, dtype, shape, v):
@@ -727,11 +732,7 @@ class CudaFunction(Function):
             shp = tuple(int(t.shape[i]) for i in range(t.ndim))
             if t.strides:
                 strides = tuple(int(t.strides[i]) for i in range(t.ndim))
-                expect, step = [], 1
-                for d in reversed(shp):
-                    expect.append(step)
-                    step *= d
-                if any(d > 1 and s != e for d, s, e in zip(shp, strides, reversed(expect))):
+                if not _c_contiguous(shp, strides, 1):
                     raise ValueError(f"{where}: the DLPack tensor must be C-contiguous "
                                      f"(strides {strides} in elements)")
             ptr = (t.data or 0) + int(t.byte_offset)
