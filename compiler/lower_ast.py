@@ -367,19 +367,25 @@ class Scope:
 
     def let(self, stmt: A.Let):
         where = stmt.pattern or stmt.loc
-        named = [t for t in stmt.targets if t != "_"]
+        named = [t for t in A.pattern_names(stmt.targets) if t != "_"]
         twice = sorted({t for t in named if named.count(t) > 1})
         if twice:
             raise CompileError(f"'{twice[0]}' is bound twice in one pattern", where)
-        v = self.expr(stmt.value)
-        if len(stmt.targets) == 1:
+        self._bind(stmt.targets, self.expr(stmt.value), where, True)
+
+    def _bind(self, targets, v, where, whole):
+        """Names (and nested patterns) bound to a value; a single name takes the whole value."""
+        if whole and len(targets) == 1:
             vals = [v]
-        elif isinstance(v, tuple) and len(v) == len(stmt.targets):
+        elif isinstance(v, tuple) and len(v) == len(targets):
             vals = list(v)
         else:
             got = f"{len(v)} values" if isinstance(v, tuple) else "one value, not a tuple,"
-            raise CompileError(f"cannot unpack {got} into {len(stmt.targets)} names", where)
-        for name, val in zip(stmt.targets, vals):
+            raise CompileError(f"cannot unpack {got} into {len(targets)} names", where)
+        for name, val in zip(targets, vals):
+            if isinstance(name, list):
+                self._bind(name, val, where, False)
+                continue
             if name == "_":
                 continue                # the part not wanted: dead code elimination drops it
             self.env[name] = val
@@ -613,7 +619,7 @@ class Lowering:
         mod = Module(file, source, diagnostics=self.diag)
         seen = {}
         for item in self.program.items:
-            names = [item.name] if isinstance(item, A.FnDef) else item.targets
+            names = [item.name] if isinstance(item, A.FnDef) else A.pattern_names(item.targets)
             for name in names:
                 if name in seen:
                     raise CompileError(f"'{name}' is defined twice", item.loc,

@@ -34,7 +34,7 @@ class FnDef(Node):
 
 @dataclass
 class Let(Node):
-    targets: list             # names; "_" discards its part of a tuple
+    targets: list             # names, or lists of them for nested parts; "_" discards its part
     value: "Node"
     pattern: Loc | None = None    # where the names are written
 
@@ -144,3 +144,11 @@ def _dump_one(node, indent) -> list:
             else:
                 parts.append((item, indent + 2))
     return parts
+
+
+def pattern_names(targets) -> list:
+    """The names a let pattern binds, nested parts included, in order."""
+    out = []
+    for t in targets:
+        out += pattern_names(t) if isinstance(t, list) else [t]
+    return out

@@ -112,7 +112,10 @@ class _ToAst(Transformer_NonRecursive):          # deep trees: Python's stack en
     let_top = let_stmt
 
     def target(self, meta, ch):
-        return [str(t) for t in ch], self.loc(meta)
+        return [t if isinstance(t, list) else str(t) for t in ch], self.loc(meta)
+
+    def nested(self, meta, ch):              # (a, (b, c)): a pattern inside a pattern
+        return [t if isinstance(t, list) else str(t) for t in ch]
 
     def return_stmt(self, meta, ch):
         return A.Return(self.loc(meta), list(ch))

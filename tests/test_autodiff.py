@@ -287,3 +287,18 @@ def test_destructuring_drops_the_unused_part():
     _, graphs = _optimized(ROSEN_HV, "r.ad")
     assert len(graphs["hvp"].outputs) == 1
     assert len(graphs["hvp"].nodes) < len(graphs["both"].nodes)
+
+
+def test_nested_patterns():
+    m = compile_ref("""
+fn two(x: f64) -> (f64, f64) { return x * x, 2 * x }
+fn f(x: f64) -> f64 {
+    let ((a, b), c) = (two(x), x * 5)
+    let (_, (d, _)) = (x, two(c))
+    return a + 10 * b + 100 * c + d
+}
+let g = grad(f)
+""")
+    # f = x^2 + 20 x + 500 x + 25 x^2; f' = 52 x + 520
+    assert np.isclose(m.f(2.0), 4 + 40 + 1000 + 100)
+    assert np.isclose(m.g(2.0), 52 * 2 + 520)

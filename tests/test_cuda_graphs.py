@@ -323,6 +323,8 @@ def test_bindings_driver_end_to_end():
 GEMM = """
 fn mm(a: F[M, K], b: F[K, N]) -> F[M, N] { return a @ b }
 fn mm_tt(a: F[K, M], b: F[N, K]) -> F[M, N] { return transpose(a) @ transpose(b) }
+fn mm_ta(a: F[K, M], b: F[K, N]) -> F[M, N] { return transpose(a) @ b }
+fn mm_tb(a: F[M, K], b: F[N, K]) -> F[M, N] { return a @ transpose(b) }
 fn layer(x: F[M, K], w: F[K, N], c: F[N]) -> F[M, N] { return tanh(x @ w + c) }
 fn row(x: F[1, K], w: F[K, N], c: F[N]) -> F[1, N] { return relu(x @ w + c) * 2 }
 fn col(w: F[M, K], v: F[K, 1]) -> F[M, 1] { return exp(w @ v) }
@@ -345,6 +347,8 @@ def test_products_of_any_shape(gemm, m, k, n):
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     np.testing.assert_allclose(mod.mm(a, b), a64 @ b64, **tol)
     np.testing.assert_allclose(mod.mm_tt(a.T.copy(), b.T.copy()), a64 @ b64, **tol)
+    np.testing.assert_allclose(mod.mm_ta(a.T.copy(), b), a64 @ b64, **tol)
+    np.testing.assert_allclose(mod.mm_tb(a, b.T.copy()), a64 @ b64, **tol)
     np.testing.assert_allclose(mod.layer(a, b, c), np.tanh(a64 @ b64 + c), **tol)
     # a unit axis: the epilogue indexes the product as the element lowering does (found by fuzzing)
     if m:
