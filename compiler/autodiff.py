@@ -7,6 +7,8 @@ from .builder import Emitter, fresh
 from .ir import FLOATS, Graph, Value, type_str
 from .ops import OPS
 
+TUPLE = "tuple"
+
 
 class AutodiffError(Exception):
     def __init__(self, message, notes=()):
@@ -20,7 +22,11 @@ def active_values(g: Graph, seeds) -> set:
     for n in g.nodes:
         if n.out in active:
             continue
-        if OPS[n.op].vjp is not None and n.out.dtype in FLOATS and any(i in active for i in n.ins):
+        if n.op == "item":
+            if n.ins[0] in active and n.out.dtype in FLOATS:
+                active.add(n.out)
+        elif OPS[n.op].vjp is not None and n.out.dtype in FLOATS + (TUPLE,) and \
+                any(i in active for i in n.ins):
             active.add(n.out)
     return active
 
@@ -35,6 +41,14 @@ def backprop(e: Emitter, g: Graph, seeds: dict, wrt) -> list:
     ct = dict(seeds)
     for n in reversed(g.nodes):
         gbar = ct.get(n.out)
+        if n.op == "item":
+            # the cotangent of a tuple: one entry per part, None where none flows back
+            if gbar is not None and n.ins[0] in active:
+                parts = ct.setdefault(n.ins[0], [None] * n.attr("index"))
+                parts += [None] * (n.attr("index") + 1 - len(parts))
+                i = n.attr("index")
+                parts[i] = gbar if parts[i] is None else e.add(parts[i], gbar)
+            continue
         if gbar is None or OPS[n.op].vjp is None or not any(i in active for i in n.ins):
             continue
         e.loc = n.loc
@@ -53,7 +67,12 @@ def tangents(e: Emitter, g: Graph, seeds: dict) -> dict:
     """Forward mode: the tangent of every value reached from the seeded ones."""
     tan = dict(seeds)
     for n in g.nodes:
-        if n.out in seeds or OPS[n.op].jvp is None or n.out.dtype not in FLOATS:
+        if n.op == "item":
+            parts = tan.get(n.ins[0])
+            if parts is not None and parts[n.attr("index")] is not None and n.out.dtype in FLOATS:
+                tan[n.out] = parts[n.attr("index")]
+            continue
+        if n.out in seeds or OPS[n.op].jvp is None or n.out.dtype not in FLOATS + (TUPLE,):
             continue
         ts = tuple(tan.get(i) for i in n.ins)
         if all(t is None for t in ts):
@@ -61,6 +80,9 @@ def tangents(e: Emitter, g: Graph, seeds: dict) -> dict:
         e.loc = n.loc
         t = OPS[n.op].jvp(e, ts, n.out, *n.ins, **n.kw)
         if t is None:
+            continue
+        if n.out.dtype == TUPLE:
+            tan[n.out] = list(t)
             continue
         if not isinstance(t, Value):
             t = e.const(t, n.out.dtype)
@@ -151,7 +173,9 @@ def jvp(g: Graph, wrt_names, name, warn=print) -> Graph:
 
 
 def strip_detach(g: Graph) -> Graph:
-    """Once no transform follows, detach and hook are the identity."""
+    """Once no transform follows, detach and hook are the identity (in loop bodies too)."""
+    from .control import map_bodies
+    g = map_bodies(g, strip_detach)
     alias = {}
     nodes = []
     for n in g.nodes:

@@ -114,11 +114,14 @@ def _is_const(x):
 
 
 class Scope:
-    def __init__(self, lowering, e: Emitter, env: dict):
+    def __init__(self, lowering, e: Emitter, env: dict, vars=(), runtime_dims=False):
         self.low = lowering
         self.e = e
         self.env = env
         self.lets = []                # (name, Value) of this function's own bindings
+        self.vars = set(vars)         # names declared with var: they may be assigned again
+        self.runtime_dims = runtime_dims   # a symbolic dimension as a number is read at run time
+        self.assigned = {}            # var name -> where it was last assigned in this scope
 
     # -- names
 
@@ -175,6 +178,10 @@ class Scope:
     def dim_number(self, d: DimRef, node):
         if isinstance(d.value, int):
             return d.value
+        if self.runtime_dims:
+            v = self.dim_value(d.value)
+            if v is not None:
+                return v
         raise CompileError(f"the symbolic dimension {d.name} cannot be used as a number here", node.loc,
                            ["use it in a shape, or pass the number as a parameter"])
 
@@ -294,16 +301,81 @@ class Scope:
 
     def x_Index(self, node):
         x = self.value(node.value)
-        spec = []
-        for s in node.subs:
+        spec, dyn = [], []            # dyn: (axis of x, start Value, size or None for an index)
+        for k, s in enumerate(node.subs):
             if isinstance(s, A.Slice):
+                dynamic = self._dyn_slice(s, k, x, dyn)
+                if dynamic:
+                    spec.append(("s", None, None, None))
+                    continue
                 spec.append(("s",) + tuple(None if p is None else self.const(p) for p in
                                            (s.start, s.stop, s.step)))
                 if spec[-1][3] is not None and spec[-1][3] <= 0:
                     raise CompileError("slice step must be positive", s.loc)
             else:
-                spec.append(("i", self.const(s, what="a constant integer index")))
-        return self.e.slice(x, spec=tuple(spec))
+                v = self.expr(s)
+                if isinstance(v, DimRef) and not isinstance(v.value, int) and self.runtime_dims:
+                    v = self.dim_number(v, s)
+                if isinstance(v, Value):
+                    dyn.append((k, self._run_index(v, s), None, s))
+                    spec.append(("s", None, None, None))
+                else:
+                    spec.append(("i", self.const(s, what="a constant integer index")))
+        out = self.e.slice(x, spec=tuple(spec)) if any(p != ("s", None, None, None) for p in spec) else x
+        # the axes static indices removed come before the run-time ones: count them off
+        removed = lambda k: sum(1 for p in spec[:k] if p[0] == "i")
+        for k, start, size, sub in reversed(dyn):
+            axis = k - removed(k)
+            d = x.shape[k] if k < len(x.shape) else None
+            if d is None:
+                raise CompileError(f"too many indices for {x.type}", sub.loc)
+            n = 1 if size is None else size
+            hi = d - n + 1 if isinstance(d, int) else dim_add(d, 1 - n)
+            if isinstance(hi, int) and hi <= 0:
+                raise CompileError(f"a slice of {n} elements does not fit axis {k} of {x.type}", sub.loc)
+            what = "index {value}" if size is None else f"slice {{value}}:{{value}}+{n}"
+            start = self.e.check_range(start, lo=0, hi=hi, error="IndexError",
+                                       message=f"{what} is out of range for axis {k} (size {d}) at {sub.loc}")
+            out = self.e.dyn_slice(out, start, axis=axis, size=n, keep=size is not None)
+        return out
+
+    def _run_index(self, v: Value, node) -> Value:
+        if v.shape != () or v.dtype not in ("i32", "i64"):
+            raise CompileError(f"an index must be an integer scalar, got {v.type}", node.loc)
+        return v if v.dtype == "i64" else self.e.cast(v, dtype="i64")
+
+    def _dyn_slice(self, s: A.Slice, k, x, dyn) -> bool:
+        """A slice whose start is a run-time value, x[i : i + n] (n a constant): appended to dyn."""
+        if s.start is None or s.stop is None:
+            return False
+        start = self.expr(s.start)
+        if isinstance(start, DimRef) and self.runtime_dims:
+            start = self.dim_number(start, s.start)
+        if not isinstance(start, Value):
+            return False
+        if s.step is not None:
+            raise CompileError("a slice with a run-time start takes no step", s.step.loc)
+        stop = s.stop
+        size = None
+        if isinstance(stop, A.BinOp) and stop.op in "+-" and stop.left == s.start:
+            size = self.const(stop.right, what="a constant slice length")
+            size = size if stop.op == "+" else -size
+        if size is None or size < 0:
+            raise CompileError("a slice with a run-time start needs a constant length: write "
+                               "x[i : i + n]", s.loc)
+        dyn.append((k, self._run_index(start, s.start), size, s))
+        return True
+
+    def dim_value(self, d):
+        """A symbolic dimension's size as an i64 Value, read from a value that has it."""
+        sym, off = dim_parts(d)
+        for v in list(self.env.values()):
+            if isinstance(v, Value):
+                for k, vd in enumerate(v.shape):
+                    if vd == sym:
+                        n = self.e.numel(v, axes=(k,), dtype="i64")
+                        return self.e.add(n, off) if off else n
+        return None
 
     def x_Call(self, node):
         given = set()
@@ -364,6 +436,10 @@ class Scope:
         return fn(self, node, *args, **kwargs)
 
     # -- statements
+
+    def statement(self, stmt):
+        from .flow import statement
+        statement(self, stmt)
 
     def let(self, stmt: A.Let):
         where = stmt.pattern or stmt.loc
@@ -542,7 +618,7 @@ class Lowering:
                 if len(vals) == 1 and isinstance(vals[0], tuple):
                     vals = list(vals[0])
                 return self.check_return(d, scope, stmt, vals, dims), scope.lets
-            scope.let(stmt)
+            scope.statement(stmt)
         raise CompileError(f"{d.name} has no return statement", d.loc)
 
     def check_return(self, d, scope, stmt, vals, dims):

@@ -613,6 +613,44 @@ _linear("pad", lambda g, spec, shape: (tuple(shape), g.dtype), _pad_ref,
         lambda e, g, z, x, spec, shape: (e.slice(g, spec=spec),))
 
 
+# x[s : s + size] along axis with s a run-time integer (x[s] with keep=False); the frontend puts
+# a check_range on s before it (0 <= s <= n - size), derived graphs index within their loops
+def _dyn_rule(x, s, axis, size, keep, n=None):
+    if s.shape != () or s.dtype not in INTS:
+        raise ShapeError(f"a run-time index must be an integer scalar, got {_t(s)}")
+    if not 0 <= axis < len(x.shape) + (n is not None and not keep):
+        raise ShapeError(f"axis {axis} is out of range for {_t(x)}")
+    if n is not None:          # dyn_unslice: back to the whole axis
+        return x.shape[:axis] + (n,) + x.shape[axis + keep:], x.dtype
+    if not keep and size != 1:
+        raise ShapeError("internal: an index takes one element")
+    return x.shape[:axis] + ((size,) if keep else ()) + x.shape[axis + 1:], x.dtype
+
+
+def _dyn_key(ndim, s, axis, size, keep):
+    key = [slice(None)] * ndim
+    key[axis] = slice(int(s), int(s) + size) if keep else int(s)
+    return tuple(key)
+
+
+def _dyn_unslice_ref(g, s, axis, size, keep, n):
+    shape = g.shape[:axis] + (n,) + g.shape[axis + keep:]
+    out = np.zeros(shape, g.dtype)
+    out[_dyn_key(len(shape), s, axis, size, keep)] = g
+    return out
+
+
+defop("dyn_slice", _dyn_rule, lambda x, s, axis, size, keep: np.array(x[_dyn_key(x.ndim, s, axis, size, keep)]),
+      lambda e, g, z, x, s, axis, size, keep: (
+          e.dyn_unslice(g, s, axis=axis, size=size, keep=keep, n=x.shape[axis]), None),
+      lambda e, ts, z, x, s, **kw: e.dyn_slice(ts[0], s, **kw) if ts[0] is not None else None,
+      kind="layout", cheap=0)
+defop("dyn_unslice", _dyn_rule, _dyn_unslice_ref,
+      lambda e, g, z, x, s, axis, size, keep, n: (e.dyn_slice(g, s, axis=axis, size=size, keep=keep), None),
+      lambda e, ts, z, x, s, **kw: e.dyn_unslice(ts[0], s, **kw) if ts[0] is not None else None,
+      kind="layout", cheap=0)
+
+
 def _concat_vjp(e, g, z, *xs, axis):
     # slice bounds count from the front up to the one symbolic piece, from the back after it
     dims = [x.shape[axis] for x in xs]
@@ -675,3 +713,5 @@ def softmax(e, x, axis=-1):
     ex = e.exp(e.sub(x, e.detach(e.max(x, axes=axes, keepdims=True))))
     return e.div(ex, e.sum(ex, axes=axes, keepdims=True))
 
+
+from . import control  # noqa: E402,F401  (loops and branches register their ops)

@@ -152,3 +152,41 @@ def pattern_names(targets) -> list:
     for t in targets:
         out += pattern_names(t) if isinstance(t, list) else [t]
     return out
+
+
+# ---- statements of control flow
+
+
+@dataclass
+class Var(Node):
+    name: str
+    value: Node
+
+
+@dataclass
+class Assign(Node):
+    name: str
+    value: Node
+    op: str = ""              # "" for =, else the operator of an augmented assignment (+= ...)
+
+
+@dataclass
+class For(Node):
+    var: str
+    start: Node
+    stop: Node
+    body: list
+    checkpoint: Node | bool | None = None   # None: none; True: every sqrt(trips)-th; an expr: every k-th
+
+
+@dataclass
+class While(Node):
+    cond: Node
+    body: list
+
+
+@dataclass
+class If(Node):
+    cond: Node
+    then: list
+    orelse: list

@@ -17,7 +17,8 @@ _TOKEN_TEXT = {
     "STAR": "*", "SLASH": "/", "_NL": "newline", "RETURN": "return", "LET": "let", "FN": "fn",
     "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "MUL_OP": "*, /, //, % or @",
     "ADD_OP": "+ or -", "COMP_OP": "a comparison", "__ANON_0": "->", "DOUBLESTAR": "**",
-    "$END": "end of file", "TRUE": "true", "FALSE": "false", "NOT": "not", "AND": "and", "OR": "or",
+    "$END": "end of file", "VAR": "var", "FOR": "for", "IN": "in", "WHILE": "while", "IF": "if",
+    "ELSE": "else", "CHECKPOINT": "checkpoint", "AUG_OP": "+=, -=, *= or /=", "__ANON_1": "..", "TRUE": "true", "FALSE": "false", "NOT": "not", "AND": "and", "OR": "or",
 }
 
 
@@ -116,6 +117,32 @@ class _ToAst(Transformer_NonRecursive):          # deep trees: Python's stack en
 
     def nested(self, meta, ch):              # (a, (b, c)): a pattern inside a pattern
         return [t if isinstance(t, list) else str(t) for t in ch]
+
+    def var_stmt(self, meta, ch):
+        return A.Var(self.loc(meta), str(ch[0]), ch[1])
+
+    def assign_stmt(self, meta, ch):
+        return A.Assign(self.loc(meta), str(ch[0]), ch[1])
+
+    def aug_assign(self, meta, ch):
+        name, op, value = ch
+        return A.Assign(self.loc(meta), str(name), value, str(op)[0])
+
+    def for_stmt(self, meta, ch):
+        var, start, stop, ckpt, body = ch
+        return A.For(self.loc(meta), str(var), start, stop, body, ckpt)
+
+    def checkpoint(self, meta, ch):
+        return ch[0] if ch and ch[0] is not None else True
+
+    def while_stmt(self, meta, ch):
+        return A.While(self.loc(meta), ch[0], ch[1])
+
+    def if_stmt(self, meta, ch):
+        cond, then, orelse = ch
+        if isinstance(orelse, A.If):
+            orelse = [orelse]
+        return A.If(self.loc(meta), cond, then, orelse or [])
 
     def return_stmt(self, meta, ch):
         return A.Return(self.loc(meta), list(ch))

@@ -34,8 +34,9 @@ def type_str(shape, dtype) -> str:
     return f"{dtype}[{', '.join(str(d) for d in shape)}]" if shape else dtype
 
 
-# Symbolic dimensions: a name, optionally with a constant offset ("N", "N-1", "N+3").
-_DIM = re.compile(r"^([A-Za-z_][A-Za-z_0-9]*)([+-]\d+)?$")
+# Symbolic dimensions: a name, optionally with a constant offset ("N", "N-1", "N+3"); a name
+# starting with # is the trip count of a loop (compiler/control.py), never a parameter's.
+_DIM = re.compile(r"^(#?[A-Za-z_][A-Za-z_0-9]*)([+-]\d+)?$")
 
 
 def dim_parts(d):

@@ -143,8 +143,32 @@ def _one_hot(L, n, idx):
     return L.cg.cast(L.b.icmp_signed("==", v, idx[-1]), n.attr("dtype"))
 
 
+def _run_index(L, v):
+    return v if v.type == I64 else L.b.sext(v, I64)
+
+
+def _dyn_slice(L, n, idx):
+    axis, keep = n.attr("axis"), n.attr("keep")
+    s = _run_index(L, (yield n.ins[1], ()))
+    inner = idx[:axis] + ((L.b.add(idx[axis], s),) if keep else (s,)) + idx[axis + keep:]
+    return (yield n.ins[0], inner)
+
+
+def _dyn_unslice(L, n, idx):
+    axis, keep, size = n.attr("axis"), n.attr("keep"), n.attr("size")
+    g = n.ins[0]
+    s = _run_index(L, (yield n.ins[1], ()))
+    b = L.b
+    off = b.sub(idx[axis], s)
+    inside = b.and_(b.icmp_signed(">=", off, ZERO), b.icmp_signed("<", off, ir.Constant(I64, size)))
+    inner = idx[:axis] + ((b.select(inside, off, ZERO),) if keep else ()) + idx[axis + 1:]
+    v = yield g, inner
+    return b.select(inside, v, ir.Constant(LLTYPES[g.dtype], 0))
+
+
 # each layout op's index map lives in its registry entry (OpDef.index_map): every backend's
 # element lowering reads it from there
 for _name, _fn in {"broadcast_to": _broadcast_to, "transpose": _transpose, "reshape": _reshape,
-                   "slice": _slice, "pad": _pad, "concat": _concat, "one_hot": _one_hot}.items():
+                   "slice": _slice, "pad": _pad, "concat": _concat, "one_hot": _one_hot,
+                   "dyn_slice": _dyn_slice, "dyn_unslice": _dyn_unslice}.items():
     index_map(_name)(_fn)
