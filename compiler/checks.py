@@ -20,12 +20,14 @@ def requirements(g: Graph) -> list:
 
     def add(error, dim, least, message):
         sym, off = dim_parts(dim)
+        if sym is not None and sym.startswith("#"):
+            return                  # a loop's own trip count: its loop makes it, not the caller
         # N + k >= least always holds for N <= 0, and one implied by an earlier one adds nothing
         if least - off > strongest.get(sym, 0):
             strongest[sym] = least - off
             out.append({"error": error, "dim": dim, "min": least, "message": message})
 
-    for n in g.nodes:
+    for n in _all_nodes(g):
         rule = OPS[n.op].needs
         at = f" at {n.loc}" if n.loc is not None else ""
         for need in (rule(*n.ins, **n.kw) if rule is not None else ()):
@@ -45,3 +47,13 @@ def requirements(g: Graph) -> list:
                 add("ValueError", sym, -off, f"a value{at} would have dimension {d} < 0, "
                                              f"as {sym} is {{size}}")
     return out
+
+
+def _all_nodes(g: Graph):
+    """g's nodes and, where a node is a loop or branch, its bodies' nodes after it (a body's
+    shapes are written in the same dimensions as the function's)."""
+    for n in g.nodes:
+        yield n
+        for _, v in n.attrs:
+            if isinstance(v, Graph):
+                yield from _all_nodes(v)

@@ -1,7 +1,7 @@
 """The typed graph IR: values, nodes and graphs as small immutable dataclasses."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..vocab import DTYPES, FLOATS, INTS, Loc, concrete, dim_add, dim_parts, dim_value, symbols, type_str  # noqa: F401
 
@@ -100,4 +100,11 @@ def format_graph(g: Graph) -> str:
         lines.append(line)
     lines.append("  return " + ", ".join(f"%{num.get(v, v.id)}" for v in g.outputs))
     lines.append("}")
+    # the bodies of loops and branches follow the function that uses them, each once
+    seen = set()
+    for n in g.nodes:
+        for _, v in n.attrs:
+            if isinstance(v, Graph) and id(v) not in seen:
+                seen.add(id(v))
+                lines.append(format_graph(replace(v, name="@" + v.name)))
     return "\n".join(lines)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..frontend.parse import parse
 from .autodiff import strip_detach
+from .control import map_bodies
 from .lower_ast import Module, lower_program
 from .passes import PIPELINE
 
@@ -16,6 +17,7 @@ def optimize(g, print_after=None, verify=None):
     """The optimized graph (`opt-ir`): detach and hook become aliases, then the PIPELINE passes;
     verify runs after each pass, and print_after names a pass whose result is printed."""
     g = strip_detach(g)
+    g = map_bodies(g, lambda b: optimize(b, verify=verify))     # loop and branch bodies first
     for name, fn in PIPELINE:
         g = fn(g)
         if verify is not None:

@@ -23,6 +23,9 @@ def verify(g: Graph) -> Graph:
         if tuple(shape) != n.out.shape or dtype != n.out.dtype:
             raise VerifyError(f"{n.op} gives {dtype}{list(shape)}, but its result is typed {n.out.type}")
         defined.add(n.out)
+        for _, v in n.attrs:
+            if isinstance(v, Graph):
+                verify(v)
     for o in g.outputs:
         if o not in defined:
             raise VerifyError(f"output %{o.id} is not defined")

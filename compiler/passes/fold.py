@@ -49,7 +49,8 @@ def fold_constants(g: Graph) -> Graph:
         if n.op == "numel":
             dims = [n.ins[0].shape[a] for a in n.attr("axes")]
             return const(emit, n, math.prod(dims)) if all(isinstance(d, int) for d in dims) else None
-        if not n.ins or any(i not in made for i in n.ins) or n.op == "hook" or OPS[n.op].kind == "check":
+        if not n.ins or any(i not in made for i in n.ins) or n.op == "hook" or \
+                OPS[n.op].kind in ("check", "control", "item"):
             # a check of constants still runs when called: the call raises, not the compiler
             return None
         srcs = [made[i] for i in n.ins]

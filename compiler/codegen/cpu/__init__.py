@@ -14,8 +14,10 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 from llvmlite.binding import ffi
 
+from ...control import has_control
 from .blas import BLAS_GLOBALS, GEMV_GLOBALS, ILP64_GLOBAL
 from .link import link_shared
+from .driver import lower_program_graph
 from .parallel import OMP_GLOBALS, THREADS_GLOBAL, lower_graph
 from .vecmath import add_vector_variants
 
@@ -68,7 +70,9 @@ def build_ir(graphs: dict, name: str = "gradc", fast_math: bool = False) -> tupl
     module = ir.Module(name=name)
     entries = {}
     for fname, g in graphs.items():
-        entries[fname] = lower_graph(module, g, fast_math)
+        # a function with loops or branches gets a driver that runs its blocks (driver.py)
+        entries[fname] = lower_program_graph(module, g, fast_math) if has_control(g) else \
+            lower_graph(module, g, fast_math)
     return module, entries
 
 

@@ -139,7 +139,7 @@ def _emit_check(L, b, entry, n, index, ptr, err, free):
     # compare in the values' own width where the bounds fit it: twice the lanes for i32
     ct = t if isinstance(hi, int) and -2 ** (t.width - 1) <= lo <= hi < 2 ** (t.width - 1) else I64
     lo_v = ir.Constant(ct, lo)
-    hi_v = ir.Constant(ct, hi) if ct is t else L.dim(hi)
+    hi_v = ir.Constant(ct, hi) if isinstance(hi, int) else L.dim(hi)
     count = L.size(x.shape)
     e = L.entry
     anyv, found, value = e.alloca(BIT), e.alloca(BIT), e.alloca(I64)
