@@ -15,6 +15,8 @@ from gradc.compiler.ops import OPS
 from gradc.compiler.pipeline import optimize
 from gradc.runtime.cpu import load_native
 
+import control_cases as cc
+
 SIZES = ({"N": 3, "M": 5}, {"N": 8, "M": 2})
 TOL = {"f32": 1e-5, "f64": 1e-12}
 
@@ -90,6 +92,16 @@ CASES += [
                                           n=5, dtype=y.dtype), y)),
     _case("softmax", [(("N", 4), "F", "any")], lambda e, x: e.softmax(x, axis=-1)),
     _case("logsumexp", [(("N", 4), "F", "any")], lambda e, x: e.logsumexp(x, axis=0)),
+    # loops and branches: native loops around their bodies (tests/control_cases.py)
+    _case("for", [(("N", 3), "F", "any"), ((3,), "F", "unit")], cc.recurrence),
+    _case("for_ckpt", [(("N", 3), "F", "any"), ((3,), "F", "unit")],
+          lambda e, x, w: cc.recurrence(e, x, w, checkpoint=-1)),
+    _case("for_rev", [(("N", 3), "F", "any"), ((3,), "F", "unit")],
+          lambda e, x, w: cc.recurrence(e, x, w, checkpoint=2, reverse=True)),
+    _case("while", [((3,), "F", "pos")], cc.shrink),
+    _case("if", [((), "F", "any"), ((3,), "F", "any")], cc.branch),
+    _case("dyn_slice", [((4, "N"), "F", "any")], lambda e, x: cc.window(e, e.slice(x, spec=(("s", 0, 4, None), ("s", 0, 3, None))))),
+    _case("dyn_unslice", [(("N", 3), "F", "any")], lambda e, g: cc.unwindow(e, e.slice(g, spec=(("s", 0, 2, None),)))),
 ]
 INT_OPS = ("lt", "ge", "eq", "clamp", "where", "neg", "abs", "sign", "relu")
 

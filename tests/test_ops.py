@@ -8,6 +8,8 @@ from gradc.compiler.interp import run
 from gradc.compiler.ir import Graph
 from gradc.compiler.ops import COMPOSITES, OPS
 
+import control_cases as cc
+
 RNG = np.random.default_rng(1234)
 STEP = 1e-6
 
@@ -49,7 +51,17 @@ CASES = [
     ("logsumexp", [((3, 4), "any")], {"axis": 1}),
     ("softmax", [((3, 4), "any")], {"axis": -1}),
     ("log_softmax", [((3, 4), "any")], {"axis": 0}),
+    # loops and branches (tests/control_cases.py builds them)
+    ("for", [((4, 3), "any"), ((3,), "unit")], {}),
+    ("for", [((5, 3), "any"), ((3,), "unit")], {"checkpoint": 2}),
+    ("for", [((4, 3), "any"), ((3,), "unit")], {"checkpoint": -1, "reverse": True}),
+    ("while", [((3,), "pos")], {}),
+    ("if", [((), "any"), ((3,), "any")], {}),
+    ("dyn_slice", [((4, 3), "any")], {}),
+    ("dyn_unslice", [((2, 3), "any")], {}),
 ]
+BUILDERS = {"for": cc.recurrence, "while": cc.shrink, "if": cc.branch, "dyn_slice": cc.window,
+            "dyn_unslice": cc.unwindow}
 
 
 def _sample(shape, dom):
@@ -66,7 +78,10 @@ def _sample(shape, dom):
 def _graph(op, specs, attrs):
     params = tuple(fresh(s, "bool" if d == "bool" else "f64") for s, d in specs)
     e = Emitter()
-    out = e.emit(op, *params, **attrs) if op in OPS else COMPOSITES[op](e, *params, **attrs)
+    if op in BUILDERS:
+        out = BUILDERS[op](e, *params, **attrs)
+    else:
+        out = e.emit(op, *params, **attrs) if op in OPS else COMPOSITES[op](e, *params, **attrs)
     names = tuple(f"x{i}" for i in range(len(params)))
     return Graph(op, params, tuple(e.nodes), (out,), names)
 
@@ -154,7 +169,8 @@ def test_second_order(op, specs, attrs):
 
 
 def test_every_op_is_tested_or_has_no_gradient():
-    tested = {c[0] for c in CASES} | {"hook"}       # hook: test_hook_passes_gradient_through_its_fn
+    # hook: test_hook_passes_gradient_through_its_fn; item: in every loop and branch case
+    tested = {c[0] for c in CASES} | {"hook", "item"}
     for name, op in OPS.items():
         if op.vjp is not None:
             assert name in tested, f"op {name} has a gradient rule but no test case"
