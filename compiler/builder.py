@@ -98,6 +98,8 @@ class Emitter:
 
     def call(self, graph: Graph, *args) -> tuple:
         """Inline graph with its parameters bound to args; returns its outputs."""
+        from .control import fresh_trips
+        graph = fresh_trips(graph)
         env = dict(zip(graph.params, args))
         for n in graph.nodes:
             env[n.out] = self.add_node(n.op, tuple(env[i] for i in n.ins), n.attrs, n.loc)

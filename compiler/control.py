@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .ir import FLOATS, INTS, Graph, Node, ShapeError, Value, type_str
+from .ir import FLOATS, INTS, Graph, Node, ShapeError, Value, symbols, type_str
 from .ops import NP_DTYPES, OPS, defop
 
 TUPLE = "tuple"
@@ -312,15 +312,21 @@ def _if_jvp(e, ts, out, c, *caps, then, orelse):
 # ---- reverse mode
 
 
-def _reverse_body(body, lead, n_state, ct_outs, wrt_mask, name):
-    """The reverse pass of body for given output cotangents: a graph over
-    (*params, *cts) returning the cotangent of each param in wrt_mask (zeros where none).
+def _reverse_body(body, ct_outs, wrt_mask):
+    """The reverse pass of body for given output cotangents: (params, cotangent params, emitter,
+    cotangents of the params in wrt_mask (zeros where none), map from body values to their
+    copies, number of forward nodes). The body's forward values are computed again first
+    (a loop's reverse pass then reads the stored ones in their place).
     ct_outs[i]: output i has a cotangent param."""
     from .autodiff import backprop
     from .builder import Emitter
     ps = fresh_like(body.params)
     e = Emitter()
-    outs = e.call(body, *ps)
+    env = dict(zip(body.params, ps))
+    for n in body.nodes:
+        env[n.out] = e.add_node(n.op, tuple(env[i] for i in n.ins), n.attrs, n.loc)
+    outs = [env[o] for o in body.outputs]
+    n_fwd = len(e.nodes)
     cts = [fresh_like([o])[0] if ct_outs[i] else None for i, o in enumerate(body.outputs)]
     g = _graph_of(e)
     seeds = {}
@@ -331,17 +337,50 @@ def _reverse_body(body, lead, n_state, ct_outs, wrt_mask, name):
     got = backprop(e, g, seeds, wrt)
     # a body returning a param as is passes its cotangent straight back
     res = [c if c is not None else e.zeros_like(w) for c, w in zip(got, wrt)]
-    return ps, [c for c in cts if c is not None], e, res
+    return ps, [c for c in cts if c is not None], e, res, env, n_fwd
+
+
+def _cheap(n: Node) -> bool:
+    op = OPS[n.op]
+    return op.kind in ("layout", "source", "check") or (op.kind == "elementwise" and op.cheap is not None)
+
+
+def residuals(body, nc) -> list:
+    """The body's values that its reverse pass reads and that are not cheap to compute again
+    from the state, the captured values and the index (a product, a reduction, a
+    transcendental function, a nested loop's result): a loop's forward pass stores them
+    per iteration; everything else the reverse pass recomputes."""
+    fl = _floats(body.params[1:])
+    ct_outs = [o.dtype in FLOATS for o in body.outputs]
+    ps, _, be, res, env, n_fwd = _reverse_body(body, ct_outs, [False] + fl)
+    copy_of = {v: k for k, v in env.items()}
+    fwd = [n.out for n in be.nodes[:n_fwd]]
+    fset = set(fwd)
+    used = {i for n in be.nodes[n_fwd:] for i in n.ins if i in fset} | {r for r in res if r in fset}
+    cheap = set(ps)
+    for n in be.nodes[:n_fwd]:
+        if _cheap(n) and all(i in cheap for i in n.ins):
+            cheap.add(n.out)
+    # a value sized by a loop inside the body may differ in size from one iteration to the
+    # next: it cannot be a row of a stack, so the reverse pass runs that loop again
+    outer = set()
+    for p in body.params:
+        outer |= symbols(p.shape)
+    fixed = lambda v: all(not s.startswith("#") or s in outer for s in symbols(v.shape))
+    return [copy_of[v] for v in fwd if v in used and v not in cheap and v.dtype != TUPLE and fixed(v)]
 
 
 def _for_saving(e, start, stop, rest, body, n_caps, trip, reverse, checkpoint):
-    """A forward `for` like the given one that also stacks the state at each iteration's start."""
+    """A forward `for` like the given one that also stacks, per iteration, the state at its
+    start and the residuals its reverse pass reads: (result parts, state stacks, residuals,
+    residual stacks)."""
     nc = len(rest) - n_caps
-    g = replace(body, outputs=body.outputs + body.params[1:1 + nc])
+    rs = residuals(body, nc)
+    g = replace(body, outputs=body.outputs + body.params[1:1 + nc] + tuple(rs))
     ny = len(body.outputs) - nc
     res = emit_control(e, "for", [start, stop] + list(rest), body=g, n_caps=n_caps, trip=trip,
-                       reverse=reverse, saves=nc, checkpoint=checkpoint)
-    return res, res[nc + ny:]
+                       reverse=reverse, saves=nc + len(rs), checkpoint=checkpoint)
+    return res, res[nc + ny:nc + ny + nc], rs, res[nc + ny + nc:]
 
 
 def _for_vjp(e, gbar, out, start, stop, *rest, body, n_caps, trip, reverse=False, saves=0, checkpoint=0):
@@ -349,13 +388,14 @@ def _for_vjp(e, gbar, out, start, stop, *rest, body, n_caps, trip, reverse=False
     nys = len(body.outputs) - nc
     if checkpoint and nys == 0 and not reverse:
         return _for_vjp_checkpointed(e, gbar, start, stop, rest, body, n_caps, trip, checkpoint)
-    _, stacks = _for_saving(e, start, stop, rest, body, n_caps, trip, reverse, 0)
-    return [None, None] + backward_for(e, gbar, start, stop, rest, body, n_caps, trip, reverse, stacks)
+    _, stacks, rs, rstacks = _for_saving(e, start, stop, rest, body, n_caps, trip, reverse, 0)
+    return [None, None] + backward_for(e, gbar, start, stop, rest, body, n_caps, trip, reverse, stacks,
+                                       rs, rstacks)
 
 
-def backward_for(e, gbar, start, stop, rest, body, n_caps, trip, reverse, stacks):
+def backward_for(e, gbar, start, stop, rest, body, n_caps, trip, reverse, stacks, rs=(), rstacks=()):
     """Cotangents of (*init, *caps) of a `for` from those of its results, given the stacked
-    state at the start of each of its iterations."""
+    state at the start of each of its iterations and the stacked residuals rs (body values)."""
     nc = len(rest) - n_caps
     nys = len(body.outputs) - nc
     gbar = list(gbar) + [None] * (nc + nys - len(gbar))
@@ -363,38 +403,47 @@ def backward_for(e, gbar, start, stop, rest, body, n_caps, trip, reverse, stacks
     ct_outs = [fl[i] if i < nc else gbar[i] is not None and body.outputs[i].dtype in FLOATS
                for i in range(nc + nys)]
     wrt_mask = [False] + fl
-    ps, ctps, be, res = _reverse_body(body, 1, nc, ct_outs, wrt_mask, body.name)
+    ps, ctps, be, res, copies, n_fwd = _reverse_body(body, ct_outs, wrt_mask)
     # the reverse loop: carry (ct of float state, accumulated ct of float caps),
-    # caps (start, state stacks, ct stacks of ys, caps)
+    # caps (start, state stacks, residual stacks, ct stacks of ys, caps)
     from .builder import Emitter
     t = ps[0]
     st = fresh_like(stacks)
+    rst = fresh_like(rstacks)
     cty = fresh_like([gbar[nc + j] for j in range(nys) if ct_outs[nc + j]])
     st0 = fresh_like([start])[0]
-    carried_ct = [c for i, c in enumerate(ctps[:sum(ct_outs[:nc])])]
+    carried_ct = list(ctps[:sum(ct_outs[:nc])])
     acc = fresh_like([rest[i] for i in range(nc, len(rest)) if fl[i]])
     rb = Emitter()
-    i = rb.sub(t, rb.cast(st0, dtype="i64") if st0.dtype != "i64" else st0)
-    state = [rb.dyn_slice(s, i, axis=0, size=1, keep=False) for s in st]
-    rows = [rb.dyn_slice(s, i, axis=0, size=1, keep=False) for s in cty]
+    i = rb.sub(t, st0)
+    row = lambda s: rb.dyn_slice(s, i, axis=0, size=1, keep=False)
+    state = [row(s) for s in st]
+    rows = [row(s) for s in cty]
     cap_params = fresh_like(rest[nc:])
     env = dict(zip(ps, [t] + state + cap_params))
+    # a stored residual is read, not computed again (what only it needed goes with it)
+    stored = {copies[r]: row(s) for r, s in zip(rs, rst)}
     # ct params of the reverse body: the carried state's, then the ys'
     ct_env = dict(zip(ctps, carried_ct + rows))
     for n in be.nodes:
+        if n.out in stored:
+            env[n.out] = stored[n.out]
+            continue
         env[n.out] = rb.add_node(n.op, tuple(env.get(x, ct_env.get(x)) for x in n.ins), n.attrs, n.loc)
     look = lambda v: env.get(v, ct_env.get(v))
     cts = [look(r) for r in res]
     state_ct = cts[:sum(fl[:nc])]
     cap_ct = cts[sum(fl[:nc]):]
     new_acc = [rb.add(a, c) for a, c in zip(acc, cap_ct)]
-    params = [t] + carried_ct + acc + [st0] + st + cty + cap_params
-    g = Graph(body.name + ".rev", tuple(params), tuple(rb.nodes), tuple(state_ct + new_acc))
+    params = [t] + carried_ct + acc + [st0] + st + rst + cty + cap_params
+    from .passes.dce import dce
+    g = dce(Graph(body.name + ".rev", tuple(params), tuple(rb.nodes), tuple(state_ct + new_acc)))
     init_ct = [gbar[i] if gbar[i] is not None else e.zeros_like(rest[i]) for i in range(nc) if fl[i]]
     init_acc = [e.zeros_like(rest[i]) for i in range(nc, len(rest)) if fl[i]]
     ct_ys = [gbar[nc + j] for j in range(nys) if ct_outs[nc + j]]
-    ins = [start, stop] + init_ct + init_acc + [start] + list(stacks) + ct_ys + list(rest[nc:])
-    r = emit_control(e, "for", ins, body=g, n_caps=1 + len(stacks) + len(ct_ys) + len(rest) - nc,
+    ins = [start, stop] + init_ct + init_acc + [start] + list(stacks) + list(rstacks) + ct_ys + list(rest[nc:])
+    r = emit_control(e, "for", ins, body=g,
+                     n_caps=1 + len(stacks) + len(rstacks) + len(ct_ys) + len(rest) - nc,
                      trip=new_trip(), reverse=not reverse, saves=0, checkpoint=0)
     out = [None] * len(rest)
     k = 0
@@ -460,10 +509,10 @@ def _for_vjp_checkpointed(e, gbar, start, stop, rest, body, n_caps, trip, checkp
         state = [b.dyn_slice(x, s, axis=0, size=1, keep=False) for x in sts]
         seg = list(state) + list(caps)
         inner_trip = new_trip()
-        _, stacks = _for_saving(b, lo, hi, seg, body, n_caps, inner_trip, False, 0)
+        _, stacks, rs, rstacks = _for_saving(b, lo, hi, seg, body, n_caps, inner_trip, False, 0)
         it = iter(cts)
         g_in = [next(it) if fl[i] else None for i in range(nc)]
-        got = backward_for(b, g_in, lo, hi, seg, body, n_caps, inner_trip, False, stacks)
+        got = backward_for(b, g_in, lo, hi, seg, body, n_caps, inner_trip, False, stacks, rs, rstacks)
         new_ct = [got[i] for i in range(nc) if fl[i]]
         cap_ct = [got[i] for i in range(nc, len(rest)) if fl[i]]
         return new_ct + [b.add(x, y) for x, y in zip(accs, cap_ct)]
@@ -494,8 +543,8 @@ def _while_vjp(e, gbar, out, *rest, cond, body, n_caps):
     fb = build(body.name + ".for", [t] + ps, step)
     zero = e.const(0, "i64")
     trip = new_trip()
-    _, stacks = _for_saving(e, zero, trips, rest, fb, n_caps, trip, False, 0)
-    return backward_for(e, list(gbar)[:nc], zero, trips, rest, fb, n_caps, trip, False, stacks)
+    _, stacks, rs, rstacks = _for_saving(e, zero, trips, rest, fb, n_caps, trip, False, 0)
+    return backward_for(e, list(gbar)[:nc], zero, trips, rest, fb, n_caps, trip, False, stacks, rs, rstacks)
 
 
 def _if_vjp(e, gbar, out, c, *caps, then, orelse):
@@ -505,7 +554,7 @@ def _if_vjp(e, gbar, out, c, *caps, then, orelse):
     ct_outs = [gbar[i] is not None and then.outputs[i].dtype in FLOATS for i in range(n)]
     gs = []
     for b in (then, orelse):
-        ps, ctps, be, res = _reverse_body(b, 0, 0, ct_outs, fl, b.name)
+        ps, ctps, be, res, _, _ = _reverse_body(b, ct_outs, fl)
         gs.append(Graph(b.name + ".rev", tuple(ps + ctps), tuple(be.nodes), tuple(res)))
     cts = [gbar[i] for i in range(n) if ct_outs[i]]
     r = emit_control(e, "if", [c] + list(caps) + cts, then=gs[0], orelse=gs[1])
@@ -573,3 +622,129 @@ def merge_saves(g: Graph) -> Graph:
             n = replace(n, attrs=repl[n.out].attrs)
         nodes.append(replace(n, ins=tuple(alias.get(i, i) for i in n.ins)))
     return replace(g, nodes=tuple(nodes), outputs=tuple(alias.get(o, o) for o in g.outputs))
+
+
+def prune_loops(g: Graph) -> Graph:
+    """Loop-level dead code: a carried value that nothing after the loop reads and that feeds
+    only itself in the body is dropped (a cotangent accumulated for a value no one asked the
+    gradient of); so are stacked results no one reads and captures the body no longer uses."""
+    from .passes.dce import dce
+    used = {i for n in g.nodes for i in n.ins} | set(g.outputs)
+    read = {}
+    for n in g.nodes:
+        if n.op == "item" and n.out in used:
+            read.setdefault(n.ins[0], set()).add(n.attr("index"))
+    nodes, changed = [], False
+    for n in g.nodes:
+        if n.op == "for" and n.out in used:
+            new = _prune_for(n, read.get(n.out, set()), dce)
+            if new is not None:
+                n, changed = new, True
+        nodes.append(n)
+    if not changed:
+        return g
+    # items of removed parts are dead; the others follow their parts' new places
+    out = []
+    moved = {}
+    for n in nodes:
+        if n.op == "for" and n.attr("_remap") is not None:
+            remap = n.attr("_remap")
+            moved[n.out] = remap
+            n = replace(n, attrs=tuple((k, v) for k, v in n.attrs if k != "_remap"))
+        elif n.op == "item" and n.ins[0] in moved:
+            j = moved[n.ins[0]].get(n.attr("index"))
+            if j is None:
+                continue
+            n = replace(n, attrs=tuple((k, j if k == "index" else v) for k, v in n.attrs))
+        out.append(n)
+    return dce(replace(g, nodes=tuple(out)))
+
+
+def _prune_for(n: Node, read: set, dce):
+    kw = n.kw
+    body = kw["body"]
+    n_caps = kw["n_caps"]
+    nc = len(n.ins) - 2 - n_caps
+    ny = len(body.outputs) - nc
+    saves = kw["saves"]
+    # which outputs each param reaches, within the body
+    reach = {p: {p} for p in body.params}
+    for m in body.nodes:
+        s = set()
+        for i in m.ins:
+            s |= reach.get(i, set())
+        reach[m.out] = s
+    dead = set()
+    while True:
+        grow = False
+        for k in range(nc):
+            if k in dead or k in read:
+                continue
+            p = body.params[1 + k]
+            others = [o for j, o in enumerate(body.outputs) if j != k and j not in dead]
+            if not any(p in reach.get(o, {o}) for o in others):
+                dead.add(k)
+                grow = True
+        if not grow:
+            break
+    dead_ys = {nc + j for j in range(ny) if nc + j not in read and j < ny - saves}
+    if not dead and not dead_ys:
+        return None
+    keep_c = [k for k in range(nc) if k not in dead]
+    keep_o = keep_c + [nc + j for j in range(ny) if nc + j not in dead_ys]
+    b = dce(replace(body, outputs=tuple(body.outputs[j] for j in keep_o)))
+    usedp = {i for m in b.nodes for i in m.ins} | set(b.outputs)
+    caps = [j for j in range(n_caps) if body.params[1 + nc + j] in usedp]
+    params = (body.params[0],) + tuple(body.params[1 + k] for k in keep_c) + \
+        tuple(body.params[1 + nc + j] for j in caps)
+    b = replace(b, params=params)
+    ins = n.ins[:2] + tuple(n.ins[2 + k] for k in keep_c) + tuple(n.ins[2 + nc + j] for j in caps)
+    remap = {old: new for new, old in enumerate(keep_o)}
+    attrs = dict(kw, body=b, n_caps=len(caps), _remap=remap)
+    return replace(n, ins=ins, attrs=tuple(sorted(attrs.items(), key=lambda kv: kv[0])))
+
+
+def rename_dims(g: Graph, mapping: dict) -> Graph:
+    """g with the dimension symbols in mapping renamed, in its values, attributes and bodies."""
+    from .builder import fresh
+    from .ir import dim_parts
+
+    def dim(d):
+        if isinstance(d, str):
+            sym, off = dim_parts(d)
+            if sym in mapping:
+                return mapping[sym] if off == 0 else f"{mapping[sym]}{off:+d}"
+        return d
+
+    def shape(s):
+        return tuple(dim(d) for d in s)
+
+    vals = {}
+
+    def val(v):
+        if v not in vals:
+            s = shape(v.shape)
+            vals[v] = fresh(s, v.dtype) if s != v.shape else v
+        return vals[v]
+
+    def attr(a):
+        if isinstance(a, Graph):
+            return rename_dims(a, mapping)
+        if isinstance(a, tuple) and all(isinstance(d, (int, str)) for d in a):
+            return shape(a)
+        if isinstance(a, str) and a.startswith("#"):
+            return dim(a)
+        return a
+    nodes = tuple(Node(n.op, tuple(val(i) for i in n.ins), val(n.out),
+                       tuple((k, attr(a) if k != "message" and k != "error" else a) for k, a in n.attrs), n.loc)
+                  for n in g.nodes)
+    return replace(g, params=tuple(val(p) for p in g.params), nodes=nodes,
+                   outputs=tuple(val(o) for o in g.outputs),
+                   names=tuple((k, val(v)) for k, v in g.names))
+
+
+def fresh_trips(g: Graph) -> Graph:
+    """g with a new trip symbol for each of its loops: an inlined copy of a graph must not share
+    them with the original (the two may run different numbers of times)."""
+    trips = {n.attr("trip") for n in g.nodes if n.op == "for"}
+    return rename_dims(g, {t: new_trip() for t in trips}) if trips else g

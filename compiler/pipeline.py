@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..frontend.parse import parse
 from .autodiff import strip_detach
-from .control import map_bodies
+from .control import map_bodies, merge_saves
 from .lower_ast import Module, lower_program
 from .passes import PIPELINE
 
@@ -16,6 +16,7 @@ def lower(source: str, file: str = "<source>") -> Module:
 def optimize(g, print_after=None, verify=None):
     """The optimized graph (`opt-ir`): detach and hook become aliases, then the PIPELINE passes;
     verify runs after each pass, and print_after names a pass whose result is printed."""
+    g = merge_saves(g)          # before the bodies are rewritten: it knows them by identity
     g = strip_detach(g)
     g = map_bodies(g, lambda b: optimize(b, verify=verify))     # loop and branch bodies first
     for name, fn in PIPELINE:

@@ -90,6 +90,16 @@ fn detached(h0: f64, w: f64) -> f64 {
 }
 let detached_grad = grad(detached, wrt=(h0, w))
 
+# a derived function with a loop, called twice with different trip counts, differentiated again
+fn acc(x: f64[N]) -> f64 {
+    var s = 0.0
+    for t in 0..N { s = s + sin(x[t]) * s + x[t] }
+    return s
+}
+let acc_grad = grad(acc)
+fn twice(a: f64[N], b: f64[M]) -> f64 { return sum(acc_grad(a) * acc_grad(a)) + sum(acc_grad(b)) * 2.0 }
+let twice_grad = grad(twice, wrt=(a, b))
+
 fn count(xs: f64[N]) -> f64 {
     var s = 0.0
     for t in 0..N+1 { s = s + xs[t] }
@@ -294,3 +304,19 @@ def test_diagnostics_with_positions(src, says, line):
     ex = _err(src)
     assert says in str(ex), str(ex)
     assert ex.loc is not None and ex.loc.line == line, (ex.loc, str(ex))
+
+
+def test_a_derived_loop_called_twice_and_differentiated_again(m):
+    def acc(x):
+        s = 0.0
+        for v in x:
+            s = s + np.sin(v) * s + v
+        return s
+    a, b = np.linspace(0.1, 1, 3), np.linspace(-1, 0.5, 6)
+    ga = lambda x: fd(acc, [x], 0)
+    f = lambda a, b: np.sum(m.acc_grad(a) ** 2) + 2 * np.sum(m.acc_grad(b))
+    close(m.acc_grad(a), ga(a))
+    close(m.twice(a, b), f(a, b), 1e-12)
+    got = m.twice_grad(a, b)
+    close(got[0], fd(f, [a, b], 0), 1e-5)
+    close(got[1], fd(f, [a, b], 1), 1e-5)

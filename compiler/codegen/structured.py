@@ -35,19 +35,6 @@ class Program:
     own_trips: tuple = ()             # trip symbols its own loops define
 
 
-def _all_syms(g: Graph) -> set:
-    out = set()
-    for p in g.params:
-        out |= symbols(p.shape)
-    for n in g.nodes:
-        if n.out.dtype != "tuple":
-            out |= symbols(n.out.shape)
-        for _, v in n.attrs:
-            if isinstance(v, Graph):
-                out |= _all_syms(v)
-    return out
-
-
 def make_program(g: Graph, name: str | None = None) -> Program:
     name = name or g.name
     prog = Program(name, g)
@@ -96,18 +83,25 @@ def make_program(g: Graph, name: str | None = None) -> Program:
     flush(len(g.nodes))
     own = tuple(sorted({n.attr("trip") for n in g.nodes if n.op == "for"}))
     prog.own_trips = own
-    prog.syms = tuple(sorted(s for s in _all_syms(g) if s not in own and not _defined_inside(g, s)))
+    # the dims it is called with: those of its own shapes and those its bodies are called with,
+    # less the trip counts its own loops define
+    need = _own_syms(g)
+    for step in prog.steps:
+        if isinstance(step, Control):
+            for p in step.programs.values():
+                need |= set(p.syms)
+    prog.syms = tuple(sorted(s for s in need if s not in own))
     return prog
 
 
-def _defined_inside(g: Graph, sym) -> bool:
-    """sym is a trip symbol of a loop nested somewhere inside g's bodies (not g's own)."""
+def _own_syms(g: Graph) -> set:
+    out = set()
+    for p in g.params:
+        out |= symbols(p.shape)
     for n in g.nodes:
-        for _, v in n.attrs:
-            if isinstance(v, Graph):
-                if any(m.op == "for" and m.attr("trip") == sym for m in v.nodes) or _defined_inside(v, sym):
-                    return True
-    return False
+        if n.out.dtype != "tuple":
+            out |= symbols(n.out.shape)
+    return out
 
 
 def block_syms(g: Graph) -> tuple:

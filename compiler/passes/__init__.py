@@ -3,7 +3,8 @@ from .cse import cse
 from .dce import dce
 from .fold import fold_constants
 from .simplify import simplify
+from ..control import prune_loops
 
-PIPELINE = (("fold", fold_constants), ("simplify", simplify), ("cse", cse), ("dce", dce),
-            ("fold2", fold_constants), ("simplify2", simplify), ("cse2", cse), ("dce2", dce))
-PASSES = {"fold": fold_constants, "simplify": simplify, "cse": cse, "dce": dce}
+PIPELINE = (("fold", fold_constants), ("simplify", simplify), ("cse", cse), ("loops", prune_loops), ("dce", dce),
+            ("fold2", fold_constants), ("simplify2", simplify), ("cse2", cse), ("loops2", prune_loops), ("dce2", dce))
+PASSES = {"fold": fold_constants, "simplify": simplify, "cse": cse, "dce": dce, "loops": prune_loops}
