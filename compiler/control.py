@@ -345,7 +345,7 @@ def _cheap(n: Node) -> bool:
     return op.kind in ("layout", "source", "check") or (op.kind == "elementwise" and op.cheap is not None)
 
 
-def residuals(body, nc) -> list:
+def _residuals(body, nc) -> tuple:
     """The body's values that its reverse pass reads and that are not cheap to compute again
     from the state, the captured values and the index (a product, a reduction, a
     transcendental function, a nested loop's result): a loop's forward pass stores them
@@ -367,7 +367,17 @@ def residuals(body, nc) -> list:
     for p in body.params:
         outer |= symbols(p.shape)
     fixed = lambda v: all(not s.startswith("#") or s in outer for s in symbols(v.shape))
-    return [copy_of[v] for v in fwd if v in used and v not in cheap and v.dtype != TUPLE and fixed(v)]
+    return [copy_of[v] for v in fwd if v in used and v not in cheap and v.dtype != TUPLE and fixed(v)], \
+        [copy_of[v] for v in fwd if v in used and v in cheap]
+
+
+def residuals(body, nc) -> list:
+    return _residuals(body, nc)[0]
+
+
+def recomputed(body, nc) -> list:
+    """The body's values its reverse pass computes again (cheap ones it reads)."""
+    return _residuals(body, nc)[1]
 
 
 def _for_saving(e, start, stop, rest, body, n_caps, trip, reverse, checkpoint):
@@ -485,10 +495,13 @@ def _for_vjp_checkpointed(e, gbar, start, stop, rest, body, n_caps, trip, checkp
                            trip=new_trip(), reverse=False, saves=0, checkpoint=0)
         return res[:nc] + list(carry)
     fwd = build(body.name + ".segments", [s] + cps[:nc] + cps[nc:] + extra, seg_forward)
-    fwd = replace(fwd, params=fwd.params)
+    if len(body.param_names) == len(body.params):
+        fwd = replace(fwd, param_names=("segment",) + body.param_names[1:] + ("start", "k", "stop"))
     seg_trip = new_trip()
+    # (its checkpoint attribute keeps the interval for the memory report; a loop with stacked
+    # results is never checkpointed again)
     res = emit_control(e, "for", [zero, m] + list(rest) + [start, k, stop], body=fwd,
-                       n_caps=n_caps + 3, trip=seg_trip, reverse=False, saves=nc, checkpoint=0)
+                       n_caps=n_caps + 3, trip=seg_trip, reverse=False, saves=nc, checkpoint=checkpoint)
     seg_states = res[nc:]
     # reverse over segments: carry (ct of state, acc ct of caps); each segment's own reverse pass
     fl = _floats(rest)
@@ -693,12 +706,15 @@ def _prune_for(n: Node, read: set, dce):
     keep_c = [k for k in range(nc) if k not in dead]
     keep_o = keep_c + [nc + j for j in range(ny) if nc + j not in dead_ys]
     b = dce(replace(body, outputs=tuple(body.outputs[j] for j in keep_o)))
+    b = prune_loops(b)            # what the body's own loops no longer need
     usedp = {i for m in b.nodes for i in m.ins} | set(b.outputs)
     caps = [j for j in range(n_caps) if body.params[1 + nc + j] in usedp]
     params = (body.params[0],) + tuple(body.params[1 + k] for k in keep_c) + \
         tuple(body.params[1 + nc + j] for j in caps)
-    b = replace(b, params=params)
     ins = n.ins[:2] + tuple(n.ins[2 + k] for k in keep_c) + tuple(n.ins[2 + nc + j] for j in caps)
+    idx = [0] + [1 + k for k in keep_c] + [1 + nc + j for j in caps]
+    names = tuple(body.param_names[i] for i in idx) if len(body.param_names) == len(body.params) else ()
+    b = replace(b, params=params, param_names=names)
     remap = {old: new for new, old in enumerate(keep_o)}
     attrs = dict(kw, body=b, n_caps=len(caps), _remap=remap)
     return replace(n, ins=ins, attrs=tuple(sorted(attrs.items(), key=lambda kv: kv[0])))

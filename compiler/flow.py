@@ -124,9 +124,10 @@ class _Body:
             raise CompileError(str(ex), loc) from None
 
 
-def close(name, lead_params, nodes, outputs, extra_free=()) -> tuple:
+def close(name, lead_params, nodes, outputs, extra_free=(), lead_names=(), env=None) -> tuple:
     """(graph, captured outer values): params are lead_params then one fresh param per value
-    from outside that the nodes or outputs read (in first-use order)."""
+    from outside that the nodes or outputs read (in first-use order). Params are named by
+    lead_names and, for captures, by the name env gives the value (what reports print)."""
     defined = set(lead_params) | {n.out for n in nodes}
     free = []
     for v in list(extra_free):
@@ -141,8 +142,14 @@ def close(name, lead_params, nodes, outputs, extra_free=()) -> tuple:
             free.append(o)
     sub = {v: fresh(v.shape, v.dtype) for v in free}
     new = [replace(n, ins=tuple(sub.get(i, i) for i in n.ins)) for n in nodes]
+    names = {}
+    for k, v in (env or {}).items():
+        if isinstance(v, Value):
+            names.setdefault(v, k)
+    pnames = tuple(lead_names) + tuple(f"p{i}" for i in range(len(lead_names), len(lead_params)))
+    pnames += tuple(names.get(v, f"cap{i}") for i, v in enumerate(free))
     g = Graph(name, tuple(lead_params) + tuple(sub[v] for v in free), tuple(new),
-              tuple(sub.get(o, o) for o in outputs))
+              tuple(sub.get(o, o) for o in outputs), pnames)
     return g, free
 
 
@@ -248,7 +255,8 @@ def lower_for(scope, stmt: A.For):
     t = fresh((), "i64")
     b, params, outs, types = _settle_types(scope, stmt.body, carried, {stmt.var: t}, stmt.loc)
     lead = [t] + [params[c] for c in carried]
-    g, caps = close(f"for@{stmt.loc.line}", lead, b.e.nodes, outs)
+    g, caps = close(f"for@{stmt.loc.line}", lead, b.e.nodes, outs, lead_names=[stmt.var] + carried,
+                    env=scope.env)
     init = _init_values(scope, carried, types, stmt)
     scope.e.loc = stmt.loc
     try:
@@ -281,8 +289,8 @@ def lower_while(scope, stmt: A.While):
     # one set of captures for the condition and the body
     free = _free_of(cnodes, lead, [c]) + [v for v in _free_of(b.e.nodes, lead, outs)]
     free = list(dict.fromkeys(free))
-    cg, _ = close(f"while@{stmt.loc.line}.cond", lead, cnodes, [c], free)
-    bg, _ = close(f"while@{stmt.loc.line}", lead, b.e.nodes, outs, free)
+    cg, _ = close(f"while@{stmt.loc.line}.cond", lead, cnodes, [c], free, carried, scope.env)
+    bg, _ = close(f"while@{stmt.loc.line}", lead, b.e.nodes, outs, free, carried, scope.env)
     init = _init_values(scope, carried, types, stmt)
     scope.e.loc = stmt.loc
     try:
@@ -326,8 +334,8 @@ def lower_if(scope, stmt: A.If):
         return
     free = list(dict.fromkeys(_free_of(branches[0].e.nodes, [], outs[0]) +
                               _free_of(branches[1].e.nodes, [], outs[1])))
-    g1, _ = close(f"if@{stmt.loc.line}.then", [], branches[0].e.nodes, outs[0], free)
-    g2, _ = close(f"if@{stmt.loc.line}.else", [], branches[1].e.nodes, outs[1], free)
+    g1, _ = close(f"if@{stmt.loc.line}.then", [], branches[0].e.nodes, outs[0], free, (), scope.env)
+    g2, _ = close(f"if@{stmt.loc.line}.else", [], branches[1].e.nodes, outs[1], free, (), scope.env)
     scope.e.loc = stmt.loc
     res = emit_control(scope.e, "if", [c] + free, then=g1, orelse=g2)
     for name, v in zip(names, res):

@@ -245,6 +245,24 @@ def emit(src, stage: str, target: str = "cpu", optimized: bool = True, fast_math
         return b.emit(stage, graphs, Path(file).stem, opts)
 
 
+def memory_report(src, function: str | None = None, **sizes) -> str:
+    """What each function's reverse passes store per loop iteration and in all, what they
+    recompute, and the peak scratch memory of a call: bytes as formulas of the dimensions and,
+    for the sizes given (memory_report("rnn.ad", T=100, B=64, H=256)), as numbers.
+    `gradc build --emit memory` prints the same."""
+    from .compiler.memory import report
+    text, file = read_source(src)
+    graphs = _optimized(text, file)[1]
+    if function is not None:
+        if function not in graphs:
+            raise ValueError(f"{file} has no function {function!r} (it has: {', '.join(graphs)})")
+        graphs = {function: graphs[function]}
+    for k, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"the size {k}={v!r} must be a non-negative integer")
+    return report(graphs, sizes)
+
+
 def emit_llvm(src, optimized: bool = True, fast_math: bool = False) -> str:
     """The LLVM IR of a program (after -O3 unless optimized=False): `gradc build --emit llvm`."""
     return emit(src, "llvm", "cpu", optimized, fast_math)

@@ -14,7 +14,7 @@ import numpy as np
 from .backends import ARCHS, CPUS, Options
 from .frontend.diagnostics import CompileError, InternalError, internal_error
 
-STAGES = ("ast", "ir", "grad-ir", "opt-ir", "llvm", "asm", "ptx")
+STAGES = ("ast", "ir", "grad-ir", "opt-ir", "llvm", "asm", "ptx", "memory")
 
 
 class UserError(Exception):
@@ -49,6 +49,16 @@ def _lower(text, file):
 
 # ---- build
 
+def _sizes(items) -> dict:
+    out = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip() or not value.strip().isdigit():
+            raise UserError(f"--size {item}: expected DIM=N with N a non-negative integer")
+        out[name.strip()] = int(value)
+    return out
+
+
 def cmd_build(args):
     text, file = _source(args.file)
     if args.emit == "ast":
@@ -64,6 +74,10 @@ def cmd_build(args):
     mod = _lower(text, file)
     from .compiler.pipeline import optimize
     from .compiler.verify import verify
+    if args.emit == "memory":
+        from .compiler.memory import report
+        print(report({k: optimize(g) for k, g in mod.graphs.items()}, _sizes(args.size)))
+        return 0
     if args.emit in ("ir", "grad-ir", "opt-ir"):
         for name, g in mod.graphs.items():
             if args.emit == "ir" and name in mod.derived:
@@ -274,6 +288,8 @@ def make_parser():
                        help="LLVM CPU features to turn on or off, e.g. -avx512f (cpu target)")
     b.add_argument("--emit", choices=STAGES)
     b.add_argument("--print-after", metavar="PASS", help="with --emit opt-ir: print the graph after PASS")
+    b.add_argument("--size", metavar="DIM=N", action="append", default=[],
+                   help="with --emit memory: a dimension's size, to give the bytes as numbers too")
     b.add_argument("--sign-key", metavar="FILE",
                    help="sign the module with the key in FILE (HMAC-SHA256); gradc.load(path, key=) checks it")
     r = sub.add_parser("run", help="run a function, or the example calls the program carries")

@@ -55,13 +55,11 @@ def _callee(module, prog_or_graph, fast_math):
 
 
 def _block(module, g, fast_math):
-    name, syms, checks = lower_graph(module, g, fast_math)
+    """A straight-line graph as the driver's own function (internal), whose arena the driver
+    keeps from one call to the next."""
+    name, syms, checks = lower_graph(module, g, fast_math, cached_arena=True)
     fn = module.globals[name]
-    # a block is the driver's own: only the function's entries are exported
-    for suffix in ("", ".flat", ".scalar"):
-        f = module.globals.get(name + suffix)
-        if f is not None:
-            f.linkage = "internal"
+    fn.linkage = "internal"
     return fn, syms, checks
 
 
@@ -82,6 +80,7 @@ class _Driver:
         for i, p in enumerate(prog.graph.params):
             self.env[p] = self._load(ins, i, PTR)
         self.outs = outs
+        self.arenas = {}
         self.fail = fn.append_basic_block("failed")
         self.status = self._entry_alloca(I32)
 
@@ -155,7 +154,10 @@ class _Driver:
         b = self.b
         offset = len(self.checks)
         self.checks += checks
-        st = b.call(fn, [self.ptrs(ins), self.i64s([self.dim(s) for s in syms]), self.ptrs(outs), self.err])
+        args = [self.ptrs(ins), self.i64s([self.dim(s) for s in syms]), self.ptrs(outs), self.err]
+        if len(fn.args) == 5:
+            args.append(self.arena_of(fn))
+        st = b.call(fn, args)
         bad = self.fn.append_basic_block("step_failed")
         ok = self.fn.append_basic_block("step_ok")
         b.cbranch(b.icmp_signed("!=", st, ir.Constant(I32, 0)), bad, ok)
@@ -167,6 +169,15 @@ class _Driver:
         b.store(st, self.status)
         b.branch(self.fail)
         b.position_at_end(ok)
+
+    def arena_of(self, fn):
+        """The {ptr, capacity} pair holding a block's arena between its calls, freed at the end."""
+        if fn.name not in self.arenas:
+            slot = self._entry_alloca(I64, 2)
+            self.pre.store(ZERO, self.pre.gep(slot, [ZERO], source_etype=I64))
+            self.pre.store(ZERO, self.pre.gep(slot, [ONE], source_etype=I64))
+            self.arenas[fn.name] = slot
+        return self.arenas[fn.name]
 
     def value(self, v):
         if v in self.env:
@@ -293,6 +304,8 @@ class _Driver:
         b.position_at_end(self.fail)
         free = _func(self.module, "free", VOID, [PTR])
         for slot in self.allocs:
+            b.call(free, [b.load(slot, typ=PTR)])
+        for slot in self.arenas.values():
             b.call(free, [b.load(slot, typ=PTR)])
         b.ret(b.load(self.status, typ=I32))
         self.pre.branch(self.start)

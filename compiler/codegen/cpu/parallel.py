@@ -51,10 +51,14 @@ def _call_ptr(b, gv, ret, args, values):
     return b.call(_Callee(b.load(gv, typ=PTR), ir.FunctionType(ret, args)), values)
 
 
-def lower_graph(module: ir.Module, g: Graph, fast_math: bool = False) -> tuple:
+def lower_graph(module: ir.Module, g: Graph, fast_math: bool = False, cached_arena: bool = False) -> tuple:
     """Add `i32 gradc_fn_NAME(ptr inputs, ptr dims, ptr outputs, ptr err)`; returns (symbol, dim
     names, run-time checks). The status: OK, NO_MEMORY, or CHECK_FAILED with err[0] the index of
-    the failed check in the checks ([{"error", "message"}]) and err[1] the offending value."""
+    the failed check in the checks ([{"error", "message"}]) and err[1] the offending value.
+
+    cached_arena: the entry takes a fifth argument, a {ptr, i64 capacity} pair its caller owns:
+    the arena is taken from there, grown when too small, and left for the next call (a loop's
+    driver calls its body once per iteration; the caller frees it). No direct entries then."""
     plan = make_plan(g)
     sched = make_schedule(g, plan)
     if any(OPS[n.op].kind == "matmul" for n in g.nodes):
@@ -118,10 +122,11 @@ def lower_graph(module: ir.Module, g: Graph, fast_math: bool = False) -> tuple:
         b.ret_void()
         regions[r] = fn
 
-    entry = ir.Function(module, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]), name)
+    entry = ir.Function(module, ir.FunctionType(I32, [PTR] * (5 if cached_arena else 4)), name)
     checks = [n for n in g.nodes if OPS[n.op].kind == "check"]
     _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_out, n_ptr, n_words, checks)
-    add_direct_entries(module, g, entry, plan.syms)
+    if not cached_arena:
+        add_direct_entries(module, g, entry, plan.syms)
     return name, plan.syms, [{"error": n.attr("error"), "message": n.attr("message")} for n in checks]
 
 
@@ -174,7 +179,8 @@ def _emit_check(L, b, entry, n, index, ptr, err, free):
 
 
 def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_out, n_ptr, n_words, checks):
-    ins, dims, outs, err = entry.args
+    ins, dims, outs, err = entry.args[:4]
+    cache = entry.args[4] if len(entry.args) > 4 else None
     pre = ir.IRBuilder(entry.append_basic_block("args"))
     at = lambda p, i, t: pre.load(pre.gep(p, [ir.Constant(I64, i)], source_etype=t), typ=t)
     args = [at(ins, i, PTR) for i in range(n_in)] + [at(outs, i, PTR) for i in range(n_out)]
@@ -207,7 +213,19 @@ def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_o
         total = ir.Constant(I64, BLOCK)
         for s in sizes:
             total = b.add(total, s)
-        raw = b.call(L.cg.func("malloc", PTR, [I64]), [total])
+        if cache is None:
+            raw = b.call(L.cg.func("malloc", PTR, [I64]), [total])
+        else:
+            # the caller's block, grown to fit: a loop's body allocates once, not per iteration
+            bufp = b.gep(cache, [ir.Constant(I64, 0)], source_etype=PTR)
+            capp = b.gep(cache, [ir.Constant(I64, 1)], source_etype=I64)
+            with b.if_then(b.icmp_unsigned("<", b.load(capp, typ=I64), total)):
+                b.call(L.cg.func("free", VOID, [PTR]), [b.load(bufp, typ=PTR)])
+                fresh_block = b.call(L.cg.func("malloc", PTR, [I64]), [total])
+                b.store(fresh_block, bufp)
+                got = b.icmp_unsigned("!=", fresh_block, ir.Constant(PTR, None))
+                b.store(b.select(got, total, ir.Constant(I64, 0)), capp)
+            raw = b.load(bufp, typ=PTR)
         fail, ok = entry.append_basic_block("fail"), entry.append_basic_block("ok")
         b.cbranch(b.icmp_unsigned("==", raw, ir.Constant(PTR, None)), fail, ok)
         ir.IRBuilder(fail).ret(ir.Constant(I32, NO_MEMORY))
@@ -225,7 +243,7 @@ def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_o
     serial = lambda idxs: [b.call(phase_fns[i], args + [ir.Constant(I64, 0), ONE]) for i in idxs]
 
     def free():
-        if sched.slots:
+        if sched.slots and cache is None:
             b.call(L.cg.func("free", VOID, [PTR]), [raw])
 
     def test(r):
