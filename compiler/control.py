@@ -764,3 +764,15 @@ def fresh_trips(g: Graph) -> Graph:
     them with the original (the two may run different numbers of times)."""
     trips = {n.attr("trip") for n in g.nodes if n.op == "for"}
     return rename_dims(g, {t: new_trip() for t in trips}) if trips else g
+
+
+def checkpoint_loops(g: Graph, k: int) -> Graph:
+    """g with every loop of its own (not those of derived passes) checkpointed: the transform's
+    checkpoint= option. A loop that asks for an interval itself keeps it."""
+    nodes = []
+    for n in g.nodes:
+        if n.op == "for" and not n.attr("checkpoint") and not n.attr("saves") and \
+                len(n.attr("body").outputs) == len(n.ins) - 2 - n.attr("n_caps"):
+            n = replace(n, attrs=tuple((a, k if a == "checkpoint" else v) for a, v in n.attrs))
+        nodes.append(n)
+    return replace(g, nodes=tuple(nodes))

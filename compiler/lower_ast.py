@@ -46,6 +46,7 @@ class Derived(FnValue):
     loc: object
     base_loc: object
     name: str = ""
+    checkpoint: int = 0           # checkpoint=: 0 none, -1 every ceil(sqrt(n))-th state, k every k-th
 
 
 # ---- values in expressions: Value, Python number, np.ndarray (array literal), tuple, FnValue
@@ -409,10 +410,24 @@ class Scope:
         f = self.expr(node.args[0])
         if not isinstance(f, FnValue):
             raise CompileError(f"{kind} needs a function, got {self.describe(f)}", node.args[0].loc)
-        wrt, locs = (), ()
+        wrt, locs, ckpt = (), (), 0
         for name, value, loc in node.kwargs:
+            if name == "checkpoint" and kind != "jvp":
+                v = self.expr(value)
+                if v is True:
+                    ckpt = -1
+                elif v is False:
+                    ckpt = 0
+                elif isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+                    ckpt = v
+                else:
+                    raise CompileError("checkpoint= takes true, false or an interval of at least 1, "
+                                       f"got {self.describe(v)}", value.loc)
+                continue
             if name != "wrt":
-                raise CompileError(f"{kind} has no argument '{name}'", loc, ["its argument is wrt="])
+                raise CompileError(f"{kind} has no argument '{name}'", loc,
+                                   ["its arguments are wrt= and checkpoint=" if kind != "jvp" else
+                                    "its argument is wrt="])
             items = value.items if isinstance(value, A.Tuple) else [value]
             for it in items:
                 if not isinstance(it, A.Name):
@@ -422,7 +437,7 @@ class Scope:
                 if it.id in wrt[:i]:
                     raise CompileError(f"wrt names {it.id} twice", it.loc)
         return Derived(kind, f, wrt, locs, node.loc, node.args[0].loc,
-                       f"{kind}({f.name})")
+                       f"{kind}({f.name})", ckpt)
 
     def builtin(self, name, node):
         fn = BUILTINS[name]
@@ -565,6 +580,9 @@ class Lowering:
         if types is not None:
             base_types = types[:self._arity(f.base)]
         base = self.instantiate(f.base, base_types, node)
+        if f.checkpoint:
+            from .control import checkpoint_loops
+            base = checkpoint_loops(base, f.checkpoint)
         wrt = self.wrt_of(f)
         warn = lambda msg: self.diag.warn(msg, f.loc)
         try:

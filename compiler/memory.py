@@ -30,7 +30,7 @@ class Bytes:
                 coef *= d
             else:
                 fs.append(d)
-                factors.setdefault(d, Factor(_dim_text(d), lambda env, d=d: dim_value(d, env)))
+                factors.setdefault(d, Factor(_dim_text(d), lambda env, d=d: _dim_or_none(d, env)))
         return Bytes({tuple(sorted(fs)): coef} if coef else {})
 
     def __add__(self, other):
@@ -45,9 +45,19 @@ class Bytes:
     def text(self, factors) -> str:
         if not self.terms:
             return "0"
+        merged = {}
+        for k, v in self.terms.items():         # numeric factors (a checkpoint interval) fold in
+            texts = []
+            for f in k:
+                t = factors[f].text
+                if t.isdigit():
+                    v *= int(t)
+                else:
+                    texts.append(t)
+            merged[tuple(texts)] = merged.get(tuple(texts), 0) + v
         parts = []
-        for k, v in sorted(self.terms.items(), key=lambda kv: (-len(kv[0]), kv[0])):
-            parts.append("·".join([str(v)] + [factors[f].text for f in k]))
+        for k, v in sorted(merged.items(), key=lambda kv: (-len(kv[0]), kv[0])):
+            parts.append("·".join([str(v)] + list(k)))
         return " + ".join(parts)
 
     def value(self, factors, env):
@@ -69,6 +79,25 @@ class Factor:
     value: object            # (dims) -> int, or None where it is not known before the call
 
 
+def _lift(fn, *gs):
+    """env -> fn(g(env) ...), or None where one of them is not known."""
+    def f(env):
+        vals = [g(env) for g in gs]
+        return None if any(v is None for v in vals) else fn(*vals)
+    return f
+
+
+def _prod_or_none(xs):
+    return None if any(x is None for x in xs) else math.prod(xs)
+
+
+def _dim_or_none(d, env):
+    try:
+        return dim_value(d, env)
+    except KeyError:
+        return None
+
+
 def _dim_text(d):
     sym, off = dim_parts(d)
     return d if off == 0 else f"({d})"
@@ -85,7 +114,7 @@ def _int_expr(v, prod, factors):
     if n.op == "numel":
         ds = [n.ins[0].shape[a] for a in n.attr("axes")]
         text = "·".join(_dim_text(d) if isinstance(d, str) else str(d) for d in ds) or "1"
-        return text, lambda env: math.prod(dim_value(d, env) for d in ds)
+        return text, lambda env: _prod_or_none([_dim_or_none(d, env) for d in ds])
     if n.op == "cast":
         return _int_expr(n.ins[0], prod, factors)
     if n.op in ("add", "sub", "mul"):
@@ -98,7 +127,7 @@ def _int_expr(v, prod, factors):
             return a
         if a[0] == "0" and n.op == "add":
             return b
-        return f"({a[0]} {sym} {b[0]})", lambda env: f(a[1](env), b[1](env))
+        return f"({a[0]} {sym} {b[0]})", _lift(f, a[1], b[1])
     return None
 
 
@@ -110,7 +139,7 @@ def _trip(n, prod, factors, where):
         pass                      # a checkpointed loop's, set before
     elif lo is not None and hi is not None:
         text = hi[0] if lo[0] == "0" else f"({hi[0]} - {lo[0]})"
-        factors[key] = Factor(text, lambda env: max(hi[1](env) - lo[1](env), 0))
+        factors[key] = Factor(text, _lift(lambda h, l: max(h - l, 0), hi[1], lo[1]))
     else:
         factors[key] = Factor(f"n{where}", lambda env: None)
     return key
@@ -149,7 +178,9 @@ def _walk(g, factors, entries, ctx) -> Bytes:
                 entries.append(_entry(n, n.attr("body"), nc, result_types(n), key, factors, ctx))
         for _, b in n.attrs:
             if isinstance(b, Graph):
-                _walk(b, factors, entries, ctx + f" in {n.op}{_loc(n)}")
+                inner = " (one segment at a time, in the reverse pass)" if b.name.endswith(".segments.rev") \
+                    else f" in {n.op}{_loc(n)}"
+                _walk(b, factors, entries, ctx + inner)
     return _peak(g, factors)
 
 
@@ -259,7 +290,8 @@ def _both(b: Bytes, factors, sizes):
     text = f"{b.text(factors)} bytes"
     if sizes:
         v = b.value(factors, sizes)
-        text += f" = {v:,} bytes" if v is not None else " (some trip counts are known only at run time)"
+        missing = sorted({f.text for k in b.terms for f in (factors[x] for x in k) if f.value(sizes) is None})
+        text += f" = {v:,} bytes" if v is not None else f" (not known for these sizes: {', '.join(missing)})"
     return text
 
 
@@ -273,11 +305,11 @@ def _checkpoint_factors(g, factors):
             got = _seg_trip(n, prod, factors)
             if got is not None:
                 text, value = got
-                k = (lambda env, v=value: max(math.isqrt(max(v(env) - 1, 0)) + 1, 1)) if ck < 0 else \
+                k = _lift(lambda n: max(math.isqrt(max(n - 1, 0)) + 1, 1), value) if ck < 0 else \
                     (lambda env, ck=ck: ck)
                 kt = f"ceil(sqrt({text}))" if ck < 0 else str(ck)
                 factors[n.attr("trip")] = Factor(f"ceil({text} / {kt})",
-                                                 lambda env, v=value, k=k: -(-v(env) // k(env)))
+                                                 _lift(lambda n, kk: -(-n // kk), value, k))
                 _segment_inner(g, factors, kt, k)
         for _, b in n.attrs:
             if isinstance(b, Graph):
@@ -292,7 +324,7 @@ def _seg_trip(n, prod, factors):
     if lo is None or hi is None:
         return None
     text = hi[0] if lo[0] == "0" else f"({hi[0]} - {lo[0]})"
-    return text, lambda env: max(hi[1](env) - lo[1](env), 0)
+    return text, _lift(lambda h, l: max(h - l, 0), hi[1], lo[1])
 
 
 def _segment_inner(g, factors, kt, k):

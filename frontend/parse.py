@@ -195,6 +195,9 @@ class _ToAst(Transformer_NonRecursive):          # deep trees: Python's stack en
     def kwarg(self, meta, ch):
         return (str(ch[0]), ch[1], self.tloc(ch[0]))
 
+    def checkpoint_kwarg(self, meta, ch):     # checkpoint is a keyword (for ... checkpoint)
+        return ("checkpoint", ch[0], self.loc(meta))
+
     def index(self, meta, ch):
         return A.Index(self.loc(meta), ch[0], list(ch[1:]))
 

@@ -100,6 +100,9 @@ let acc_grad = grad(acc)
 fn twice(a: f64[N], b: f64[M]) -> f64 { return sum(acc_grad(a) * acc_grad(a)) + sum(acc_grad(b)) * 2.0 }
 let twice_grad = grad(twice, wrt=(a, b))
 
+let rnn_grad_c3 = grad(rnn, wrt=(h0, xs, W), checkpoint=3)
+let rnn_grad_cs = grad(rnn, wrt=W, checkpoint=true)
+
 fn count(xs: f64[N]) -> f64 {
     var s = 0.0
     for t in 0..N+1 { s = s + xs[t] }
@@ -152,7 +155,7 @@ def test_rnn_value_matches_numpy(m):
     close(m.rnn(*args), np_rnn(*args), 1e-12)
 
 
-@pytest.mark.parametrize("fn", ["rnn_grad", "rnn_ckpt_grad"])
+@pytest.mark.parametrize("fn", ["rnn_grad", "rnn_ckpt_grad", "rnn_grad_c3"])
 def test_rnn_grad_against_finite_differences(m, fn):
     args = rnn_args(T=5)
     got = getattr(m, fn)(*args)
@@ -299,6 +302,8 @@ def _err(src):
      "an index must be an integer scalar", 3),
     ("fn f(x: f64[3]) -> f64 {\n  var y = 0.0\n  for t in 0..3 { y = y + sum(x[t:t+4]) }\n  return y\n}",
      "does not fit axis 0", 3),
+    ("fn f(x: f64) -> f64 { return x * x }\nlet g = jvp(f, checkpoint=true)", "jvp has no argument 'checkpoint'", 2),
+    ("fn f(x: f64) -> f64 { return x * x }\nlet g = grad(f, checkpoint=0)", "checkpoint= takes true", 2),
 ])
 def test_diagnostics_with_positions(src, says, line):
     ex = _err(src)
@@ -320,3 +325,43 @@ def test_a_derived_loop_called_twice_and_differentiated_again(m):
     got = m.twice_grad(a, b)
     close(got[0], fd(f, [a, b], 0), 1e-5)
     close(got[1], fd(f, [a, b], 1), 1e-5)
+
+
+def test_checkpoint_per_transform(m):
+    for T in (1, 7, 10):
+        args = rnn_args(T=T)
+        close(m.rnn_grad_cs(*args), fd(np_rnn, args, 2))
+
+
+def test_memory_report_counts_what_the_reverse_pass_reads():
+    """Per iteration the reverse pass of h <- tanh(h @ W + x) reads h (for the product's
+    gradient) and tanh's result (for its derivative): 2 f64[B, H] a step, T steps. With
+    checkpoint(2), the states of every second step; each segment's 2 steps then store the
+    same two values again."""
+    T, B, H = 100, 8, 16
+    text = gradc.memory_report(PROGRAM, "rnn_grad", T=T, B=B, H=H)
+    assert f"stored in all: 16·T·B·H bytes = {16 * T * B * H:,} bytes" in text, text
+    assert "stores per iteration: state 'h': f64[B, H] (8·B·H bytes)" in text
+    assert "stores per iteration: tanh" in text
+    text = gradc.memory_report(PROGRAM, "rnn_ckpt_grad", T=T, B=B, H=H)
+    assert f"ceil(T / 2) iterations" in text, text
+    assert f"stored in all: 8·ceil(T / 2)·B·H bytes = {8 * 50 * B * H:,} bytes" in text, text
+    assert f"stored in all: 32·B·H bytes = {32 * B * H:,} bytes" in text, text
+    text = gradc.memory_report(PROGRAM, "rnn_grad_cs", T=T, B=B, H=H)
+    assert "ceil(T / ceil(sqrt(T))) iterations" in text, text
+    assert f"= {8 * 10 * B * H:,} bytes" in text, text
+    assert "stores nothing for a reverse pass" in gradc.memory_report(PROGRAM, "rnn")
+
+
+def test_memory_report_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+    f = tmp_path / "rnn.ad"
+    f.write_text(PROGRAM)
+    r = subprocess.run([sys.executable, "-m", "gradc", "build", "--emit", "memory", str(f), "--size", "T=10",
+                        "--size", "B=2", "--size", "H=3"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "function rnn_grad" in r.stdout and f"= {16 * 10 * 2 * 3:,} bytes" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "gradc", "build", "--emit", "memory", str(f), "--size", "T"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "expected DIM=N" in r.stderr
