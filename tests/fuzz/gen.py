@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .expr import INPUT, OPS, SYMS, Ex, dim_str, dim_val, mk, num, ref, text, type_str, walk
-from .optable import HOOKS, INT_FORMS
+from .optable import HOOKS, INT_FORMS, LOOPS
 
 PARAM_NAMES = ("x", "y", "z", "w")
 ALIASES = ("ref",)
@@ -39,6 +39,9 @@ class Program:
 
     def hooks(self) -> set:
         return {e.attrs["fn"] for _, x in self.lets for e in walk(x) if e.op == "hook"}
+
+    def loops(self) -> set:
+        return {e.op for _, x in self.lets for e in walk(x) if e.op in LOOPS}
 
     def has(self, op: str) -> bool:
         return any(e.op == op for _, x in self.lets for e in walk(x))
@@ -84,6 +87,7 @@ def source(programs) -> str:
     """One .ad module holding several programs and the hook helpers they use."""
     hooks = sorted(set().union(*(p.hooks() for p in programs)))
     head = "".join(f"fn {h}(g) {{ return {HOOKS[h][0]} }}\n" for h in hooks)
+    head += "".join(LOOPS[f][0] for f in sorted(set().union(*(p.loops() for p in programs))))
     return head + "\n".join(p.functions() for p in programs)
 
 
@@ -272,6 +276,7 @@ def generate(seed: int, prefix: str = "p0", dtype: str | None = None) -> Program
     for _ in range(random.randint(1, 4)):
         g.let(g.expr(random.randint(1, 3)))
     p = g.p
+    _wrap_in_loop(g, seed)
     names = [n for n, _ in p.lets]
     p.outs = [names[-1]] + ([random.choice(names[:-1])] if len(names) > 1 and random.random() < 0.2 else [])
     p.annotate = random.random() < 0.5
@@ -310,6 +315,30 @@ def generate(seed: int, prefix: str = "p0", dtype: str | None = None) -> Program
         p.transforms.append((f"{prefix}_vjp", "vjp", wrt, None))
         p.transforms.append((f"{prefix}_jvp", "jvp", random.sample(h_live, random.randint(1, len(h_live))), None))
     return p
+
+
+def _wrap_in_loop(g: Gen, seed: int):
+    """One program in three gets its last let computed by a loop or a branch (optable.LOOPS)
+    over it and an earlier value. A generator of its own decides, so the programs the other
+    seeds name stay as they were; the last let is the one no other let reads, so the new
+    interval constrains nothing downstream."""
+    rng = random.Random(seed * 7919 + 17)
+    if rng.random() >= 1 / 3:
+        return
+    name, e = g.p.lets[-1]
+    form = rng.choice(sorted(LOOPS))
+    others = [x for x in g.pool if x.op == "ref" and x.attrs["name"] != name and x.dtype == e.dtype]
+    rng.shuffle(others)
+    for b in others + [num(0.5)]:
+        w = mk(form, e, b, form=form)
+        if w is not None:
+            g.p.lets[-1] = (name, w)
+            for i, x in enumerate(g.pool):
+                if x.op == "ref" and x.attrs["name"] == name:
+                    r = ref(name, w.shape, w.dtype, w.lo, w.hi)
+                    r.smooth = w.smooth
+                    g.pool[i] = r
+            return
 
 
 # ---- the oracle: the program's values in float64, with NumPy

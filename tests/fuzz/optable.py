@@ -632,3 +632,63 @@ def _literal_infer(args, attrs):
 OPS["literal"] = Op("literal", lambda g, d: None, _literal_infer,
                     lambda xs, at: np.array(at["values"], float),
                     lambda t, at: "[" + ", ".join(map(repr, at["values"])) + "]", 0)
+
+
+# ---- loops and branches: each a generic helper function the module defines (LOOPS), called
+# on two operands; the generator wraps a program's last let in one (gen.generate)
+
+# form -> (helper source, NumPy oracle, smooth): a is the state, b a value it reads
+LOOPS = {
+    "_loop_for": ("fn _loop_for(a, b) {\n    var s = a\n    for i in 0..3 { s = tanh(s * 0.5 + b) }\n"
+                  "    return s\n}\n",
+                  lambda a, b: _iterate(lambda s: np.tanh(s * 0.5 + b), a, 3), True),
+    "_loop_while": ("fn _loop_while(a, b) {\n    var s = a\n    var k = 0\n"
+                    "    while k < 2 { s = sin(s) * 0.5 + b * 0.5\n        k = k + 1 }\n    return s\n}\n",
+                    lambda a, b: _iterate(lambda s: np.sin(s) * 0.5 + b * 0.5, a, 2), True),
+    "_loop_if": ("fn _loop_if(a, b) {\n    var s = a\n    if sum(a) > 0.0 { s = a * b } else { s = a - b }\n"
+                 "    return s\n}\n",
+                 lambda a, b: a * b if np.sum(a) > 0 else a - b, False),
+    # rows of b read with a run-time index: b has a leading axis of at least 3
+    "_loop_rows": ("fn _loop_rows(a, b) {\n    var s = a\n    for i in 0..3 { s = s * 0.5 + tanh(b[i]) }\n"
+                   "    return s\n}\n",
+                   lambda a, b: _iterate_rows(a, b), True),
+}
+
+
+def _iterate(f, s, n):
+    s = np.broadcast_to(s, np.broadcast(s, f(s)).shape).copy() if np.ndim(s) < np.ndim(f(s)) else s
+    for _ in range(n):
+        s = f(s)
+    return s
+
+
+def _iterate_rows(a, b):
+    s = a
+    for i in range(3):
+        s = s * 0.5 + np.tanh(b[i])
+    return s
+
+
+def _loop_infer(args, attrs):
+    a, b = args
+    form = attrs["form"]
+    if a.dtype not in ("f32", "f64") or b.dtype not in (a.dtype, "weak"):
+        return None
+    if form == "_loop_rows":
+        if not b.shape or dim_min(b.shape[0]) < 3 or broadcast(a.shape, b.shape[1:]) != a.shape:
+            return None
+        return a.shape, a.dtype, min(a.lo, -2.0) * 1.0 - 2.0, max(a.hi, 2.0) + 2.0
+    if broadcast(a.shape, b.shape) != a.shape:
+        return None
+    if form == "_loop_for":
+        return a.shape, a.dtype, -1.0, 1.0
+    if form == "_loop_while":
+        m = max(abs(a.lo), abs(a.hi), abs(b.lo), abs(b.hi), 1.0)
+        return a.shape, a.dtype, -m, m
+    prods = [a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi, a.lo - b.hi, a.hi - b.lo]
+    return a.shape, a.dtype, min(prods), max(prods)
+
+
+for _form, (_src, _f, _smooth) in LOOPS.items():
+    OPS[_form] = Op(_form, lambda g, d: None, _loop_infer,
+                    lambda xs, at, f=_f: f(*xs), lambda t, at: f"{at['form']}({t[0]}, {t[1]})", 0.0, _smooth)

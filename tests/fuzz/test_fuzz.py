@@ -8,8 +8,9 @@ from . import campaign, gen, mutate, props, shrink
 from .expr import OPS, walk
 
 SOURCE_SEEDS = range(0, 400)
-# f64 and f32; slices, log_softmax, detach, clamp, a hook, matmul, where, cast; every transform kind
-PROGRAM_SEEDS = (12, 30, 40, 23, 14)
+# f64 and f32; slices, log_softmax, detach, clamp, a hook, matmul, where, cast; every transform kind;
+# a while loop (12), a for loop reading rows at a run-time index (15), a for loop (21), an if (5)
+PROGRAM_SEEDS = (12, 30, 40, 23, 14, 15, 21, 5)
 # programs on which a campaign once found a bug, kept as regressions: 74, a product with a
 # unit axis and a fused epilogue on cuda-sim; 9231, a product whose data no output reads
 REGRESSION_SEEDS = (74, 9231)
@@ -37,6 +38,7 @@ def test_program_slice_covers_the_transforms():
     kinds = {t[1] for s in PROGRAM_SEEDS for t in gen.generate(s).transforms}
     assert {"grad", "value_and_grad", "vjp", "jvp", "jvp_grad", "vjp_grad", "inline"} <= kinds
     assert {gen.generate(s).dtype for s in PROGRAM_SEEDS} == {"f32", "f64"}
+    assert set().union(*(gen.generate(s).loops() for s in PROGRAM_SEEDS)) == set(gen.LOOPS)
 
 
 def test_generator_reaches_every_op():
