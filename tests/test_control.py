@@ -365,3 +365,42 @@ def test_memory_report_from_the_command_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gradc", "build", "--emit", "memory", str(f), "--size", "T"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "expected DIM=N" in r.stderr
+
+
+SAMPLES = __import__("pathlib").Path(__file__).parent.parent / "samples"
+
+
+def test_samples_against_finite_differences():
+    """The loop samples' derivatives against central differences of NumPy versions of them."""
+    rk4 = gradc.compile(SAMPLES / "rk4_lotka_volterra.ad")
+
+    def lv(z, p):
+        x, y = z
+        return np.array([p[0] * x - p[1] * x * y, p[2] * x * y - p[3] * y])
+
+    def prey(z0, p, dt=0.05, n=13):
+        z = np.array(z0, float)
+        for _ in range(n):
+            k1 = lv(z, p)
+            k2 = lv(z + 0.5 * dt * k1, p)
+            k3 = lv(z + 0.5 * dt * k2, p)
+            k4 = lv(z + dt * k3, p)
+            z = z + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return z[0]
+    z0, p = np.array([0.8, 0.6]), np.array([1.0, 0.5, 0.2, 0.3])
+    close(rk4.prey_final(z0, p, 0.05, 13), prey(z0, p), 1e-12)
+    gz, gp = rk4.prey_grad(z0, p, 0.05, 13)
+    close(gz, fd(prey, [z0, p], 0))
+    close(gp, fd(prey, [z0, p], 1))
+    close(rk4.prey_grad2(z0, p, 0.05, 13), fd(lambda z: rk4.prey_grad(z, p, 0.05, 13)[0][0], [z0], 0), 1e-5)
+
+    newton = gradc.compile(SAMPLES / "newton_sqrt.ad")
+    for a in (0.3, 2.0, 17.0):
+        close(newton.newton_sqrt(a), np.sqrt(a), 1e-12)
+        close(newton.newton_sqrt_grad(a), 0.5 / np.sqrt(a), 1e-9)
+        close(newton.newton_sqrt_grad2(a), -0.25 * a ** -1.5, 1e-7)
+
+    pw = gradc.compile(SAMPLES / "piecewise.ad")
+    f = lambda x: x * x if x > 0 else -x
+    for x in (-1.3, 0.4, 2.0):
+        close(pw.piecewise_grad(x), fd(f, [x], 0))
