@@ -111,10 +111,6 @@ def _run(g, args, env):
     return interp.run(g, args, env.get("promote", False), env.get("dims"))
 
 
-def _np_dims(env):
-    return env.get("dims", {})
-
-
 def _for_ref(start, stop, *rest, body, n_caps, trip, reverse=False, saves=0, checkpoint=0, _env=None):
     env = _env or {}
     nc = len(rest) - n_caps
@@ -177,10 +173,6 @@ def items(e, tup: Value, types) -> list:
     return [e.emit("item", tup, index=i, shape=tuple(s), dtype=d) for i, (s, d) in enumerate(types)]
 
 
-def parts(e, n_or_value, node: Node) -> list:
-    return items(e, n_or_value, result_types(node))
-
-
 def emit_control(e, op, ins, **attrs) -> list:
     """Emit a control node and an item for each part of its result."""
     tup = e.emit(op, *ins, **attrs)
@@ -239,7 +231,7 @@ def _for_jvp(e, ts, out, start, stop, *rest, body, n_caps, trip, reverse=False, 
     res = emit_control(e, "for", ins, body=g, n_caps=len(rest) - nc + len(caps_t), trip=trip,
                        reverse=reverse, saves=0, checkpoint=checkpoint)
     nct = len(carried_t)
-    tan = [None] * len(result_types_of_for(body, nc, trip))
+    tan = [None] * len(body.outputs)
     for k, i in enumerate(carried_t):
         tan[i] = res[nc + k]
     for k, j in enumerate(ty_idx):
@@ -258,11 +250,6 @@ def _finish(g, outs):
     e = Emitter(g.nodes)
     real = [e.zeros_like(o[1]) if isinstance(o, tuple) else o for o in outs]
     return replace(g, nodes=tuple(e.nodes), outputs=tuple(real))
-
-
-def result_types_of_for(body, nc, trip):
-    return [(o.shape, o.dtype) for o in body.outputs[:nc]] + \
-           [((trip,) + y.shape, y.dtype) for y in body.outputs[nc:]]
 
 
 def _while_jvp(e, ts, out, *rest, cond, body, n_caps):
@@ -292,7 +279,6 @@ def _while_jvp(e, ts, out, *rest, cond, body, n_caps):
 def _if_jvp(e, ts, out, c, *caps, then, orelse):
     tangent_of = [x.dtype in FLOATS and ts[1 + i] is not None for i, x in enumerate(caps)]
     branches = []
-    want = None
     for b in (then, orelse):
         g, touts = _tangent_body(b, 0, 0, tangent_of)
         branches.append((g, touts))

@@ -10,7 +10,7 @@ from ..frontend import ast as A
 from ..frontend.diagnostics import CompileError
 from .builder import Emitter, fresh, literal_dtype
 from .control import emit_control, new_trip
-from .ir import FLOATS, INTS, Graph, ShapeError, Value, type_str
+from .ir import INTS, Graph, ShapeError, Value, type_str
 from .values import DimRef
 
 _AUG = {"+": "+", "-": "-", "*": "*", "/": "/"}
@@ -328,7 +328,7 @@ def lower_if(scope, stmt: A.If):
         if (a.shape, a.dtype) != (o.shape, o.dtype):
             raise CompileError(f"'{name}' is {a.type} after one branch and {o.type} after the other: "
                                "a variable has one type after an if", stmt.loc,
-                               [(f"assigned here", branches[k].scope.assigned[name])
+                               [("assigned here", branches[k].scope.assigned[name])
                                 for k in (0, 1) if name in branches[k].scope.assigned])
     if not names:
         return

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 
 from .control import result_types
 from .ir import Graph, dim_parts, dim_value, type_str
-from .ops import OPS
 
 _SIZES = {"f32": 4, "f64": 8, "i32": 4, "i64": 8, "bool": 1}
 

@@ -31,8 +31,10 @@ def cluster(dot, name):
 
 
 def numbered(g):
-    """The numbers `--emit opt-ir` gives the graph's nodes."""
-    return {int(m) for m in re.findall(r"^  %(\d+) = ", str(g), re.M)}
+    """The numbers `--emit opt-ir` gives the graph's nodes (its own: loop bodies printed after
+    it are drawn inside their loop's node)."""
+    own = str(g).split("\n}\n")[0]
+    return {int(m) for m in re.findall(r"^  %(\d+) = ", own, re.M)}
 
 
 def drawn(dot):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..control import bodies, is_control, result_types
-from ..ir import Graph, Node, Value, dim_parts, symbols
+from ..ir import Graph, Node, symbols
 
 
 @dataclass
@@ -102,18 +102,3 @@ def _own_syms(g: Graph) -> set:
         if n.out.dtype != "tuple":
             out |= symbols(n.out.shape)
     return out
-
-
-def block_syms(g: Graph) -> tuple:
-    """The dims a block's compiled function takes: the code generator's own order (plan.syms)."""
-    out = set()
-    for v in g.params:
-        out |= symbols(v.shape)
-    for n in g.nodes:
-        out |= symbols(n.out.shape)
-    return tuple(sorted(out))
-
-
-def dim_size(d, dims: dict):
-    """(symbol, offset) parts of a dim, for drivers computing sizes from their dims."""
-    return dim_parts(d)

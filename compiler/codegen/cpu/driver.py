@@ -17,7 +17,7 @@ from llvmlite import ir
 from ...control import has_control, result_types
 from ..element import counted_loop
 from ..scalar import I64, SIZES
-from ..structured import Block, Control, block_syms, make_program
+from ..structured import Block, make_program
 from .parallel import CHECK_FAILED, lower_graph, symbol
 from .direct import add_direct_entries
 

@@ -4,7 +4,8 @@ The fusion plan (codegen/plan.py) says which values get a buffer; everything els
 inline, element by element, by the element lowering that the CPU backend uses too (through a
 `cg` whose math is the target's: libdevice on the GPU, the C library in the simulator). Roots
 are grouped into kernels in topological order; each function gets a launch PLAN that the
-runtime (runtime/cuda.py) executes: docs/cuda.md describes both.
+runtime (runtime/cuda.py) executes: docs/cuda.md describes both. A function with loops or
+branches gets a structured plan of such plans, one per block and body (program.py).
 """
 from __future__ import annotations
 
@@ -583,17 +584,23 @@ class FunctionKernels:
 
 
 def function_kernels(graphs: dict) -> tuple:
-    """([Kernel], {function name: PLAN}) of optimized graphs."""
+    """([Kernel], {function name: PLAN}) of optimized graphs. A graph with loops or branches
+    gets a structured plan (program.py): a program of plain plans, one per block and body."""
+    from ...control import has_control
+    from .program import ProgramKernels
     kernels, plans, used = [], {}, set()
-    for fname, g in graphs.items():
-        # kernels are named after their function, as PTX allows: letters, digits and _
-        base = re.sub(r"[^A-Za-z0-9_]", "_", fname)
-        prefix, i = f"gradc_{base}", 1
+
+    def new_prefix(base):
+        prefix, i = base, 1
         while prefix in used:
             i += 1
-            prefix = f"gradc_{base}_{i}"
+            prefix = f"{base}_{i}"
         used.add(prefix)
-        fk = FunctionKernels(g, prefix)
+        return prefix
+    for fname, g in graphs.items():
+        # kernels are named after their function, as PTX allows: letters, digits and _
+        prefix = new_prefix("gradc_" + re.sub(r"[^A-Za-z0-9_]", "_", fname))
+        fk = ProgramKernels(g, prefix, new_prefix) if has_control(g) else FunctionKernels(g, prefix)
         kernels += fk.kernels
         plans[fname] = fk.plan_json()
     return kernels, plans
