@@ -404,3 +404,18 @@ def test_samples_against_finite_differences():
     f = lambda x: x * x if x > 0 else -x
     for x in (-1.3, 0.4, 2.0):
         close(pw.piecewise_grad(x), fd(f, [x], 0))
+
+
+def test_a_stack_too_large_for_memory_is_a_memory_error():
+    """A trip count whose stored states could not fit: MemoryError, never a wrapped size."""
+    m = gradc.compile("""
+fn f(x: f64[N], n: i64) -> f64 {
+    var s = 0.0
+    for t in 0..n { s = sin(s) + x[0] }
+    return s
+}
+let g = grad(f, wrt=x)
+""")
+    close(m.g(np.ones(3), 2), [np.cos(1.0) + 1, 0, 0], 1e-12)
+    with pytest.raises(MemoryError):
+        m.g(np.ones(3), 10 ** 17)

@@ -226,6 +226,17 @@ class _Driver:
             b.store(self.malloc(s), q)
         ys = body.graph.outputs[nc:]
         rows = [self.nbytes(y.shape, y.dtype) for y in ys]
+        # a trip count whose stack would not fit in memory (row * trips past 2**62) is out of
+        # memory, not a wrapped size
+        for r in rows:
+            limit = b.udiv(ir.Constant(I64, 1 << 62), b.select(b.icmp_signed("<", r, ONE), ONE, r))
+            too_big = self.fn.append_basic_block("stack_too_big")
+            fits = self.fn.append_basic_block("stack_fits")
+            b.cbranch(b.icmp_signed(">", trips, limit), too_big, fits)
+            b.position_at_end(too_big)
+            b.store(ir.Constant(I32, 1), self.status)
+            b.branch(self.fail)
+            b.position_at_end(fits)
         stacks = [self.malloc(b.mul(r, trips)) for r in rows]
         tbuf = self._entry_alloca(I64)
         with counted_loop(b, trips, prefix="for") as i:
