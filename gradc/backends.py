@@ -196,10 +196,11 @@ def _check_code(data, header, sigs, target, file):
         raise ArtifactError(f"{file}: corrupted gradc module (its code is for {data['arch']}, PTX "
                             f"{data['ptx_version']}; its header says {header.get('gpu_arch')}, PTX "
                             f"{header.get('ptx_version')})")
+    from .runtime.cuda_control import plan_launches
     kernels = data["kernels"]
     for k in sigs:
-        for step in data["functions"][k]["steps"]:
-            if "launch" in step and step["launch"] not in kernels:
+        for step in plan_launches(data["functions"][k]):
+            if step["launch"] not in kernels:
                 raise ArtifactError(f"{file}: function {k} launches a kernel the module lacks")
 
 

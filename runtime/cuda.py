@@ -769,17 +769,7 @@ class CudaFunction(Function):
             count = int(np.prod(shp, dtype=np.int64))
             mem = _Allocation(drv, count * ITEMSIZE[dtype])
             outs.append((mem, count))
-        temps = self._temps(dims)
-        bufs = {"in": ins, "out": [(m.ptr, c) for m, c in outs], "tmp": temps}
-        for step in plan["steps"]:
-            if "launch" in step:
-                grid = size(step["grid"], dims)
-                if grid <= 0:
-                    continue
-                args = [tuple(bufs[a[0]][a[1]]) if a[0] != "size" else size(a[1], dims) for a in step["args"]]
-                drv.launch(self.loaded, step["launch"], grid, step["block"], args)
-            else:
-                self._check_step(step, bufs, dims)
+        self._run_plan(plan, ins, [(m.ptr, c) for m, c in outs], dims)
         drv.synchronize()
         results = []
         for (mem, count), (dtype, _), shp in zip(outs, self.sig.outputs, shapes):
@@ -791,17 +781,46 @@ class CudaFunction(Function):
                 results.append(a)
         return results
 
-    def _temps(self, dims):
-        """Scratch buffers: one block per call on this host thread, kept for the next call."""
-        need = [(size(t["count"], dims), ITEMSIZE[t["dtype"]]) for t in self.plan["temps"]]
+    def _run_plan(self, plan, ins, outs, dims, pool=None):
+        """Run a plan on (pointer, element count) input and output buffers: a plain plan's
+        launches and checks, or a structured plan's program (runtime/cuda_control.py; pool: the
+        device buffers of the call it is part of). Blocks and loop bodies run through here too,
+        each plain plan with its own scratch."""
+        if "program" in plan:
+            from .cuda_control import run_program
+            run_program(self, plan["program"], ins, outs, dims, pool)
+            return
+        drv = self.driver
+        bufs = {"in": ins, "out": outs, "tmp": self._temps(plan, dims)}
+        for step in plan["steps"]:
+            if "launch" in step:
+                grid = size(step["grid"], dims)
+                if grid <= 0:
+                    continue
+                args = [tuple(bufs[a[0]][a[1]]) if a[0] != "size" else size(a[1], dims) for a in step["args"]]
+                drv.launch(self.loaded, step["launch"], grid, step["block"], args)
+            else:
+                self._check_step(step, bufs, dims)
+
+    def _temps(self, plan, dims):
+        """Scratch buffers of a plain plan: one block per plan (a function's, or each block's
+        and body's of a structured one) on this host thread, kept for the next call. A plan's
+        temps live only while its own launches run, so the block is reused by every iteration."""
+        if not plan["temps"]:
+            return []
+        need = [(size(t["count"], dims), ITEMSIZE[t["dtype"]]) for t in plan["temps"]]
         offsets, total = [], 0
         for count, item in need:
             offsets.append(total)
             total += -(-(count * item) // 256) * 256
-        block = getattr(self._scratch, "block", None)
+        blocks = getattr(self._scratch, "blocks", None)
+        if blocks is None:
+            blocks = self._scratch.blocks = {}
+        block = blocks.get(id(plan))
         if block is None or block[1] < total:
-            block = (_Allocation(self.driver, max(total, 1)), max(total, 1))
-            self._scratch.block = block
+            if block is not None:           # an earlier iteration's launches may still read it
+                self.driver.synchronize()
+            block = blocks[id(plan)] = (_Allocation(self.driver, max(total, 1)), max(total, 1))
         return [(block[0].ptr + off, count) for off, (count, _) in zip(offsets, need)]
 
     def _check_step(self, step, bufs, dims):
