@@ -111,7 +111,7 @@ fn count(xs: f64[N]) -> f64 {
 """
 
 
-@pytest.fixture(scope="module", params=["cpu", "reference"])
+@pytest.fixture(scope="module", params=["cpu", "reference", "cuda-sim"])
 def m(request):
     return gradc.compile(PROGRAM, target=request.param)
 
