@@ -128,18 +128,7 @@ def close(name, lead_params, nodes, outputs, extra_free=(), lead_names=(), env=N
     """(graph, captured outer values): params are lead_params then one fresh param per value
     from outside that the nodes or outputs read (in first-use order). Params are named by
     lead_names and, for captures, by the name env gives the value (what reports print)."""
-    defined = set(lead_params) | {n.out for n in nodes}
-    free = []
-    for v in list(extra_free):
-        if v not in free:
-            free.append(v)
-    for n in nodes:
-        for i in n.ins:
-            if i not in defined and i not in free:
-                free.append(i)
-    for o in outputs:
-        if o not in defined and o not in free:
-            free.append(o)
+    free = list(dict.fromkeys(list(extra_free) + _free_of(nodes, lead_params, outputs)))
     sub = {v: fresh(v.shape, v.dtype) for v in free}
     new = [replace(n, ins=tuple(sub.get(i, i) for i in n.ins)) for n in nodes]
     names = {}
@@ -153,7 +142,8 @@ def close(name, lead_params, nodes, outputs, extra_free=(), lead_names=(), env=N
     return g, free
 
 
-def _free_of(nodes, params, outputs):
+def _free_of(nodes, params, outputs) -> list:
+    """The values from outside that nodes or outputs read, in first-use order."""
     defined = set(params) | {n.out for n in nodes}
     out = []
     for n in nodes:

@@ -6,6 +6,8 @@ import pytest
 import gradc
 from gradc.runtime import cuda
 
+from test_control import close, fd, np_rnn
+
 RNG = np.random.default_rng(7)
 EPS = 1e-6
 
@@ -69,33 +71,8 @@ def cpu():
     return gradc.compile(PROGRAM, target="cpu")
 
 
-def fd(f, args, i):
-    """The central-difference gradient of the scalar f(*args) with respect to args[i]."""
-    x = np.asarray(args[i], np.float64)
-    out = np.zeros_like(x)
-    for k in np.ndindex(x.shape):
-        vals = []
-        for s in (1, -1):
-            xx = x.copy()
-            xx[k] += s * EPS
-            vals.append(float(f(*(args[:i] + [xx] + args[i + 1:]))))
-        out[k] = (vals[0] - vals[1]) / (2 * EPS)
-    return out
-
-
-def close(a, b, tol=1e-6):
-    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
-
-
 def rnn_args(T=3, B=2, H=3):
     return [RNG.standard_normal((B, H)), RNG.standard_normal((T, B, H)), 0.5 * RNG.standard_normal((H, H))]
-
-
-def np_rnn(h0, xs, W):
-    h = h0
-    for x in xs:
-        h = np.tanh(h @ W + x)
-    return np.sum(h * h)
 
 
 def test_plan_is_a_program_of_plans(sim):
