@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from run import agree, flat, median_time, set_threads  # noqa: E402
+from run import compare, set_threads  # noqa: E402
 
 T, B, D, H = 100, 64, 256, 256
 
@@ -143,18 +143,8 @@ def main():
     jax_s, jax_info = jax_systems(args)
     systems.update(torch_s)
     systems.update(jax_s)
-    ref = flat(systems["gradc"]())
-    for name, fn in systems.items():
-        err = agree(flat(fn()), ref, 2e-3)
-        if err:
-            print(f"{name} disagrees with gradc: {err}", file=sys.stderr)
-    min_time = 0.5 if a.quick else 2.0
-    times = {name: median_time(fn, min_time) for name, fn in systems.items()}
-    base = times["gradc"]
-    print(f"RNN value and gradient: T={T}, batch {B}, input {D}, hidden {H}, float32, {a.threads} threads")
-    print(f"{'system':<20}{'median ms':>12}{'vs gradc':>10}")
-    for name, t in times.items():
-        print(f"{name:<20}{t * 1e3:>12.2f}{t / base:>10.2f}")
+    compare(f"RNN value and gradient: T={T}, batch {B}, input {D}, hidden {H}, float32, {a.threads} threads",
+            systems, tol=2e-3, min_time=0.5 if a.quick else 2.0)
     print()
     print("memory of the reverse pass (bytes stored for it)")
     mem = gradc_stored_bytes()

@@ -65,6 +65,24 @@ def agree(a, b, tol) -> str | None:
     return None
 
 
+def compare(title, systems, tol, min_time):
+    """Check every system against the first, time each (median per call) and print the table;
+    returns {name: seconds}."""
+    ref_name = next(iter(systems))
+    ref = flat(systems[ref_name]())
+    for name, fn in systems.items():
+        err = agree(flat(fn()), ref, tol)
+        if err:
+            print(f"{name} disagrees with {ref_name}: {err}", file=sys.stderr)
+    times = {name: median_time(fn, min_time) for name, fn in systems.items()}
+    base = times[ref_name]
+    print(title)
+    print(f"{'system':<20}{'median ms':>12}{'vs ' + ref_name:>10}")
+    for name, t in times.items():
+        print(f"{name:<20}{t * 1e3:>12.2f}{t / base:>10.2f}")
+    return times
+
+
 # ---- inputs
 
 
