@@ -233,3 +233,31 @@ def test_shape_errors_point_at_the_source(src, message, col):
     first = str(info.value).splitlines()[0]
     assert message in first, first
     assert first.startswith(f"<source>:1:{col}: error:"), first
+
+
+LOOP = """
+fn f(E: f64[V, D], idx: i64[T, B]) -> f64 {
+    var s = 0.0
+    for t in 0..T { s = s + sum(sin(E[idx[t]]) * cumsum(E[idx[t]], axis=1)) }
+    return s
+}
+let g = grad(f, wrt=E)
+"""
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_gathers_and_scatters_inside_a_loop(target):
+    """Rows gathered in a loop body: the gradient is a scatter per iteration, against finite
+    differences; a bad index inside the loop raises as outside."""
+    m = gradc.compile(LOOP, target=target, cache=False)
+    rng = np.random.default_rng(1)
+    E, idx = rng.normal(size=(6, 3)), rng.integers(-6, 6, (4, 5))
+    fd = np.zeros_like(E)
+    for k in np.ndindex(E.shape):
+        a, b = E.copy(), E.copy()
+        a[k] += 1e-6
+        b[k] -= 1e-6
+        fd[k] = (m.f(a, idx) - m.f(b, idx)) / 2e-6
+    np.testing.assert_allclose(m.g(E, idx), fd, rtol=1e-6, atol=1e-8)
+    with pytest.raises(IndexError, match=r"g: index 6 is out of range for axis 0 of f64\[V, D\]"):
+        m.g(E, np.array([[0, 6]]))
