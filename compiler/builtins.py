@@ -178,3 +178,8 @@ BUILTINS.update({
     "concat": _b_concat, "cast": _b_cast, "one_hot": _b_one_hot, "zeros": _fill(0), "ones": _fill(1),
     "detach": _b_detach, "hook": _b_hook,
 })
+
+# integer indexing and the small ops (builtins_index.py); one_hot there takes a symbolic size too
+from .builtins_index import INDEX_BUILTINS  # noqa: E402
+
+BUILTINS.update(INDEX_BUILTINS)

@@ -15,6 +15,7 @@ from . import autodiff
 from .builder import INT_RANGE, Emitter, fresh, literal_dtype
 from .ir import DTYPES, Graph, ShapeError, Value, dim_add, dim_parts, type_str
 from .builtins import BUILTINS
+from .builtins_index import checked_index, is_index_array
 from .values import DimRef, DType, FnValue
 
 TRANSFORMS = ("grad", "value_and_grad", "vjp", "jvp")
@@ -302,8 +303,59 @@ class Scope:
 
     def x_Index(self, node):
         x = self.value(node.value)
+        # None adds a unit axis; an integer array gathers along its axis (take); the rest are
+        # slices and scalar indices, constant or run-time
+        subs, written = [], []        # subs: (subscript, its value or None for a slice)
+        for s in node.subs:
+            if isinstance(s, A.Name) and s.id == "None" and "None" not in self.env:
+                written.append(("none", s))
+                continue
+            v = None if isinstance(s, A.Slice) else self.expr(s)
+            if isinstance(v, (list, np.ndarray)) or is_index_array(v):
+                v = self.as_value(v if not isinstance(v, list) else np.array(v), s, "i64")
+                written.append(("array", s))
+            else:
+                written.append(("slice" if v is None else "int", s))
+            subs.append((s, v))
+        arrays = [k for k, (_, v) in enumerate(subs) if is_index_array(v)]
+        if len(arrays) > 1:
+            raise CompileError("only one integer-array index per subscript; use take for the others",
+                               subs[arrays[1]][0].loc)
+        kinds = [w for w, _ in written if w != "none"]
+        if arrays and "int" in kinds:
+            adv = [k for k, w in enumerate(kinds) if w in ("int", "array")]
+            if adv != list(range(adv[0], adv[-1] + 1)):
+                raise CompileError("an integer-array index and a scalar index apart from it (NumPy "
+                                   "would move the gathered axes first): index in two steps",
+                                   subs[arrays[0]][0].loc)
+        if len(subs) > len(x.shape):
+            raise CompileError(f"too many indices for {x.type}", node.loc)
+        gather = None
+        if arrays:
+            k = arrays[0]
+            s, v = subs[k]
+            gather = (k, checked_index(self, node, None, v, x, k, loc=s.loc))
+            subs[k] = (A.Slice(s.loc, None, None, None), None)
+        out = self._basic_index(x, subs)
+        if gather is not None:
+            k, idx = gather
+            axis = k - sum(1 for _, v in subs[:k] if v is not None)
+            out = self.e.take(out, idx, axis=axis)
+        nones, pos = [], 0
+        for w, s in written:
+            if w == "none":
+                nones.append(pos)
+            pos += {"none": 1, "slice": 1, "int": 0}.get(w, len(gather[1].shape) if gather else 0)
+        if nones:
+            shape = list(out.shape)
+            for p in nones:
+                shape.insert(p, 1)
+            out = self.e.reshape(out, shape=tuple(shape))
+        return out
+
+    def _basic_index(self, x, subs):
         spec, dyn = [], []            # dyn: (axis of x, start Value, size or None for an index)
-        for k, s in enumerate(node.subs):
+        for k, (s, v) in enumerate(subs):
             if isinstance(s, A.Slice):
                 dynamic = self._dyn_slice(s, k, x, dyn)
                 if dynamic:
@@ -314,14 +366,15 @@ class Scope:
                 if spec[-1][3] is not None and spec[-1][3] <= 0:
                     raise CompileError("slice step must be positive", s.loc)
             else:
-                v = self.expr(s)
-                if isinstance(v, DimRef) and not isinstance(v.value, int) and self.runtime_dims:
+                if isinstance(v, DimRef):
                     v = self.dim_number(v, s)
                 if isinstance(v, Value):
                     dyn.append((k, self._run_index(v, s), None, s))
                     spec.append(("s", None, None, None))
                 else:
-                    spec.append(("i", self.const(s, what="a constant integer index")))
+                    if isinstance(v, bool) or not isinstance(v, int):
+                        raise CompileError(f"expected a constant integer index, got {self.describe(v)}", s.loc)
+                    spec.append(("i", v))
         out = self.e.slice(x, spec=tuple(spec)) if any(p != ("s", None, None, None) for p in spec) else x
         # the axes static indices removed come before the run-time ones: count them off
         removed = lambda k: sum(1 for p in spec[:k] if p[0] == "i")

@@ -715,3 +715,4 @@ def softmax(e, x, axis=-1):
 
 
 from . import control  # noqa: E402,F401  (loops and branches register their ops)
+from . import ops_index  # noqa: E402,F401  (integer indexing, scatters, scans, erf)

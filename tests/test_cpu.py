@@ -12,6 +12,7 @@ from gradc.compiler.codegen import compile_graphs
 from gradc.compiler.interp import run
 from gradc.compiler.ir import FLOATS, Graph, concrete
 from gradc.compiler.ops import OPS
+from gradc.compiler.ops_index import arg_extremum
 from gradc.compiler.pipeline import optimize
 from gradc.runtime.cpu import load_native
 
@@ -104,6 +105,35 @@ CASES += [
     _case("dyn_unslice", [(("N", 3), "F", "any")], lambda e, g: cc.unwindow(e, e.slice(g, spec=(("s", 0, 2, None),)))),
 ]
 INT_OPS = ("lt", "ge", "eq", "clamp", "where", "neg", "abs", "sign", "relu")
+
+
+def _checked(e, i, n):
+    return e.check_range(i, lo=-n, hi=n, error="IndexError", message="{value}")
+
+
+# integer indexing, scans, iota, erf (compiler/ops_index.py): index parameters in [-4, 5), on
+# axes of size 5 (negative ones count from the end; repeats add up in the scatters)
+CASES += [
+    _case("take", [((5, "N"), "F", "any"), (("M", 2), "i64", "any")],
+          lambda e, x, i: e.take(x, _checked(e, i, 5), axis=0)),
+    _case("take_1", [(("N", 5), "F", "any"), (("M",), "i32", "any")],
+          lambda e, x, i: e.take(e.exp(x), _checked(e, i, 5), axis=1)),
+    _case("index_add", [((5, "N"), "F", "any"), (("M",), "i64", "any"), (("M", "N"), "F", "any")],
+          lambda e, x, i, v: e.index_add(x, _checked(e, i, 5), e.sin(v), axis=0)),
+    _case("take_along_axis", [(("N", 5), "F", "any"), (("N", 3), "i64", "any")],
+          lambda e, x, i: e.take_along_axis(x, _checked(e, i, 5), axis=1)),
+    _case("index_add_along", [(("N", 5), "F", "any"), ((1, 3), "i64", "any"), (("N", 3), "F", "any")],
+          lambda e, x, i, v: e.index_add_along(x, _checked(e, i, 5), v, axis=1)),
+    _case("cumsum", [(("N", 4), "F", "any")], lambda e, x: e.cumsum(x, axis=1, reverse=False)),
+    _case("cumsum_rev", [(("N", 4), "F", "any")], lambda e, x: e.cumsum(e.tanh(x), axis=0, reverse=True)),
+    _case("cumprod", [(("N", 4), "F", "zeros")], lambda e, x: e.cumprod(x, axis=1)),
+    _case("cumprod_0", [(("N", 3), "F", "zeros")], lambda e, x: e.cumprod(x, axis=0)),
+    _case("erf", [(("N", 4), "F", "wide")], lambda e, x: e.erf(e.mul(x, 0.1))),
+    _case("iota", [(("N", 4), "F", "any")],
+          lambda e, x: e.mul(x, e.cast(e.iota(shape=("N", 4), axis=0, dtype="i64"), dtype=x.dtype))),
+    _case("argmax", [(("N", 4), "F", "ties")],
+          lambda e, x: (arg_extremum(e, x, 1, False, True), arg_extremum(e, x, 0, True, False))),
+]
 
 
 def _sample(rng, shape, dtype, dom):

@@ -63,13 +63,35 @@ CASES = [
 BUILDERS = {"for": cc.recurrence, "while": cc.shrink, "if": cc.branch, "dyn_slice": cc.window,
             "dyn_unslice": cc.unwindow}
 
+# integer indexing, scans and erf (compiler/ops_index.py); index arrays are i64 literals of the
+# graph (negative ones count from the end; repeated ones add up in the scatters)
+CASES += [
+    ("take", [((4, 3), "any")], {"idx": [[3, 0], [-1, 3]], "axis": 0}),
+    ("take", [((2, 4), "any")], {"idx": [1, -4, 1], "axis": 1}),
+    ("take_along_axis", [((3, 4), "any")], {"idx": [[0, 3], [-1, -1], [2, 0]], "axis": 1}),
+    ("take_along_axis", [((1, 4), "any")], {"idx": [[0], [3], [-3]], "axis": 1}),     # x broadcasts
+    ("index_add", [((4, 3), "any"), ((5, 3), "any")], {"idx": [1, 1, -1, 0, 1], "axis": 0}),
+    ("index_add", [((2, 3), "any"), ((2, 2, 2), "any")], {"idx": [[0, 2], [2, -1]], "axis": 1}),
+    ("index_add_along", [((3, 4), "any"), ((3, 2), "any")], {"idx": [[0, 0], [3, -1], [2, 1]], "axis": 1}),
+    ("cumsum", [((3, 4), "any")], {"axis": 1, "reverse": False}),
+    ("cumsum", [((3, 4), "any")], {"axis": 0, "reverse": True}),
+    ("cumprod", [((3, 4), "zeros")], {"axis": 1}),          # zeros in x: no division anywhere
+    ("cumprod", [((4, 2), "zeros")], {"axis": 0}),
+    ("erf", [((3, 4), "any")], {}),
+]
+BUILDERS.update({op: (lambda op: lambda e, *xs, idx, axis: e.emit(
+    op, xs[0], e.array(np.array(idx), "i64"), *xs[1:], axis=axis))(op)
+    for op in ("take", "take_along_axis", "index_add", "index_add_along")})
+
 
 def _sample(shape, dom):
     if dom == "bool":
         return RNG.random(shape) < 0.5
     lo, hi = {"any": (-2, 2), "pos": (0.5, 2), "unit": (-0.9, 0.9), "nz": (0.5, 2),
-              "lo": (-0.6, -0.5), "hi": (0.5, 0.6)}[dom]
+              "lo": (-0.6, -0.5), "hi": (0.5, 0.6), "zeros": (-2, 2)}[dom]
     x = RNG.uniform(lo, hi, shape)
+    if dom == "zeros":
+        x.flat[::3] = 0.0
     if dom == "nz":
         x = x * RNG.choice([-1.0, 1.0], shape)
     return np.asarray(x, np.float64)

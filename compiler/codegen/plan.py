@@ -37,7 +37,7 @@ def make_plan(g: Graph) -> Plan:
         kind = OPS[n.op].kind
         ins_cheap = all(i in cheap for i in n.ins)
         cost = OPS[n.op].cheap
-        if kind in ("reduce", "matmul", "source"):
+        if kind in ("reduce", "matmul", "source", "scatter"):
             cheap.add(n.out)
         elif ins_cheap and (cost == 0 or all(d == 1 for d in n.out.shape)):
             cheap.add(n.out)
@@ -59,7 +59,7 @@ def make_plan(g: Graph) -> Plan:
         if not (v in outputs or v in need_buffer or own):
             continue
         kind = OPS[n.op].kind
-        if v in outputs or v in need_buffer or kind in ("reduce", "matmul") or \
+        if v in outputs or v in need_buffer or kind in ("reduce", "matmul", "scatter") or \
                 (len(own) > 1 and v not in cheap):
             mat.add(v)
             own = {v}

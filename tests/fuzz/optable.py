@@ -692,3 +692,197 @@ def _loop_infer(args, attrs):
 for _form, (_src, _f, _smooth) in LOOPS.items():
     OPS[_form] = Op(_form, lambda g, d: None, _loop_infer,
                     lambda xs, at, f=_f: f(*xs), lambda t, at: f"{at['form']}({t[0]}, {t[1]})", 0.0, _smooth)
+
+
+# ---- integer indexing and the small ops: index arrays are literals within every axis size
+
+def _indices(d, m):
+    n = dim_min(d)
+    return tuple(random.randrange(-n, n) for _ in range(m))
+
+
+def _idx_text(idx):
+    return "[" + ", ".join(map(str, idx)) + "]"
+
+
+def _take_infer(args, attrs):
+    (a,) = args
+    k = attrs["axis"]
+    if a.dtype not in ("f32", "f64") or not 0 <= k < len(a.shape):
+        return None
+    return a.shape[:k] + (len(attrs["idx"]),) + a.shape[k + 1:], a.dtype, a.lo, a.hi
+
+
+def _take_build(g, depth):
+    a = g.expr(depth - 1)
+    if not a.shape:
+        return None
+    k = random.randrange(len(a.shape))
+    return mk("take", a, axis=k, idx=_indices(a.shape[k], random.randint(1, 4)), sub=random.random() < 0.4)
+
+
+def _take_fmt(t, at):
+    if at["sub"]:          # x[:, [1, -1]]: a gather written as a subscript
+        return f"{t[0]}[{':, ' * at['axis']}{_idx_text(at['idx'])}]"
+    return f"take({t[0]}, {_idx_text(at['idx'])}, axis={at['axis']})"
+
+
+OPS["take"] = Op("take", _take_build, _take_infer, lambda xs, at: np.take(xs[0], at["idx"], axis=at["axis"]),
+                 _take_fmt, 0.5)
+
+
+def _index_add_infer(args, attrs):
+    a, v = args
+    k, idx = attrs["axis"], attrs["idx"]
+    if _dt(a, v) not in ("f32", "f64") or not 0 <= k < len(a.shape) or \
+            v.shape != a.shape[:k] + (len(idx),) + a.shape[k + 1:]:
+        return None
+    reps = len(idx)                 # at worst every index names the same row
+    return a.shape, _dt(a, v), a.lo + reps * min(v.lo, 0), a.hi + reps * max(v.hi, 0)
+
+
+def _index_add_build(g, depth):
+    a = g.expr(depth - 1)
+    if not a.shape:
+        return None
+    k = random.randrange(len(a.shape))
+    idx = _indices(a.shape[k], random.randint(1, 4))
+    v = g.of_shape(a.shape[:k] + (len(idx),) + a.shape[k + 1:], a.dtype, depth - 1)
+    return mk("index_add", a, v, axis=k, idx=idx)
+
+
+def _index_add_ev(xs, at):
+    out = np.array(xs[0], dtype=np.result_type(xs[0], xs[1]), copy=True)
+    np.add.at(out, (slice(None),) * at["axis"] + (np.array(at["idx"]),), xs[1])
+    return out
+
+
+OPS["index_add"] = Op("index_add", _index_add_build, _index_add_infer, _index_add_ev,
+                      lambda t, at: f"index_add({t[0]}, {_idx_text(at['idx'])}, {t[1]}, axis={at['axis']})", 0.4)
+
+
+def _along_array(idx, rank, k):
+    return np.array(idx).reshape((1,) * k + (len(idx),) + (1,) * (rank - k - 1))
+
+
+def _along_text(idx, rank, k):
+    def lit(a):
+        return "[" + ", ".join(lit(x) for x in a) + "]" if isinstance(a, list) else str(a)
+    return lit(_along_array(idx, rank, k).tolist())
+
+
+def _along_infer(args, attrs):
+    (a,) = args
+    k = attrs["axis"]
+    if a.dtype not in ("f32", "f64") or not 0 <= k < len(a.shape):
+        return None
+    return a.shape[:k] + (len(attrs["idx"]),) + a.shape[k + 1:], a.dtype, a.lo, a.hi
+
+
+def _along_build(g, depth):
+    a = g.expr(depth - 1)
+    if not a.shape:
+        return None
+    k = random.randrange(len(a.shape))
+    return mk("take_along_axis", a, axis=k, idx=_indices(a.shape[k], random.randint(1, 3)), rank=len(a.shape))
+
+
+OPS["take_along_axis"] = Op(
+    "take_along_axis", _along_build, _along_infer,
+    lambda xs, at: np.take_along_axis(xs[0], np.broadcast_to(
+        _along_array(at["idx"], xs[0].ndim, at["axis"]),
+        xs[0].shape[:at["axis"]] + (len(at["idx"]),) + xs[0].shape[at["axis"] + 1:]), axis=at["axis"]),
+    lambda t, at: f"take_along_axis({t[0]}, {_along_text(at['idx'], at['rank'], at['axis'])}, axis={at['axis']})", 0.4)
+
+
+def _newaxis_infer(args, attrs):
+    (a,) = args
+    k = attrs["at"]
+    return (a.shape[:k] + (1,) + a.shape[k:], a.dtype, a.lo, a.hi) if 0 <= k <= len(a.shape) else None
+
+
+def _newaxis_build(g, depth):
+    a = g.expr(depth - 1)
+    return mk("newaxis", a, at=random.randint(0, len(a.shape))) if len(a.shape) < 3 else None
+
+
+OPS["newaxis"] = Op("newaxis", _newaxis_build, _newaxis_infer,
+                    lambda xs, at: np.expand_dims(xs[0], at["at"]),
+                    lambda t, at: f"{t[0]}[{':, ' * at['at']}None]", 0.3)
+
+
+def scan(name, f, bound, weight=0.4):
+    def infer(args, attrs):
+        (a,) = args
+        k = attrs["axis"]
+        if a.dtype not in ("f32", "f64") or not -len(a.shape) <= k < len(a.shape):
+            return None
+        return (a.shape, a.dtype) + bound(a.lo, a.hi, dim_max(a.shape[k]))
+
+    def build(g, depth):
+        a = g.expr(depth - 1)
+        if not a.shape:
+            return None
+        if name == "cumprod":
+            a = g.squash(a)
+        return mk(name, a, axis=random.randrange(-len(a.shape), len(a.shape)))
+
+    OPS[name] = Op(name, build, infer, lambda xs, at: f(xs[0], axis=at["axis"]),
+                   lambda t, at: f"{name}({t[0]}, axis={at['axis']})", weight)
+
+
+def _prod_bound(lo, hi, n):
+    m = max(abs(lo), abs(hi), 1.0) ** n
+    return (-m, m) if m <= BIG else (math.inf, math.inf)
+
+
+scan("cumsum", np.cumsum, lambda lo, hi, n: (n * min(lo, 0), n * max(hi, 0)))
+scan("cumprod", np.cumprod, _prod_bound)
+elementwise("erf", np.vectorize(math.erf, otypes=[float]), weight=0.5)
+
+
+def _arg_infer(args, attrs):
+    (a,) = args
+    k = attrs["axis"]
+    if a.dtype not in ("f32", "f64") or not 0 <= k < len(a.shape):
+        return None
+    shape = tuple(1 if i == k else d for i, d in enumerate(a.shape) if attrs["keep"] or i != k)
+    return shape, "i64", 0, dim_max(a.shape[k]) - 1
+
+
+def _arg_build(name):
+    def build(g, depth):
+        a = g.expr(depth - 1)
+        if not a.shape:
+            return None
+        # an i64 result, into the floats through a cast (no gradient, a step function), added
+        # to its argument so that the program still depends on the values differentiably
+        i = mk(name, a, axis=random.randrange(len(a.shape)), keep=True)
+        return mk("add", a, mk("cast", i, to=a.dtype)) if i is not None else None
+    return build
+
+
+for _name, _f in (("argmax", np.argmax), ("argmin", np.argmin)):
+    OPS[_name] = Op(_name, _arg_build(_name), _arg_infer,
+                    lambda xs, at, f=_f: f(xs[0], axis=at["axis"], keepdims=at["keep"]),
+                    lambda t, at, n=_name: f"{n}({t[0]}, axis={at['axis']}"
+                                           f"{', keepdims=true' if at['keep'] else ''})", 0.3, False)
+
+
+def _eye_infer(args, attrs):
+    n = attrs["n"]
+    return (n, n), attrs["dtype"], 0.0, 1.0
+
+
+def _eye_build(g, depth):
+    a = g.expr(depth - 1)
+    if not 1 <= len(a.shape) <= 2 or a.dtype not in ("f32", "f64"):
+        return None
+    d = a.shape[-1]
+    if not isinstance(d, int) and d[1] != 0:
+        return None
+    return mk("matmul", a, mk("eye", n=d, shape=(d, d), dtype=a.dtype))      # a @ eye(d): a itself
+
+
+OPS["eye"] = Op("eye", _eye_build, _eye_infer, lambda xs, at: np.eye(at["_concrete"](None)[0]),
+                lambda t, at: f"eye({dim_str(at['n'])}, {at['dtype']})", 0.3)

@@ -73,6 +73,8 @@ class FunctionLowering(ElementLowering):
         kind = OPS[n.op].kind if n is not None else None
         if kind == "matmul":
             self.matmul(n)
+        elif kind == "scatter":
+            self.scatter(n)
         elif kind == "reduce" and (part == 1 or not inner(n)):
             emit_reduce(self, n, part)
         else:
@@ -118,6 +120,20 @@ class FunctionLowering(ElementLowering):
             return self.pad_interior(roots, shape)
         finally:
             self.bufs = bufs
+
+    def scatter(self, n):
+        """n's first input copied, then each element of its updates (last input) added where the
+        op's index map sends it: one pass in order, O(size of input + size of updates)."""
+        base, upd, out = n.ins[0], n.ins[-1], n.out
+        self.nest(out.shape, lambda idx: self.store(out, idx, self.elem(base, idx)))
+        self.memo = [{}]
+        target = OPS[n.op].index_map
+
+        def add(uidx):
+            j = self._run(target(self, n, uidx))
+            p = self.ptr(out, j)
+            self.store(out, j, self.cg.add(self.load(out, j), self.elem(upd, uidx)), p)
+        self.nest(upd.shape, add)
 
     def matmul(self, n):
         (a, ta), (bm, tb) = self.plan.matmul_operands[n]

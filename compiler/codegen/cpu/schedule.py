@@ -20,6 +20,12 @@ class Step:
         return self.node is not None and OPS[self.node.op].kind == "matmul"
 
     @property
+    def alone(self) -> bool:
+        """A matrix product, or a scatter (threads would race on repeated indices): a phase of
+        its own, outside any parallel region."""
+        return self.node is not None and OPS[self.node.op].kind in ("matmul", "scatter")
+
+    @property
     def space(self) -> tuple:
         """The shape whose iterations the step runs (its work, for the parallel threshold)."""
         if self.node is not None and OPS[self.node.op].kind == "reduce":
@@ -59,7 +65,7 @@ def make_schedule(g, plan) -> Schedule:
         if first < len(phases) and any(written.get(r, -1) >= first for r in _reads(plan, s) & checked):
             close()
             first = len(phases)
-        if s.matmul:
+        if s.alone:
             close()
             phases.append([(s, 0)])
             segments.append((False, [len(phases) - 1]))

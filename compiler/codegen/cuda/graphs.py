@@ -198,7 +198,7 @@ def gpu_plan(g):
                 users.setdefault(x, []).append(v)
         for n in list(plan.roots):
             v = n.out
-            if v in fixed or OPS[n.op].kind in ("reduce", "matmul"):
+            if v in fixed or OPS[n.op].kind in ("reduce", "matmul", "scatter"):
                 continue
             spaces = []
             for u in users.get(v, []):
@@ -278,9 +278,9 @@ class FunctionKernels:
         for n in plan.roots:
             kind = OPS[n.op].kind
             reads = plan.reads[n.out]
-            if kind == "matmul":
+            if kind in ("matmul", "scatter"):
                 cur = None
-                self.groups.append(Group("matmul", n.out.shape, node=n, writes={n.out}))
+                self.groups.append(Group(kind, n.out.shape, node=n, writes={n.out}))
                 continue
             space = n.ins[0].shape if kind == "reduce" else n.out.shape
             fits = cur is not None and not (reads & cur.writes) and cur.space == space and \
@@ -295,7 +295,7 @@ class FunctionKernels:
             cur.writes.add(n.out)
         for v, i in self.copies:
             reads = {v} if v in plan.buffers else plan.reads.get(("out", v), set())
-            if cur is None or cur.kind == "matmul" or cur.space != v.shape or reads & cur.writes:
+            if cur is None or cur.kind in ("matmul", "scatter") or cur.space != v.shape or reads & cur.writes:
                 cur = Group("map", v.shape)
                 self.groups.append(cur)
             cur.steps.append((v, None, ("out", i)))
@@ -379,6 +379,8 @@ class FunctionKernels:
             self._matmul(grp.node, grp.steps)
         elif grp.kind == "reduce":
             self._reduce(grp)
+        elif grp.kind == "scatter":
+            self._scatter(grp.node)
         else:
             self._map(grp)
 
@@ -402,6 +404,35 @@ class FunctionKernels:
         name = self._kernel(body)
         block = _block_size(space)
         self._launch(name, _cdiv(_prod(space), block), block)
+
+    def _scatter(self, n):
+        """A scatter: one kernel copies its first input into the result, a second adds each
+        element of the updates (its last input) where the op's index map sends it, with an
+        atomic add (repeated indices add up, in an order the hardware picks)."""
+        from ...ops import OPS
+        base, upd, out = n.ins[0], n.ins[-1], n.out
+        key = self.dest[out]
+        target = OPS[n.op].index_map
+
+        def copy(kb):
+            L = self._lowering(kb)
+            with kb.grid_stride(L.size(out.shape)) as i:
+                with L.scope():
+                    idx = L.unflatten(i, out.shape)
+                    L.store_buf(kb.arg(self._param(key)), out.dtype, L.offset(out.shape, idx), L.elem(base, idx))
+            L.finish()
+
+        def add(kb):
+            L = self._lowering(kb)
+            with kb.grid_stride(L.size(upd.shape)) as i:
+                with L.scope():
+                    uidx = L.unflatten(i, upd.shape)
+                    j = L._run(target(L, n, uidx))
+                    kb.atomic_add(kb.arg(self._param(key)), L.offset(out.shape, j), L.elem(upd, uidx))
+            L.finish()
+        for body, space in ((copy, out.shape), (add, upd.shape)):
+            block = _block_size(space)
+            self._launch(self._kernel(body), _cdiv(_prod(space), block), block)
 
     def _reduce(self, grp):
         """A reduction: blocks of BLOCK threads, one per (output, chunk), accumulate their share,

@@ -120,6 +120,7 @@ class Target(Protocol):
     def math(self, kb: KernelBuilder, name: str, args: list) -> ir.Value: ...
     def load(self, kb: KernelBuilder, buf: Buf, index: ir.Value) -> ir.Value: ...
     def store(self, kb: KernelBuilder, buf: Buf, index: ir.Value, value: ir.Value) -> None: ...
+    def atomic_add(self, kb: KernelBuilder, buf: Buf, index: ir.Value, value: ir.Value) -> None: ...
 
 
 class KernelBuilder:
@@ -207,6 +208,12 @@ class KernelBuilder:
         if value.type != buf.type:
             raise TypeError(f"store of {value.type} into {buf.name} of {buf.dtype}")
         self.target.store(self, buf, self.i64(index), value)
+
+    def atomic_add(self, buf: Buf, index, value: ir.Value):
+        """buf[index] += value as one atomic read-modify-write (atomicAdd)."""
+        if value.type != buf.type or buf.dtype == "bool":
+            raise TypeError(f"atomic add of {value.type} into {buf.name} of {buf.dtype}")
+        self.target.atomic_add(self, buf, self.i64(index), value)
 
     def ret(self):
         """Return from the kernel here; code after it in the same block is unreachable."""

@@ -74,6 +74,11 @@ class CudaTarget:
         p = kb.b.gep(buf.ptr, [index], source_etype=buf.type)
         kb.b.store(value, p, align=SIZES[buf.dtype])
 
+    def atomic_add(self, kb, buf: Buf, index: ir.Value, value: ir.Value):
+        p = kb.b.gep(buf.ptr, [index], source_etype=buf.type)
+        op = "fadd" if buf.dtype in ("f32", "f64") else "add"
+        kb.b.atomic_rmw(op, p, value, "monotonic")
+
 
 def _declare(module, name, ret, args):
     fn = module.globals.get(name)

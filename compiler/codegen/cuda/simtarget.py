@@ -175,6 +175,16 @@ class SimTarget:
             LAUNCH.add(kb.b, ir.Constant(I64, SIZES[buf.dtype]), kb.state.launch, "bytes_stored")
         kb.b.store(value, p, align=SIZES[buf.dtype])
 
+    def atomic_add(self, kb, buf: Buf, index: ir.Value, value: ir.Value):
+        # blocks run one after another and a thread runs on until a barrier: a plain
+        # read-modify-write is atomic here; counted as the load and the store it is
+        p = self._address(kb, buf, index, GLOBAL_STORE)
+        for field in ("bytes_loaded", "bytes_stored"):
+            LAUNCH.add(kb.b, ir.Constant(I64, SIZES[buf.dtype]), kb.state.launch, field)
+        old = kb.b.load(p, typ=buf.type, align=SIZES[buf.dtype])
+        new = kb.b.fadd(old, value) if buf.dtype in ("f32", "f64") else kb.b.add(old, value)
+        kb.b.store(new, p, align=SIZES[buf.dtype])
+
     def _address(self, kb, buf: Buf, index: ir.Value, kind: int) -> ir.Value:
         """&buf[index], after a check that records the first fault of the launch and ends the thread."""
         b, st = kb.b, kb.state
