@@ -215,6 +215,9 @@ class Scope:
     def x_Bool(self, node):
         return node.value
 
+    def x_Str(self, node):
+        return node.value
+
     def x_Name(self, node):
         return self.lookup(node)
 

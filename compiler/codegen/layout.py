@@ -172,3 +172,5 @@ for _name, _fn in {"broadcast_to": _broadcast_to, "transpose": _transpose, "resh
                    "slice": _slice, "pad": _pad, "concat": _concat, "one_hot": _one_hot,
                    "dyn_slice": _dyn_slice, "dyn_unslice": _dyn_unslice}.items():
     index_map(_name)(_fn)
+
+from . import layout_nn  # noqa: E402,F401  (the window ops of convolution and pooling)
