@@ -301,7 +301,7 @@ def _b_einsum(s, node, spec, *xs):
     except ShapeError as ex:
         where, message = ex.args
         raise CompileError(message, _arg_loc(node, 0 if where == "spec" else where + 1)) from None
-    return s.e.einsum(spec, *vals)
+    return s.e.einsum(*vals, spec=spec)
 
 
 BUILTINS.update({

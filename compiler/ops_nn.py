@@ -173,7 +173,10 @@ def _window_ref(x, offset, kernel, stride, padding, dilation, fill):
 
 
 def _unwindow_rule(g, offset, kernel, stride, padding, dilation, shape):
-    return g.shape[:len(g.shape) - len(kernel)] + tuple(shape), g.dtype
+    r = len(kernel)
+    if len(g.shape) < r or tuple(g.shape[len(g.shape) - r:]) != out_sizes(shape, kernel, stride, padding, dilation):
+        raise ShapeError(f"unwindow: {_t(g)} is not the windows of an input of size {list(shape)}")
+    return g.shape[:len(g.shape) - r] + tuple(shape), g.dtype
 
 
 def _unwindow_ref(g, offset, kernel, stride, padding, dilation, shape):
@@ -188,9 +191,11 @@ def _spatial_of(x, kernel):
     return x.shape[len(x.shape) - len(kernel):]
 
 
-_linear("window", _window_rule, _window_ref,
-        lambda e, g, z, x, fill, **kw: (e.unwindow(g, shape=_spatial_of(x, kw["kernel"]), **kw),),
-        needs=_win_needs)
+# the tangent of a window is the window of the tangent, zero where the fill stands (not -inf)
+defop("window", _window_rule, _window_ref,
+      vjp=lambda e, g, z, x, fill, **kw: (e.unwindow(g, shape=_spatial_of(x, kw["kernel"]), **kw),),
+      jvp=lambda e, ts, z, x, fill, **kw: e.window(ts[0], fill=0.0, **kw),
+      kind="layout", needs=_win_needs, cheap=0)
 _linear("unwindow", _unwindow_rule, _unwindow_ref,
         lambda e, g, z, x, shape, **kw: (e.window(g, fill=0.0, **kw),))
 
@@ -226,6 +231,9 @@ def _im2col_ref(x, kernel, stride, padding, dilation, groups):
 
 
 def _col2im_rule(c, kernel, stride, padding, dilation, groups, shape):
+    want, _ = _im2col_rule(type(c)(0, tuple(shape), c.dtype), kernel, stride, padding, dilation, groups)
+    if tuple(c.shape) != want:
+        raise ShapeError(f"col2im: expected columns of shape {list(want)}, got {_t(c)}")
     return tuple(shape), c.dtype
 
 
@@ -359,7 +367,7 @@ def einsum_sizes(ins, shapes) -> dict:
 
 
 @composite
-def einsum(e, spec, *xs):
+def einsum(e, *xs, spec):
     """NumPy's einsum without ellipsis: repeated letters take diagonals, letters in one operand
     only are summed first, then operands are contracted pairwise, each pair as one (batched)
     product: batch letters, contracted letters and each side's free letters grouped (dot_general

@@ -3,12 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llvmlite import ir
-
 from ..ops_nn import mkn_of
-from .scalar import I64
-
-ZERO = ir.Constant(I64, 0)
+from .layout import ZERO         # the one zero index: element lookups compare indices by identity
 
 
 @dataclass
