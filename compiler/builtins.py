@@ -183,3 +183,133 @@ BUILTINS.update({
 from .builtins_index import INDEX_BUILTINS  # noqa: E402
 
 BUILTINS.update(INDEX_BUILTINS)
+
+# ---- products, convolution and pooling (compiler/ops_nn.py)
+
+def _arg_loc(node, i, name=None):
+    """Where argument i (or keyword name) of the call is written, else the call."""
+    for k, v, loc in node.kwargs:
+        if k == name:
+            return v.loc
+    return node.args[i].loc if i is not None and i < len(node.args) else node.loc
+
+
+def _ints(s, node, v, r, name, least, op):
+    """An integer or a tuple of r integers, each at least least: a tuple of r."""
+    ok = lambda k: isinstance(k, int) and not isinstance(k, bool)
+    vals = (v,) * r if ok(v) else v if isinstance(v, tuple) and len(v) == r and all(map(ok, v)) else None
+    where = _arg_loc(node, None, name)
+    if vals is None:
+        raise CompileError(f"{op}: {name}= takes an integer or a tuple of {r}, got {s.describe(v)}", where)
+    if any(k < least for k in vals):
+        raise CompileError(f"{op}: {name}= must be at least {least}, got {v}", where)
+    return vals
+
+
+def _float_value(s, node, x, i, op):
+    v = s.as_value(x, node.args[i] if i < len(node.args) else node)
+    if v.dtype not in FLOATS:
+        raise CompileError(f"{op}: expected f32 or f64 values, got {v.type}", _arg_loc(node, i))
+    return v
+
+
+def _b_conv(r):
+    op = f"conv{r}d"
+    layout = "N, C, L" if r == 1 else "N, C, H, W"
+
+    def f(s, node, x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+        from .ops_nn import out_sizes
+        x, w = _float_value(s, node, x, 0, op), _float_value(s, node, w, 1, op)
+        for v, what, i, form in ((x, "input", 0, layout), (w, "weight", 1, "out channels, in channels / groups, " +
+                                                           ("k" if r == 1 else "kh, kw"))):
+            if len(v.shape) != r + 2:
+                raise CompileError(f"{op}: the {what} must have {r + 2} axes ({form}), got {v.type}",
+                                   _arg_loc(node, i))
+        if x.dtype != w.dtype:
+            raise CompileError(f"{op}: dtype mismatch between {x.type} and {w.type} (use cast to convert)",
+                               node.loc)
+        if not (isinstance(groups, int) and not isinstance(groups, bool) and groups >= 1):
+            raise CompileError(f"{op}: groups= takes a positive integer, got {s.describe(groups)}",
+                               _arg_loc(node, None, "groups"))
+        o, cg, kernel = w.shape[0], w.shape[1], w.shape[2:]
+        c = x.shape[1]
+        if not all(isinstance(k, int) for k in kernel):
+            raise CompileError(f"{op}: the kernel size must be fixed, got {w.type}", _arg_loc(node, 1))
+        if groups > 1:
+            for what, d, v, i in (("output channels of the weight", o, w, 1), ("input channels", c, x, 0)):
+                if not isinstance(d, int) or d % groups:
+                    raise CompileError(f"{op}: groups={groups} does not divide the {d} {what} "
+                                       f"({v.type})", _arg_loc(node, None, "groups"))
+        want = cg if groups == 1 else (cg * groups if isinstance(cg, int) else None)
+        if c != want:
+            raise CompileError(f"{op}: the input {x.type} has {c} channels, but the weight {w.type} "
+                               f"expects {want if want is not None else cg}" +
+                               (f" ({cg} per group, groups={groups})" if groups > 1 else ""), node.loc)
+        win = {k: _ints(s, node, v, r, k, least, op) for k, v, least in
+               (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1))}
+        try:
+            out_sizes(x.shape, kernel, win["stride"], win["padding"], win["dilation"])
+        except ShapeError as ex:
+            raise CompileError(f"{op}: {ex}", node.loc) from None
+        if b is not None:
+            b = _float_value(s, node, b, 2, op)
+            if b.shape != (o,) or b.dtype != w.dtype:
+                raise CompileError(f"{op}: the bias must be {w.dtype}[{o}] (one per output channel), "
+                                   f"got {b.type}", _arg_loc(node, 2, "b"))
+        return s.e.conv(x, w, b, groups=groups, **win)
+    return f
+
+
+def _b_pool(kind, r):
+    op = f"{kind}_pool{r}d"
+
+    def f(s, node, x, kernel, stride=None, padding=0, **kw):
+        from .ops_nn import out_sizes
+        x = _float_value(s, node, x, 0, op)
+        if len(x.shape) not in (r + 1, r + 2):
+            raise CompileError(f"{op}: the input must have {r + 1} or {r + 2} axes, got {x.type}",
+                               _arg_loc(node, 0))
+        k = _ints(s, node, kernel, r, "kernel", 1, op)
+        st = k if stride is None else _ints(s, node, stride, r, "stride", 1, op)
+        p = _ints(s, node, padding, r, "padding", 0, op)
+        d = _ints(s, node, kw.get("dilation", 1), r, "dilation", 1, op)
+        for ki, pi, di in zip(k, p, d):
+            if pi > (di * (ki - 1) + 1) // 2:
+                raise CompileError(f"{op}: padding {pi} is more than half the kernel ({di * (ki - 1) + 1} "
+                                   "wide), as PyTorch requires", _arg_loc(node, None, "padding"))
+        try:
+            out_sizes(x.shape, k, st, p, d)
+        except ShapeError as ex:
+            raise CompileError(f"{op}: {ex}", node.loc) from None
+        if kind == "max":
+            return s.e.max_pool(x, k, st, p, d)
+        return s.e.avg_pool(x, k, st, p)
+    if kind == "max":
+        return lambda s, node, x, kernel, stride=None, padding=0, dilation=1: f(
+            s, node, x, kernel, stride, padding, dilation=dilation)
+    return lambda s, node, x, kernel, stride=None, padding=0: f(s, node, x, kernel, stride, padding)
+
+
+def _b_einsum(s, node, spec, *xs):
+    from .ops_nn import einsum_sizes, parse_einsum
+    if not isinstance(spec, str):
+        raise CompileError(f"einsum needs its spec first, as in einsum(\"ij,jk->ik\", a, b), got "
+                           f"{s.describe(spec)}", _arg_loc(node, 0))
+    vals = [_float_value(s, node, x, i + 1, "einsum") for i, x in enumerate(xs)]
+    if len({v.dtype for v in vals}) > 1:
+        raise CompileError("einsum: dtype mismatch between " + " and ".join(v.type for v in vals) +
+                           " (use cast to convert)", node.loc)
+    try:
+        ins, _ = parse_einsum(spec, [len(v.shape) for v in vals])
+        einsum_sizes(ins, [v.shape for v in vals])
+    except ShapeError as ex:
+        where, message = ex.args
+        raise CompileError(message, _arg_loc(node, 0 if where == "spec" else where + 1)) from None
+    return s.e.einsum(*vals, spec=spec)
+
+
+BUILTINS.update({
+    "conv1d": _b_conv(1), "conv2d": _b_conv(2), "einsum": _b_einsum,
+    "max_pool1d": _b_pool("max", 1), "max_pool2d": _b_pool("max", 2),
+    "avg_pool1d": _b_pool("avg", 1), "avg_pool2d": _b_pool("avg", 2),
+})

@@ -33,7 +33,9 @@ def requirements(g: Graph) -> list:
         for need in (rule(*n.ins, **n.kw) if rule is not None else ()):
             v = need.value
             owner = f"parameter '{params[v]}'" if v in params else "the value"
-            if need.error == "IndexError":
+            if need.message is not None:
+                message = need.message.replace("{owner}", owner).replace("{at}", at)
+            elif need.error == "IndexError":
                 message = (f"{need.what} is out of range for axis {need.axis} of {owner}{at}, "
                            "which has size {size}")
             else:

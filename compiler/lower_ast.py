@@ -16,6 +16,7 @@ from .builder import INT_RANGE, Emitter, fresh, literal_dtype
 from .ir import DTYPES, Graph, ShapeError, Value, dim_add, dim_parts, type_str
 from .builtins import BUILTINS
 from .builtins_index import checked_index, is_index_array
+from .ops_nn import matmul_of
 from .values import DimRef, DType, FnValue
 
 TRANSFORMS = ("grad", "value_and_grad", "vjp", "jvp")
@@ -215,6 +216,9 @@ class Scope:
     def x_Bool(self, node):
         return node.value
 
+    def x_Str(self, node):
+        return node.value
+
     def x_Name(self, node):
         return self.lookup(node)
 
@@ -288,18 +292,9 @@ class Scope:
         return self.e.emit(op, a, b)
 
     def matmul(self, a: Value, b: Value) -> Value:
-        e = self.e
         if not a.shape or not b.shape:
             raise ShapeError(f"@: cannot multiply {a.type} by {b.type} (use * for scalars)")
-        a2 = e.reshape(a, shape=(1,) + a.shape) if len(a.shape) == 1 else a
-        b2 = e.reshape(b, shape=b.shape + (1,)) if len(b.shape) == 1 else b
-        try:
-            out = e.matmul(a2, b2)
-        except ShapeError as ex:
-            # name the operands as the user wrote them, not as reshaped here
-            raise ShapeError(str(ex).replace(a2.type, a.type, 1).replace(b2.type, b.type, 1)) from None
-        shape = a.shape[:-1] + b.shape[1:]
-        return e.reshape(out, shape=shape) if out.shape != shape else out
+        return matmul_of(self.e, a, b)
 
     def x_Index(self, node):
         x = self.value(node.value)

@@ -40,12 +40,14 @@ class Need:
     """Axis `axis` of input `value` must have at least `min` elements, else `error`.
 
     what: the phrase the message starts with ("index 5", "slice 0:10", "max").
+    message: a message of its own ("{owner}": the parameter or value, "{at}": the position).
     """
     error: str                 # "IndexError" | "ValueError"
     value: object              # the input Value
     axis: int
     min: int
     what: str
+    message: str | None = None   # the whole message instead, with {owner}, {at} and {size}
 
 
 OPS: dict[str, OpDef] = {}
@@ -293,13 +295,6 @@ def _concat_rule(*xs, axis):
     shape = list(xs[0].shape)
     shape[axis] = total
     return tuple(shape), dt
-
-
-def _matmul_rule(x, y):
-    dt = _same_dtype("@", (x, y), FLOATS)
-    if len(x.shape) != 2 or len(y.shape) != 2 or x.shape[1] != y.shape[0]:
-        raise ShapeError(f"@: cannot multiply {_t(x)} by {_t(y)}")
-    return (x.shape[0], y.shape[1]), dt
 
 
 # ---- derivative helpers shared by the rules
@@ -668,19 +663,6 @@ def _concat_vjp(e, g, z, *xs, axis):
 _linear("concat", _concat_rule, lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_vjp)
 
 
-def _matmul_jvp(e, ts, z, x, y):
-    tx, ty = ts
-    a = e.matmul(tx, y) if tx is not None else None
-    b = e.matmul(x, ty) if ty is not None else None
-    return b if a is None else a if b is None else e.add(a, b)
-
-
-defop("matmul", _matmul_rule, np.matmul,
-      vjp=lambda e, g, z, x, y: (e.matmul(g, e.transpose(y, perm=(1, 0))),
-                                 e.matmul(e.transpose(x, perm=(1, 0)), g)),
-      jvp=_matmul_jvp, kind="matmul")
-
-
 # ---- composites: builtins written with the ops above
 
 
@@ -716,3 +698,4 @@ def softmax(e, x, axis=-1):
 
 from . import control  # noqa: E402,F401  (loops and branches register their ops)
 from . import ops_index  # noqa: E402,F401  (integer indexing, scatters, scans, erf)
+from . import ops_nn  # noqa: E402,F401  (products, convolution and pooling)

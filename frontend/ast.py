@@ -55,6 +55,11 @@ class Num(Node):
 
 
 @dataclass
+class Str(Node):
+    value: str                # a string literal: the spec of einsum
+
+
+@dataclass
 class Bool(Node):
     value: bool
 

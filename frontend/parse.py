@@ -15,7 +15,7 @@ _TOKEN_TEXT = {
     "LPAR": "(", "RPAR": ")", "LSQB": "[", "RSQB": "]", "LBRACE": "{", "RBRACE": "}",
     "COMMA": ",", "COLON": ":", "SEMICOLON": ";", "EQUAL": "=", "MINUS": "-", "PLUS": "+",
     "STAR": "*", "SLASH": "/", "_NL": "newline", "RETURN": "return", "LET": "let", "FN": "fn",
-    "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "MUL_OP": "*, /, //, % or @",
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "INT": "an integer", "MUL_OP": "*, /, //, % or @",
     "ADD_OP": "+ or -", "COMP_OP": "a comparison", "__ANON_0": "->", "DOUBLESTAR": "**",
     "$END": "end of file", "VAR": "var", "FOR": "for", "IN": "in", "WHILE": "while", "IF": "if",
     "ELSE": "else", "CHECKPOINT": "checkpoint", "AUG_OP": "+=, -=, *= or /=", "__ANON_1": "..", "TRUE": "true", "FALSE": "false", "NOT": "not", "AND": "and", "OR": "or",
@@ -216,6 +216,9 @@ class _ToAst(Transformer_NonRecursive):          # deep trees: Python's stack en
             raise CompileError(f"integer literal of {len(text)} digits is out of the range of every "
                                "integer type", self.loc(meta))
         return A.Num(self.loc(meta), int(text))
+
+    def string(self, meta, ch):
+        return A.Str(self.loc(meta), str(ch[0])[1:-1])
 
     def name(self, meta, ch):
         return A.Name(self.loc(meta), str(ch[0]))

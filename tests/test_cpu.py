@@ -103,6 +103,34 @@ CASES += [
     _case("if", [((), "F", "any"), ((3,), "F", "any")], cc.branch),
     _case("dyn_slice", [((4, "N"), "F", "any")], lambda e, x: cc.window(e, e.slice(x, spec=(("s", 0, 4, None), ("s", 0, 3, None))))),
     _case("dyn_unslice", [(("N", 3), "F", "any")], lambda e, g: cc.unwindow(e, e.slice(g, spec=(("s", 0, 2, None),)))),
+    # products, convolution and pooling (compiler/ops_nn.py)
+    _case("bmm", [(("N", 3, 4), "F", "any"), (("N", 4, 5), "F", "any")], lambda e, x, y: e.matmul(x, y)),
+    _case("bmm_bcast", [((2, 1, 3, 4), "F", "any"), (("N", 4, 2), "F", "any")],
+          lambda e, x, y: e.matmul(e.tanh(x), y)),
+    _case("bmm_t", [(("N", 4, 3), "F", "any"), ((5, 4), "F", "any")],
+          lambda e, x, y: e.matmul(e.transpose(x, perm=(0, 2, 1)), e.transpose(y, perm=(1, 0)))),
+    _case("mm_rows", [(("N", 3, 4), "F", "any"), ((4, "M"), "F", "any")],
+          lambda e, x, y: e.matmul(x, y, mkn=(2, 1, 1))),
+    _case("mm_groups", [((2, "N", 2, 3), "F", "any"), ((2, 3, "M"), "F", "any")],
+          lambda e, x, y: e.matmul(x, y, mkn=(1, 2, 1))),
+    _case("mm_vec", [((4,), "F", "any"), (("N", 4, 3), "F", "any")], lambda e, x, y: e.matmul(x, y, mkn=(0, 1, 1))),
+    _case("window", [(("N", 5, 4), "F", "any")], lambda e, x: e.window(
+        x, offset=(1, 2), kernel=(2, 3), stride=(2, 1), padding=(1, 1), dilation=(1, 1), fill=-1.5)),
+    _case("unwindow", [(("N", 3, 4), "F", "any")], lambda e, g: e.unwindow(
+        g, offset=(1, 0), kernel=(2, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), shape=(5, 6))),
+    _case("im2col", [((2, 4, 5, "N"), "F", "any")], lambda e, x: e.im2col(
+        x, kernel=(2, 3), stride=(2, 1), padding=(1, 0), dilation=(1, 1), groups=2)),
+    _case("col2im", [(("N", 3, 3, 2), "F", "any")], lambda e, c: e.col2im(
+        c, kernel=(2,), stride=(2,), padding=(1,), dilation=(2,), groups=1, shape=("N", 3, 5))),
+    _case("conv2d", [(("N", 4, 5, "M"), "F", "any"), ((6, 2, 2, 3), "F", "any"), ((6,), "F", "any")],
+          lambda e, x, w, b: e.conv(x, w, b, stride=(1, 1), padding=(1, 1), dilation=(2, 1), groups=2)),
+    _case("conv1d", [(("N", 2, 7), "F", "any"), ((3, 2, 3), "F", "any")],
+          lambda e, x, w: e.relu(e.conv(x, w, stride=(2,), padding=(1,), dilation=(1,)))),
+    _case("max_pool", [(("N", 2, 5, 4), "F", "ties")],
+          lambda e, x: e.max_pool(x, (2, 2), (2, 1), (1, 1), (1, 1))),
+    _case("avg_pool", [(("N", 3, "M"), "F", "any")], lambda e, x: e.avg_pool(x, (3,), (1,), (1,))),
+    _case("einsum", [(("N", 3, 4), "F", "any"), (("N", 4), "F", "any")],
+          lambda e, x, y: (e.einsum(x, y, spec="bij,bj->bi"), e.einsum(x, spec="bij->j"))),
 ]
 INT_OPS = ("lt", "ge", "eq", "clamp", "where", "neg", "abs", "sign", "relu")
 

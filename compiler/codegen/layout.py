@@ -174,3 +174,4 @@ for _name, _fn in {"broadcast_to": _broadcast_to, "transpose": _transpose, "resh
     index_map(_name)(_fn)
 
 from . import gather  # noqa: E402,F401  (the integer-indexing ops' maps)
+from . import layout_nn  # noqa: E402,F401  (the window ops of convolution and pooling)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from ..ir import Graph, symbols
 from ..ops import OPS
+from ..ops_nn import is_block_swap, operand_blocks
 
 # a value made of at most this many cheap instructions (OpDef.cheap) is recomputed where needed
 RECOMPUTE_MAX = 8
@@ -21,8 +22,9 @@ class Plan:
     syms: tuple = ()                            # the dims array: symbol names, sorted
 
 
-def _is_t2(n):
-    return n is not None and n.op == "transpose" and tuple(n.attr("perm")) == (1, 0)
+def _is_t2(n, blocks):
+    """Whether n transposes a matrix operand of these (first, second) groups in place."""
+    return n is not None and n.op == "transpose" and is_block_swap(n.attr("perm"), *blocks)
 
 
 def make_plan(g: Graph) -> Plan:
@@ -65,10 +67,10 @@ def make_plan(g: Graph) -> Plan:
             own = {v}
         if kind == "matmul":
             ops = []
-            for x in n.ins:
+            for x, blocks in zip(n.ins, operand_blocks(n)):
                 p = prod.get(x)
                 # a transposed operand is read in place: BLAS takes the transpose flag
-                if _is_t2(p) and x not in outputs:
+                if _is_t2(p, blocks) and x not in outputs:
                     ops.append((p.ins[0], True))
                 else:
                     ops.append((x, False))

@@ -11,7 +11,7 @@ import random
 
 import numpy as np
 
-from .expr import BIG, OPS, SYM_MIN, Op, _dt, _image, broadcast, dim_max, dim_min, dim_str, mk, num
+from .expr import BIG, OPS, SYM_MIN, SYMS, Op, _dt, _image, broadcast, dim_max, dim_min, dim_str, mk, num
 
 # ---- elementwise entries
 
@@ -886,3 +886,172 @@ def _eye_build(g, depth):
 
 OPS["eye"] = Op("eye", _eye_build, _eye_infer, lambda xs, at: np.eye(at["_concrete"](None)[0]),
                 lambda t, at: f"eye({dim_str(at['n'])}, {at['dtype']})", 0.3)
+# ---- products, convolution and pooling: batched @, einsum, conv1d/conv2d, max/avg pooling
+
+def _out_dim(d, k, s, p, dil):
+    span = dil * (k - 1) + 1
+    if isinstance(d, int):
+        return (d + 2 * p - span) // s + 1 if d + 2 * p >= span else None
+    if s != 1 or dim_min(d) + 2 * p < span:
+        return None
+    return (d[0], d[1] + 2 * p - span + 1)
+
+
+def _bmm_infer(args, attrs):
+    a, b = args
+    if _dt(a, b) not in ("f32", "f64") or len(a.shape) != 3 or len(b.shape) != 3 or a.shape[2] != b.shape[1]:
+        return None
+    batch = broadcast(a.shape[:1], b.shape[:1])
+    if batch is None:
+        return None
+    m = dim_max(a.shape[2]) * max(abs(a.lo), abs(a.hi)) * max(abs(b.lo), abs(b.hi))
+    return batch + (a.shape[1], b.shape[2]), _dt(a, b), -m, m
+
+
+def _bmm_build(g, depth):
+    bt, m, k, n = g.new_dim(), g.new_dim(), g.new_dim(), g.new_dim()
+    a = g.of_shape((bt, m, k), g.p.dtype, depth - 1)
+    b = g.of_shape((random.choice([bt, bt, 1]), k, n), g.p.dtype, depth - 1)
+    e = mk("matmul_batched", a, b)
+    return e if e is None or e.hi <= BIG else mk("matmul_batched", g.squash(a), g.squash(b))
+
+
+OPS["matmul_batched"] = Op("matmul_batched", _bmm_build, _bmm_infer, lambda xs, at: np.matmul(*xs),
+                           lambda t, at: f"({t[0]} @ {t[1]})", 0.4)
+
+EINSUMS = ["bij,bjk->bik", "ij,kj->ki", "ijk->ki", "ij,ij->i", "i,j->ij", "bij,j->bi", "iij->j",
+           "ij,jk,k->i", "ij->"]
+
+
+def _einsum_infer(args, attrs):
+    spec = attrs["spec"]
+    ins, out = spec.split("->")
+    parts = ins.split(",")
+    if _dt(*args) not in ("f32", "f64") or len(parts) != len(args):
+        return None
+    sizes, bound = {}, 1.0
+    for part, a in zip(parts, args):
+        if len(part) != len(a.shape):
+            return None
+        for c, d in zip(part, a.shape):
+            if sizes.setdefault(c, d) != d:
+                return None
+        bound *= max(abs(a.lo), abs(a.hi))
+    summed = [c for c in sizes if c not in out]
+    m = bound * math.prod(dim_max(sizes[c]) for c in summed)
+    return tuple(sizes[c] for c in out), _dt(*args), -m, m
+
+
+def _einsum_build(g, depth):
+    spec = random.choice(EINSUMS)
+    ins = spec.split("->")[0].split(",")
+    sizes = {c: (random.choice([2, 3]) if any(p.count(c) > 1 for p in ins) else g.new_dim())
+             for c in "".join(ins)}
+    xs = [g.of_shape(tuple(sizes[c] for c in p), g.p.dtype, depth - 1) for p in ins]
+    e = mk("einsum", *xs, spec=spec)
+    return e if e is None or e.hi <= BIG else mk("einsum", *[g.squash(x) for x in xs], spec=spec)
+
+
+OPS["einsum"] = Op("einsum", _einsum_build, _einsum_infer, lambda xs, at: np.einsum(at["spec"], *xs),
+                   lambda t, at: f"einsum(\"{at['spec']}\", {', '.join(t)})", 0.4)
+
+
+def _windows(x, kernel, stride, padding, dilation, fill):
+    """x's windows over its last axes: (..., *out, *kernel), padding with fill."""
+    r = len(kernel)
+    xp = np.pad(x, [(0, 0)] * (x.ndim - r) + [(p, p) for p in padding], constant_values=fill)
+    span = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(x.ndim - r, x.ndim)))
+    return win[(Ellipsis,) + tuple(slice(None, None, s) for s in stride) + tuple(slice(None, None, d) for d in dilation)]
+
+
+def _conv_ev(xs, at):
+    x, w = xs
+    r, gr = len(at["kernel"]), at["groups"]
+    win = _windows(x, at["kernel"], at["stride"], at["padding"], at["dilation"], 0.0)   # n, c, *out, *k
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    win = win.reshape((n, gr, c // gr) + win.shape[2:])
+    wg = w.reshape((gr, o // gr) + w.shape[1:])
+    letters = "xyz"[:r]
+    y = np.einsum(f"ngc{letters}{letters.upper()},goc{letters.upper()}->ngo{letters}", win, wg)
+    return y.reshape((n, o) + y.shape[3:])
+
+
+def _conv_infer(args, attrs):
+    x, w = args
+    r, gr = len(attrs["kernel"]), attrs["groups"]
+    if _dt(x, w) not in ("f32", "f64") or len(x.shape) != r + 2 or len(w.shape) != r + 2:
+        return None
+    if not isinstance(x.shape[1], int) or x.shape[1] != gr * w.shape[1] or w.shape[0] % gr:
+        return None
+    out = [_out_dim(d, k, s, p, dl) for d, k, s, p, dl in
+           zip(x.shape[2:], attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"])]
+    if any(d is None for d in out):
+        return None
+    m = w.shape[1] * math.prod(attrs["kernel"]) * max(abs(x.lo), abs(x.hi)) * max(abs(w.lo), abs(w.hi))
+    return (x.shape[0], w.shape[0]) + tuple(out), _dt(x, w), -m, m
+
+
+def _conv_build(r):
+    def build(g, depth):
+        gr = random.choice([1, 1, 2])
+        cg, og = random.choice([1, 2]), random.choice([1, 2])
+        kernel = tuple(random.choice([1, 2, 3]) for _ in range(r))
+        spatial = tuple(random.choice([3, 4, 5, (SYMS[0], 0)]) for _ in range(r))
+        stride = tuple(1 if not isinstance(d, int) else random.choice([1, 2]) for d in spatial)
+        padding = tuple(random.choice([0, 0, 1]) for _ in range(r))
+        dilation = tuple(random.choice([1, 1, 2]) for _ in range(r))
+        x = g.of_shape((g.new_dim(), gr * cg) + spatial, g.p.dtype, depth - 1)
+        w = g.of_shape((gr * og, cg) + kernel, g.p.dtype, depth - 1)
+        at = dict(kernel=kernel, stride=stride, padding=padding, dilation=dilation, groups=gr)
+        e = mk(f"conv{r}d", x, w, **at)
+        return e if e is None or e.hi <= BIG else mk(f"conv{r}d", g.squash(x), g.squash(w), **at)
+    return build
+
+
+def _conv_fmt(r):
+    def fmt(t, at):
+        kw = ", ".join(f"{k}={at[k] if r > 1 else at[k][0]}" for k in ("stride", "padding", "dilation"))
+        return f"conv{r}d({t[0]}, {t[1]}, {kw}, groups={at['groups']})"
+    return fmt
+
+
+for _r in (1, 2):
+    OPS[f"conv{_r}d"] = Op(f"conv{_r}d", _conv_build(_r), _conv_infer, _conv_ev, _conv_fmt(_r), 0.3)
+
+
+def _pool_infer(args, attrs):
+    (x,) = args
+    if x.dtype not in ("f32", "f64") or len(x.shape) != 4:
+        return None
+    out = [_out_dim(d, k, s, p, 1) for d, k, s, p in zip(x.shape[2:], attrs["kernel"], attrs["stride"],
+                                                          attrs["padding"])]
+    if any(d is None for d in out):
+        return None
+    lo, hi = (x.lo, x.hi) if attrs["kind"] == "max" else (min(x.lo, 0.0), max(x.hi, 0.0))
+    return x.shape[:2] + tuple(out), x.dtype, lo, hi
+
+
+def _pool_ev(xs, at):
+    win = _windows(xs[0], at["kernel"], at["stride"], at["padding"], (1, 1),
+                   -np.inf if at["kind"] == "max" else 0.0)
+    return win.max(axis=(-2, -1)) if at["kind"] == "max" else win.mean(axis=(-2, -1))
+
+
+def _pool_build(kind):
+    def build(g, depth):
+        kernel = tuple(random.choice([1, 2, 3]) for _ in range(2))
+        spatial = tuple(random.choice([3, 4, 5, (SYMS[0], 0)]) for _ in range(2))
+        stride = tuple(1 if not isinstance(d, int) else random.choice([1, 2, k]) for d, k in zip(spatial, kernel))
+        padding = tuple(random.choice([0, k // 2]) for k in kernel)
+        x = g.of_shape((g.new_dim(), g.new_dim()) + spatial, g.p.dtype, depth - 1)
+        return mk(f"{kind}_pool2d", x, kind=kind, kernel=kernel, stride=stride, padding=padding)
+    return build
+
+
+for _kind in ("max", "avg"):
+    OPS[f"{_kind}_pool2d"] = Op(
+        f"{_kind}_pool2d", _pool_build(_kind), _pool_infer, _pool_ev,
+        lambda t, at: f"{at['kind']}_pool2d({t[0]}, {at['kernel']}, stride={at['stride']}, padding={at['padding']})",
+        0.3, smooth=_kind == "avg")

@@ -5,7 +5,8 @@ from llvmlite import ir
 
 from ...ops import OPS
 from .blas import gemm_function
-from ..element import ONE, ElementLowering
+from ..element import ONE, ElementLowering, counted_loop
+from ..products import batch_offset, product, unflatten
 from ..layout import ZERO
 from .reduce import emit_reduce, inner, inner_reduction, split_axis
 from ..scalar import I64, STORE_TYPES, Scalar, builder
@@ -136,11 +137,24 @@ class FunctionLowering(ElementLowering):
         self.nest(upd.shape, add)
 
     def matmul(self, n):
-        (a, ta), (bm, tb) = self.plan.matmul_operands[n]
-        m, k = n.ins[0].shape
-        nn = n.ins[1].shape[1]
+        """One gemm per batch (none for an unbatched product, or one whose batch is more rows)."""
+        p = product(self.plan, n)
+        t = STORE_TYPES[n.out.dtype]
+        M, K, N = self.size(p.m), self.size(p.k), self.size(p.n)
         fn = gemm_function(self.module, n.out.dtype)
-        args = [ir.Constant(I32, int(ta)), ir.Constant(I32, int(tb)), self.dim(m), self.dim(nn),
-                self.dim(k), self.bufs[a], self.dim(a.shape[1]), self.bufs[bm], self.dim(bm.shape[1]),
-                self.bufs[n.out], self.dim(nn)]
-        self.b.call(fn, args)
+        lda = M if p.ta else K
+        ldb = K if p.tb else N
+        flags = [ir.Constant(I32, int(p.ta)), ir.Constant(I32, int(p.tb))]
+        A, B, C = self.bufs[p.a], self.bufs[p.b], self.bufs[n.out]
+        if not p.batch or p.folds:
+            rows = self.entry.mul(self.size(p.batch), M) if p.batch else M
+            self.b.call(fn, flags + [rows, N, K, A, lda, B, ldb, C, N])
+            return
+        b = self.b
+        mk, kn, mn = self.entry.mul(M, K), self.entry.mul(K, N), self.entry.mul(M, N)
+        with counted_loop(b, self.size(p.batch), prefix="batch.") as i:
+            idx = unflatten(self, b, i, p.batch)
+            pa = b.gep(A, [b.mul(batch_offset(self, b, idx, p.a_batch, p.batch), mk)], source_etype=t)
+            pb = b.gep(B, [b.mul(batch_offset(self, b, idx, p.b_batch, p.batch), kn)], source_etype=t)
+            pc = b.gep(C, [b.mul(i, mn)], source_etype=t)
+            b.call(fn, flags + [M, N, K, pa, lda, pb, ldb, pc, N])

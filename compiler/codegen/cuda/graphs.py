@@ -17,6 +17,7 @@ from llvmlite import ir
 from ..element import ElementLowering, acc_dtype, reduction_combine as _combine, reduction_identity as _identity
 from ..layout import ZERO
 from ..plan import make_plan
+from ..products import batch_offset, product, unflatten
 from ..scalar import LLTYPES, Scalar, is_float
 from .kernel import I64, Kernel, Param
 
@@ -534,13 +535,13 @@ class FunctionKernels:
         MICRO x MICRO block of it in registers, from BM x BK and BK x BN tiles of A and B staged in
         shared memory. An operand that is a transpose is read in place, its index map swapped.
         The epilogue's steps (bias, activation) take each element as it is made."""
-        (a, ta), (bm, tb) = self.plan.matmul_operands[n]
-        m, k = n.ins[0].shape
-        nn = n.ins[1].shape[1]
+        p = product(self.plan, n)
+        a, ta, bm, tb = p.a, p.ta, p.b, p.tb
         mm, dt = n.out, n.out.dtype
         akey, bkey = self.dest[a], self.dest[bm]
         ckey = None if mm in self.unstored else self.dest[mm]
         side = BM // MICRO                          # threads along a tile's side (16)
+        nb = len(p.batch)
 
         def c64(v):
             return ir.Constant(I64, v)
@@ -548,9 +549,10 @@ class FunctionKernels:
         def body(kb):
             L = self._lowering(kb)
             b, e = kb.b, L.entry
-            M, K, N = L.dim(m), L.dim(k), L.dim(nn)
+            M, K, N = L.size(p.m), L.size(p.k), L.size(p.n)
             tiles_n = e.udiv(e.add(N, c64(BN - 1)), c64(BN))
-            tiles = e.mul(e.udiv(e.add(M, c64(BM - 1)), c64(BM)), tiles_n)
+            per = e.mul(e.udiv(e.add(M, c64(BM - 1)), c64(BM)), tiles_n)      # tiles of one product
+            tiles = e.mul(per, L.size(p.batch))
             tid = b.zext(kb.tid(), I64)
             tx, ty = b.urem(tid, c64(side)), b.udiv(tid, c64(side))
             As, Bs = kb.shared("a_tile", dt, BM * BK), kb.shared("b_tile", dt, BK * BN)
@@ -559,7 +561,14 @@ class FunctionKernels:
             zero = ir.Constant(t, 0)
             acc = [[kb.local(t) for _ in range(MICRO)] for _ in range(MICRO)]
             tmp = kb.local(t)
-            with kb.loop(b.zext(kb.ctaid(), I64), tiles, b.zext(kb.nctaid(), I64)) as tile:
+            mk, kn, mn = e.mul(M, K), e.mul(K, N), e.mul(M, N)
+            with kb.loop(b.zext(kb.ctaid(), I64), tiles, b.zext(kb.nctaid(), I64)) as flat:
+                # the batch is the slowest grid dimension: its products' tiles follow one another
+                bi, tile = (b.udiv(flat, per), b.urem(flat, per)) if nb else (ZERO, flat)
+                bidx = unflatten(L, b, bi, p.batch)
+                oa = b.mul(batch_offset(L, b, bidx, p.a_batch, p.batch), mk)
+                ob = b.mul(batch_offset(L, b, bidx, p.b_batch, p.batch), kn)
+                oc = b.mul(bi, mn)
                 r0 = b.mul(b.udiv(tile, tiles_n), c64(BM))
                 c0 = b.mul(b.urem(tile, tiles_n), c64(BN))
                 for row in acc:
@@ -573,8 +582,8 @@ class FunctionKernels:
                         br, bc = b.udiv(el, c64(BN)), b.urem(el, c64(BN))        # B tile: BK x BN
                         gr, gk = b.add(r0, ar), b.add(k0, ac)
                         hk, hc = b.add(k0, br), b.add(c0, bc)
-                        ia = b.add(b.mul(gk, M), gr) if ta else b.add(b.mul(gr, K), gk)
-                        ib = b.add(b.mul(hc, K), hk) if tb else b.add(b.mul(hk, N), hc)
+                        ia = b.add(oa, b.add(b.mul(gk, M), gr) if ta else b.add(b.mul(gr, K), gk))
+                        ib = b.add(ob, b.add(b.mul(hc, K), hk) if tb else b.add(b.mul(hk, N), hc))
                         for buf, tilebuf, inside, index, at in (
                                 (A, As, b.and_(b.icmp_unsigned("<", gr, M), b.icmp_unsigned("<", gk, K)), ia, el),
                                 (B, Bs, b.and_(b.icmp_unsigned("<", hk, K), b.icmp_unsigned("<", hc, N)), ib, el)):
@@ -599,16 +608,17 @@ class FunctionKernels:
                         with kb.if_then(inside):
                             value = b.load(acc[i][j], typ=t)
                             if ckey is not None:
-                                kb.store(kb.arg(self._param(ckey)), b.add(b.mul(row, N), col), value)
+                                kb.store(kb.arg(self._param(ckey)), b.add(oc, b.add(b.mul(row, N), col)), value)
                             if epilogue:
                                 # as the element lowering indexes it: a unit axis by a constant 0
-                                idx = tuple(ZERO if d == 1 else v for d, v in zip(mm.shape, (row, col)))
+                                idx = bidx + unflatten(L, b, row, p.m) + unflatten(L, b, col, p.n)
                                 with L.scope():
                                     L.memo[-1][(mm, tuple(map(id, idx)))] = value
                                     self._store_steps(L, epilogue, idx)
             L.finish()
         name = self._kernel(body)
-        self._launch(name, ["*", _cdiv(m, BM), _cdiv(nn, BN)], TILE_THREADS)
+        self._launch(name, ["*", _prod(p.batch) if p.batch else 1,
+                            ["*", _cdiv(_prod(p.m), BM), _cdiv(_prod(p.n), BN)]], TILE_THREADS)
 
     def plan_json(self) -> dict:
         return {"symbols": list(self.plan.syms), "temps": self.temps, "steps": self.steps}
