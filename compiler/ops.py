@@ -715,3 +715,4 @@ def softmax(e, x, axis=-1):
 
 
 from . import control  # noqa: E402,F401  (loops and branches register their ops)
+from . import rules  # noqa: E402,F401  (calls of functions with derivative rules of their own)
