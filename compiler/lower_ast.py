@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import keyword
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -971,10 +972,16 @@ class Lowering:
         if item.name in BUILTINS or item.name in TRANSFORMS or item.name in DTYPES:
             raise CompileError(f"'{item.name}' is a built-in name; choose another", item.loc)
         seen[item.name] = item.loc
+        if keyword.iskeyword(item.name):
+            raise CompileError(f"struct '{item.name}': a record reaches Python as a named tuple, and "
+                               f"'{item.name}' is a Python keyword", item.loc)
         fields = []
         for fd in item.fields:
             if fd.name in [f[0] for f in fields]:
                 raise CompileError(f"field '{fd.name}' appears twice in {item.name}", fd.loc)
+            if fd.name.startswith("_") or keyword.iskeyword(fd.name):
+                raise CompileError(f"field '{fd.name}' of {item.name}: a record reaches Python as a named "
+                                   "tuple, whose field names cannot start with _ or be Python keywords", fd.loc)
             t = fd.type
             if t.dtype not in DTYPES:
                 hint = ["records do not nest: a field is an array"] if any(
