@@ -16,6 +16,7 @@ from gradc.compiler.pipeline import optimize
 from gradc.runtime.cpu import load_native
 
 import control_cases as cc
+import rule_cases as rc
 
 SIZES = ({"N": 3, "M": 5}, {"N": 8, "M": 2})
 TOL = {"f32": 1e-5, "f64": 1e-12}
@@ -102,6 +103,11 @@ CASES += [
     _case("if", [((), "F", "any"), ((3,), "F", "any")], cc.branch),
     _case("dyn_slice", [((4, "N"), "F", "any")], lambda e, x: cc.window(e, e.slice(x, spec=(("s", 0, 4, None), ("s", 0, 3, None))))),
     _case("dyn_unslice", [(("N", 3), "F", "any")], lambda e, g: cc.unwindow(e, e.slice(g, spec=(("s", 0, 2, None),)))),
+]
+# calls of functions with derivative rules of their own (tests/rule_cases.py), inlined
+CASES += [
+    _case("custom", [(("N", 4), "F", "any"), ((4,), "F", "any")], rc.ruled),
+    _case("custom_jvp", [(("N", 4), "F", "any"), ((4,), "F", "any")], rc.ruled_jvp),
 ]
 INT_OPS = ("lt", "ge", "eq", "clamp", "where", "neg", "abs", "sign", "relu")
 

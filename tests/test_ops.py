@@ -9,6 +9,7 @@ from gradc.compiler.ir import Graph
 from gradc.compiler.ops import COMPOSITES, OPS
 
 import control_cases as cc
+import rule_cases as rc
 
 RNG = np.random.default_rng(1234)
 STEP = 1e-6
@@ -62,6 +63,14 @@ CASES = [
 ]
 BUILDERS = {"for": cc.recurrence, "while": cc.shrink, "if": cc.branch, "dyn_slice": cc.window,
             "dyn_unslice": cc.unwindow}
+
+# calls of functions with derivative rules of their own (tests/rule_cases.py): rules used as
+# written, and a jvp rule transposed for reverse mode
+CASES += [
+    ("custom", [((3, 4), "any"), ((4,), "any")], {}),
+    ("custom", [((3, 4), "any"), ((4,), "any")], {"rules": "jvp"}),
+]
+BUILDERS["custom"] = rc.ruled
 
 
 def _sample(shape, dom):
