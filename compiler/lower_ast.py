@@ -743,6 +743,10 @@ class Lowering:
                 if f"'{name}'" in str(ex) or f"'{name}." in str(ex):
                     loc = l
             raise CompileError(str(ex), loc, ex.notes) from None
+        except CompileError as ex:      # a derivative rule that does not serve this transform
+            if ex.loc != f.loc and not any(isinstance(n, tuple) and n[1] == f.loc for n in ex.notes):
+                ex.notes += ((f"in {f.kind}({f.base.name}) here", f.loc),)
+            raise
         return self._derived_layout(f.kind, base, wrt, entries, g)
 
     @staticmethod
