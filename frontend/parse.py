@@ -37,7 +37,8 @@ _text = threading.local()             # the source being parsed, for the postlex
 class _Brackets:
     """Drops newlines inside ( ), [ ] and the braces of a record, so expressions may span lines
     there; tells the `{` of a record (RLBRACE) from that of a block."""
-    always_accept = ("_NL",)
+    # `{` is lexed everywhere: a state that takes a record's (RLBRACE) may not take a block's
+    always_accept = ("_NL", "LBRACE")
 
     def process(self, stream):
         opened = []                   # the brackets open: ( [ or the { of a record
