@@ -913,8 +913,11 @@ class Lowering:
 
     def _call_ruled(self, f: UserFn, vals, node, scope):
         """A call of a function with rules of its own: one `custom` node."""
-        for a, n in zip(vals, node.args):
-            if not isinstance(a, (Value, RecordValue)):
+        vals = list(vals)
+        for i, (a, n) in enumerate(zip(vals, node.args)):
+            if _is_const(a):
+                vals[i] = scope.as_value(a, n)
+            elif not isinstance(a, (Value, RecordValue)):
                 raise CompileError(f"{f.name} has derivative rules of its own: its arguments must be array "
                                    f"values or records, got {scope.describe(a)}", n.loc)
         try:

@@ -692,3 +692,16 @@ def _loop_infer(args, attrs):
 for _form, (_src, _f, _smooth) in LOOPS.items():
     OPS[_form] = Op(_form, lambda g, d: None, _loop_infer,
                     lambda xs, at, f=_f: f(*xs), lambda t, at: f"{at['form']}({t[0]}, {t[1]})", 0.0, _smooth)
+
+
+# ---- functions with derivative rules of their own: generic helpers the module defines (RULED),
+# with exact rules (so finite differences still judge them); one has only a jvp rule, which
+# reverse mode transposes
+
+RULED = {
+    "_ruled_sq": ("fn _ruled_sq(a) { return a * a }\nvjp _ruled_sq(a, g) { return g * 2.0 * a }\n"
+                  "jvp _ruled_sq(a, t) { return t * 2.0 * a }\n", np.square),
+    "_ruled_sin": ("fn _ruled_sin(a) { return sin(a) }\njvp _ruled_sin(a, t) { return t * cos(a) }\n", np.sin),
+}
+for _name, (_src, _f) in RULED.items():
+    elementwise(_name, _f, weight=0.3)
