@@ -413,7 +413,7 @@ class Scope:
     def dim_value(self, d):
         """A symbolic dimension's size as an i64 Value, read from a value that has it."""
         sym, off = dim_parts(d)
-        for v in list(self.env.values()):
+        for v in [x for v in list(self.env.values()) for x in (v.values if isinstance(v, RecordValue) else (v,))]:
             if isinstance(v, Value):
                 for k, vd in enumerate(v.shape):
                     if vd == sym:
