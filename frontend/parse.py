@@ -20,7 +20,7 @@ _TOKEN_TEXT = {
     "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "MUL_OP": "*, /, //, % or @",
     "ADD_OP": "+ or -", "COMP_OP": "a comparison", "__ANON_0": "->", "DOUBLESTAR": "**",
     "$END": "end of file", "VAR": "var", "FOR": "for", "IN": "in", "WHILE": "while", "IF": "if",
-    "ELSE": "else", "CHECKPOINT": "checkpoint", "STRUCT": "struct", "DOT": ".", "RLBRACE": "{", "AUG_OP": "+=, -=, *= or /=", "__ANON_1": "..", "TRUE": "true", "FALSE": "false", "NOT": "not", "AND": "and", "OR": "or",
+    "ELSE": "else", "CHECKPOINT": "checkpoint", "STRUCT": "struct", "DOT": ".", "RLBRACE": "{", "RULE_KIND": "vjp or jvp", "AUG_OP": "+=, -=, *= or /=", "__ANON_1": "..", "TRUE": "true", "FALSE": "false", "NOT": "not", "AND": "and", "OR": "or",
 }
 
 
@@ -37,15 +37,25 @@ _text = threading.local()             # the source being parsed, for the postlex
 class _Brackets:
     """Drops newlines inside ( ), [ ] and the braces of a record, so expressions may span lines
     there; tells the `{` of a record (RLBRACE) from that of a block."""
-    # `{` is lexed everywhere: a state that takes a record's (RLBRACE) may not take a block's
-    always_accept = ("_NL", "LBRACE")
+    # `{` and names are lexed everywhere: a state that takes a record's `{` (RLBRACE) may not take
+    # a block's, and one where an item starts takes RULE_KIND, not a name
+    always_accept = ("_NL", "LBRACE", "NAME")
 
     def process(self, stream):
         opened = []                   # the brackets open: ( [ or the { of a record
+        blocks = 0                    # the blocks open
+        start = True                  # at the start of a top-level item
         text = getattr(_text, "value", "")
         for tok in stream:
             if tok.type == "LBRACE" and _RECORD_START.match(text, tok.end_pos):
                 tok = Token.new_borrow_pos("RLBRACE", tok.value, tok)
+            if start and tok.type == "NAME" and tok.value in ("vjp", "jvp"):
+                tok = Token.new_borrow_pos("RULE_KIND", tok.value, tok)
+            if tok.type == "LBRACE":
+                blocks += 1
+            elif tok.type == "RBRACE" and not (opened and opened[-1] == "RLBRACE"):
+                blocks = max(blocks - 1, 0)
+            start = not blocks and not opened and tok.type in ("_NL", "SEMICOLON")
             if tok.type in ("LPAR", "LSQB", "RLBRACE"):
                 opened.append(tok.type)
             elif tok.type in ("RPAR", "RSQB") or (tok.type == "RBRACE" and opened and opened[-1] == "RLBRACE"):
@@ -224,9 +234,6 @@ class _ToAst(Transformer_NonRecursive):          # deep trees: Python's stack en
 
     def rule_def(self, meta, ch):
         kind, name, *params, body = ch
-        if str(kind) not in ("vjp", "jvp"):
-            raise CompileError(f"unexpected `{kind}`; expected one of: `fn`, `let`, `struct`, `vjp`, `jvp`",
-                               self.tloc(kind))
         return A.RuleDef(self.loc(meta), str(kind), str(name), [p for p in params if p is not None], body)
 
     def struct_def(self, meta, ch):

@@ -254,7 +254,7 @@ def test_rules_are_inlined_once_no_transform_follows():
     ("fn f(x: f64) -> f64 { return x }\nvjp f(x: f32, g) { return g }\n", "1:1",
      "argument 'x' of f.vjp: expected f32, got f64"),
     ("fn f(x: f64) -> f64 { return x }\nfoo f(x, g) { return g }\n", "2:1",
-     "unexpected `foo`; expected one of: `fn`, `let`, `struct`, `vjp`, `jvp`"),
+     "unexpected `foo`; expected one of: `fn`, `let`, `struct`, end of file, vjp or jvp"),
 ])
 def test_rule_signatures_are_checked(src, where, message):
     with pytest.raises(CompileError) as info:
