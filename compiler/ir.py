@@ -53,6 +53,7 @@ class Graph:
     param_names: tuple = ()
     names: tuple = ()            # (let-name, Value) of the function's own bindings
     out_tuple: bool = False      # the function returns a tuple (even of one value)
+    layout: tuple = ()           # records among the params and outputs (compiler/records.py); () none
 
     def __str__(self):
         return format_graph(self)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from dataclasses import dataclass, field
+import keyword
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -13,10 +14,12 @@ from ..frontend.diagnostics import PRELUDE, CompileError, Diagnostics, prelude_s
 from ..frontend.parse import parse
 from . import autodiff
 from .builder import INT_RANGE, Emitter, fresh, literal_dtype
-from .ir import DTYPES, Graph, ShapeError, Value, dim_add, dim_parts, type_str
+from .ir import DTYPES, FLOATS, Graph, ShapeError, Value, dim_add, dim_parts, type_str
 from .builtins import BUILTINS
 from .builtins_index import checked_index, is_index_array
 from .ops_nn import matmul_of
+from .records import RecordType, RecordValue, Struct
+from . import records as R
 from .values import DimRef, DType, FnValue
 
 TRANSFORMS = ("grad", "value_and_grad", "vjp", "jvp")
@@ -208,6 +211,8 @@ class Scope:
             return f"the type {v.name}"
         if isinstance(v, DimRef):
             return f"the dimension {v.name}"
+        if isinstance(v, RecordValue):
+            return f"a record of type {v.struct}"
         return repr(v.tolist() if isinstance(v, np.ndarray) else v)
 
     def x_Num(self, node):
@@ -221,6 +226,44 @@ class Scope:
 
     def x_Name(self, node):
         return self.lookup(node)
+
+    def x_Attr(self, node):
+        v = self.expr(node.value)
+        if not isinstance(v, RecordValue):
+            raise CompileError(f"`.{node.name}` reads a field of a record, but this is {self.describe(v)}",
+                               node.loc)
+        x = v.get(node.name)
+        if x is None:
+            close = difflib.get_close_matches(node.name, v.names, n=1)
+            raise CompileError(f"{v.struct} has no field '{node.name}'", node.loc,
+                               [f"did you mean '{close[0]}'?" if close else f"its fields: {', '.join(v.names)}"])
+        return x
+
+    def x_Record(self, node):
+        st = self.low.structs.get(node.name)
+        if st is None:
+            close = difflib.get_close_matches(node.name, list(self.low.structs), n=1)
+            raise CompileError(f"unknown struct '{node.name}'", node.loc,
+                               [f"did you mean '{close[0]}'?"] if close else ())
+        given = {}
+        for name, value, loc in node.fields:
+            if name in given:
+                raise CompileError(f"field '{name}' is given twice", loc)
+            if name not in st.names:
+                raise CompileError(f"{st.name} has no field '{name}'", loc, [f"its fields: {', '.join(st.names)}"])
+            given[name] = (value, loc)
+        missing = [n for n in st.names if n not in given]
+        if missing:
+            raise CompileError(f"{st.name} needs the field(s) {', '.join(missing)}", node.loc)
+        dims, vals = {}, []
+        for name, wdims, wdtype in st.fields:
+            value, loc = given[name]
+            x = self.value(value, wdtype)
+            if not R.fits(x, wdims, wdtype, dims):
+                raise CompileError(f"field {name} of {st.name} is {type_str(wdims, wdtype)}, got {x.type}",
+                                   value.loc)
+            vals.append(x)
+        return RecordValue(st.name, st.names, tuple(vals))
 
     def x_Tuple(self, node):
         return tuple(self.expr(i) for i in node.items)
@@ -418,7 +461,7 @@ class Scope:
     def dim_value(self, d):
         """A symbolic dimension's size as an i64 Value, read from a value that has it."""
         sym, off = dim_parts(d)
-        for v in list(self.env.values()):
+        for v in [x for v in list(self.env.values()) for x in (v.values if isinstance(v, RecordValue) else (v,))]:
             if isinstance(v, Value):
                 for k, vd in enumerate(v.shape):
                     if vd == sym:
@@ -478,12 +521,13 @@ class Scope:
                                     "its argument is wrt="])
             items = value.items if isinstance(value, A.Tuple) else [value]
             for it in items:
-                if not isinstance(it, A.Name):
+                if not isinstance(it, A.Name) and not (isinstance(it, A.Attr) and isinstance(it.value, A.Name)):
                     raise CompileError("wrt names parameters or let bindings of the function", it.loc)
-            wrt, locs = tuple(i.id for i in items), tuple(i.loc for i in items)
+            name = lambda it: it.id if isinstance(it, A.Name) else f"{it.value.id}.{it.name}"
+            wrt, locs = tuple(name(i) for i in items), tuple(i.loc for i in items)
             for i, it in enumerate(items):
-                if it.id in wrt[:i]:
-                    raise CompileError(f"wrt names {it.id} twice", it.loc)
+                if wrt[i] in wrt[:i]:
+                    raise CompileError(f"wrt names {wrt[i]} twice", it.loc)
         return Derived(kind, f, wrt, locs, node.loc, node.args[0].loc,
                        f"{kind}({f.name})", ckpt)
 
@@ -530,6 +574,8 @@ class Scope:
             self.env[name] = val
             if isinstance(val, Value):
                 self.lets.append((name, val))
+            elif isinstance(val, RecordValue):
+                self.lets += [(f"{name}.{f}", x) for f, x in zip(val.names, val.values)]
 
 
 def _called_from(ex: CompileError, f: FnValue, node) -> CompileError:
@@ -568,6 +614,9 @@ class Lowering:
         self.stack = []
         self.program = program
         self.depth = 0                # nesting of expressions and inlined calls being lowered
+        self.structs = {}             # name -> records.Struct
+        self.rules = {}               # function name -> {"vjp": UserFn, "jvp": UserFn}
+        self.plain = set()            # functions whose own rules are being lowered: a call runs the body
 
     def lookup(self, name, builtins=True):
         if name in self.globals:
@@ -596,10 +645,16 @@ class Lowering:
 
     # -- instantiating functions at argument types
 
-    def instantiate(self, f: FnValue, types, node) -> Graph:
-        key = (id(f), tuple(types) if types is not None else None)
+    def instantiate(self, f: FnValue, types, node, plain=False) -> Graph:
+        """f's graph at argument types (None: the declared ones); plain: a function with rules
+        of its own as its body alone, else one `custom` node holding body and rules."""
+        plain = plain or f in self.plain or not self.has_rules(f)
+        key = (id(f), tuple(types) if types is not None else None, plain)
         if key in self.cache:
             return self.cache[key]
+        if not plain:
+            g = self.cache[key] = self._ruled_graph(f, types, node)
+            return g
         if f in self.stack:
             raise CompileError(f"recursive call to {f.name} is not supported", node.loc)
         self.stack.append(f)
@@ -610,18 +665,109 @@ class Lowering:
         self.cache[key] = g
         return g
 
+    def has_rules(self, f) -> bool:
+        return isinstance(f, UserFn) and f.module is self and f.name in self.rules and \
+            self.globals.get(f.name) is f
+
+    def declared_types(self, f: UserFn) -> list:
+        d = f.defn
+        if not f.typed:
+            raise CompileError(f"{d.name} has parameters without types", d.loc,
+                               ["give every parameter a type to compile it on its own"])
+        out = []
+        for p in d.params:
+            st = self.structs.get(p.type.dtype)
+            out.append(RecordType(st.name, st.names, tuple((dims, dt) for _, dims, dt in st.fields))
+                       if st is not None else (p.type.dims, p.type.dtype))
+        return out
+
     def _user(self, f: UserFn, types, node) -> Graph:
         d = f.defn
         if types is None:
-            if not f.typed:
-                raise CompileError(f"{d.name} has parameters without types", d.loc,
-                                   ["give every parameter a type to compile it on its own"])
-            types = [(p.type.dims, p.type.dtype) for p in d.params]
-        params = [fresh(shape, dtype) for shape, dtype in types]
+            types = self.declared_types(f)
+        args = [RecordValue(t.struct, t.names, tuple(fresh(sh, dt) for sh, dt in t.types))
+                if isinstance(t, RecordType) else fresh(*t) for t in types]
         e = Emitter()
-        outs, lets = self.body(f, params, e, node)
-        return Graph(d.name, tuple(params), tuple(e.nodes), tuple(outs), tuple(p.name for p in d.params),
-                     tuple(lets), self.returns_tuple(f))
+        outs, lets = self.body(f, args, e, node)
+        names = []
+        for p, a in zip(d.params, args):
+            names += [f"{p.name}.{k}" for k in a.names] if isinstance(a, RecordValue) else [p.name]
+        layout = (tuple(R.entry(a) for a in args), tuple(R.entry(o) for o in outs))
+        return Graph(d.name, tuple(R.flatten(args)), tuple(e.nodes), tuple(R.flatten(outs)), tuple(names),
+                     tuple(lets), self.returns_tuple(f), layout if R.has_records(layout) else ())
+
+    # -- functions with derivative rules of their own (compiler/rules.py)
+
+    def _ruled_graph(self, f: UserFn, types, node) -> Graph:
+        """f at types as one `custom` node: what an exported f and the transforms of f see."""
+        primal, vjp, jvp = self.ruled(f, types, node)
+        params = [fresh(p.shape, p.dtype) for p in primal.params]
+        e = Emitter()
+        outs = self.emit_custom(e, primal, vjp, jvp, params, f.defn.loc)
+        return replace(primal, params=tuple(params), nodes=tuple(e.nodes), outputs=tuple(outs), names=())
+
+    @staticmethod
+    def emit_custom(e, primal, vjp, jvp, args, loc) -> list:
+        saved, e.loc = e.loc, loc
+        try:
+            tup = e.emit("custom", *args, fn=primal, vjp=vjp, jvp=jvp)
+            return [e.emit("item", tup, index=i, shape=o.shape, dtype=o.dtype) for i, o in enumerate(primal.outputs)]
+        finally:
+            e.loc = saved
+
+    def ruled(self, f: UserFn, types, node) -> tuple:
+        """(body, vjp rule, jvp rule) graphs of f at argument types; a rule f lacks is None."""
+        key = (id(f), tuple(types) if types is not None else None, "rules")
+        if key in self.cache:
+            return self.cache[key]
+        primal = self.instantiate(f, types, node, plain=True)
+        if types is None:
+            types = self.declared_types(f)
+        outs = [R.type_of(o) for o in R.group(list(primal.outputs), R.output_entries(primal))]
+        rules = self.rules[f.name]
+        saved = self.stack
+        # inside its own rules, a call of f runs f's body (a rule may use the function it belongs to)
+        self.stack = [x for x in self.stack if x is not f]
+        self.plain.add(f)
+        try:
+            vjp = self._rule(f, "vjp", list(types), list(types) + outs, node) if "vjp" in rules else None
+            jvp = self._rule(f, "jvp", outs, list(types) + list(types), node) if "jvp" in rules else None
+        finally:
+            self.plain.discard(f)
+            self.stack = saved
+        self.cache[key] = (primal, vjp, jvp)
+        return primal, vjp, jvp
+
+    def _rule(self, f: UserFn, kind, want, types, node) -> Graph:
+        """The graph of f's rule at types; its results must have the types in want (those of f's
+        parameters for vjp, of f's results for jvp), where they are floating point."""
+        rule = self.rules[f.name][kind]
+        d = rule.defn
+        n = len(f.defn.params)
+        if len(d.params) != len(types):
+            what = ("one cotangent per result of" if kind == "vjp" else "one tangent per parameter of")
+            raise CompileError(f"the {kind} rule of {f.name} takes {f.name}'s {n} parameter(s) and "
+                               f"{what} {f.name} ({len(types)} in all), but has {len(d.params)}",
+                               d.loc, [("in the call of " + f.name + " here", node.loc)] if node.loc != f.defn.loc
+                               else ())
+        g = self.instantiate(rule, types, node)
+        got = R.group(list(g.outputs), R.output_entries(g))
+        ret = [st for st in d.body if isinstance(st, A.Return)]
+        at = ret[-1].loc if ret else d.loc
+        what = "cotangent per parameter" if kind == "vjp" else "tangent per result"
+        if len(got) != len(want):
+            raise CompileError(f"the {kind} rule of {f.name} must return one {what} ({len(want)}), "
+                               f"but returns {len(got)}", at)
+        names = [p.name for p in f.defn.params] if kind == "vjp" else [None] * len(want)
+        for i, (v, w) in enumerate(zip(got, want)):
+            floats = all(dt in FLOATS for _, dt in (w.types if isinstance(w, RecordType) else [w]))
+            if not floats or R.type_of(v) == w:
+                continue
+            shown = (lambda t: t.struct if isinstance(t, RecordType) else type_str(*t))
+            whose = f"the cotangent of '{names[i]}'" if kind == "vjp" else f"the tangent of result {i}"
+            raise CompileError(f"the {kind} rule of {f.name} returns {shown(R.type_of(v))} as {whose}, "
+                               f"which must be {shown(w)}", at)
+        return g
 
     def _derived(self, f: Derived, types, node) -> Graph:
         base_types = None
@@ -632,17 +778,46 @@ class Lowering:
             from .control import checkpoint_loops
             base = checkpoint_loops(base, f.checkpoint)
         wrt = self.wrt_of(f)
+        flat, entries = R.expand_wrt(base, wrt)
         warn = lambda msg: self.diag.warn(msg, f.loc)
         try:
             if f.kind in ("grad", "value_and_grad"):
-                return autodiff.grad(base, wrt, f.name, f.kind == "value_and_grad", warn)
-            return getattr(autodiff, f.kind)(base, wrt, f.name, warn)
+                g = autodiff.grad(base, flat, f.name, f.kind == "value_and_grad", warn)
+            else:
+                g = getattr(autodiff, f.kind)(base, flat, f.name, warn)
         except autodiff.AutodiffError as ex:
             loc = f.base_loc
             for name, l in zip(f.wrt, f.wrt_locs):
-                if f"'{name}'" in str(ex):
+                if f"'{name}'" in str(ex) or f"'{name}." in str(ex):
                     loc = l
             raise CompileError(str(ex), loc, ex.notes) from None
+        except CompileError as ex:      # a derivative rule that does not serve this transform
+            if ex.loc != f.loc and not any(isinstance(n, tuple) and n[1] == f.loc for n in ex.notes):
+                ex.notes += ((f"in {f.kind}({f.base.name}) here", f.loc),)
+            raise
+        return self._derived_layout(f.kind, base, wrt, entries, g)
+
+    @staticmethod
+    def _derived_layout(kind, base, wrt, entries, g) -> Graph:
+        """g, a transform of base, with the records of its parameters and results."""
+        ps, os_ = R.param_entries(base), R.output_entries(base)
+        if not R.has_records((ps, os_, entries)):
+            return g
+        names = list(g.param_names)
+        if kind in ("grad", "value_and_grad"):
+            outs, out_tuple = ([None] if kind == "value_and_grad" else []) + entries, \
+                kind == "value_and_grad" or len(wrt) > 1
+        elif kind == "vjp":
+            outs, out_tuple = entries, len(wrt) > 1
+            names = list(base.param_names)
+            for i, en in enumerate(os_):
+                ct = "ct" if len(os_) == 1 else f"ct{i}"
+                names += [ct] if en is None else [f"{ct}.{k}" for k in en[1]]
+            ps = ps + os_
+        else:
+            outs, out_tuple = os_ + os_, True
+            ps = ps + entries
+        return replace(g, param_names=tuple(names), out_tuple=out_tuple, layout=(tuple(ps), tuple(outs)))
 
     def _arity(self, f: FnValue) -> int:
         if isinstance(f, UserFn):
@@ -653,6 +828,14 @@ class Lowering:
         """Check call arguments against a function's declared types; bind its dimension names."""
         dims = {}
         for p, a in zip(d.params, args):
+            st = self.structs.get(p.type.dtype) if p.type is not None else None
+            if st is not None:
+                R.check_record(st, a, f"argument '{p.name}' of {d.name}", node.loc, dims)
+                continue
+            if isinstance(a, RecordValue) and p.type is not None:
+                raise CompileError(f"argument '{p.name}' of {d.name}: expected "
+                                   f"{type_str(p.type.dims, p.type.dtype)}, got a record of type {a.struct}",
+                                   node.loc)
             if p.type is None or not isinstance(a, Value):
                 continue
             want = p.type
@@ -666,7 +849,10 @@ class Lowering:
                 raise CompileError(f"argument '{p.name}' of {d.name}: expected "
                                    f"{type_str(want.dims, want.dtype)}, got {a.type}", node.loc)
         for p in d.params:
-            for wd in p.type.dims if p.type is not None else ():
+            st = self.structs.get(p.type.dtype) if p.type is not None else None
+            decl = [dims for _, dims, _ in st.fields] if st is not None else \
+                [p.type.dims if p.type is not None else ()]
+            for wd in (x for ds in decl for x in ds):
                 if isinstance(wd, str):
                     dims.setdefault(wd, wd)
         return dims
@@ -696,6 +882,17 @@ class Lowering:
         for i, v in enumerate(vals):
             want = ret[i] if ret is not None else None
             node = stmt.values[i] if i < len(stmt.values) else stmt
+            st = self.structs.get(want.dtype) if want is not None else None
+            if st is not None:
+                R.check_record(st, v, f"{d.name} returns", node.loc, dict(dims))
+                outs.append(v)
+                continue
+            if isinstance(v, RecordValue):
+                if want is not None:
+                    raise CompileError(f"{d.name} returns a record of type {v.struct}, but is declared to "
+                                       f"return {type_str(want.dims, want.dtype)}", node.loc)
+                outs.append(v)
+                continue
             v = scope.as_value(v, node, want.dtype if want is not None else None)
             if want is not None:
                 shape = tuple(self._bound(x, dims) for x in want.dims)
@@ -724,10 +921,13 @@ class Lowering:
                 raise CompileError(f"recursive call to {f.name} is not supported", node.loc)
             vals = []
             for p, a, n in zip(f.defn.params, args, node.args):
-                if isinstance(a, FnValue) or (p.type is None and not isinstance(a, (tuple, list))):
+                if isinstance(a, FnValue) or (p.type is None and not isinstance(a, (tuple, list))) or \
+                        (p.type is not None and p.type.dtype in self.structs):
                     vals.append(a)
                 else:
                     vals.append(scope.as_value(a, n, p.type.dtype if p.type is not None else None))
+            if self.has_rules(f) and f not in self.plain:
+                return self._call_ruled(f, vals, node, scope)
             self.stack.append(f)
             saved = scope.e.loc
             try:
@@ -742,25 +942,55 @@ class Lowering:
         need = base_arity + (len(self.wrt_of(f)) if f.kind == "jvp" else 0)
         if f.kind != "vjp" and len(args) != need:
             raise CompileError(f"{f.name} takes {need} argument(s), but {len(args)} were given", node.loc)
-        vals = [scope.as_value(a, n) for a, n in zip(args, node.args)]
+        vals = [a if isinstance(a, RecordValue) else scope.as_value(a, n) for a, n in zip(args, node.args)]
         try:
-            g = self.instantiate(f, [(v.shape, v.dtype) for v in vals], node)
+            g = self.instantiate(f, [R.type_of(v) for v in vals], node)
         except CompileError as ex:
             raise _called_from(ex, f, node) from None
-        if len(vals) != len(g.params):
-            raise CompileError(f"{f.name} takes {len(g.params)} argument(s), but {len(args)} were given",
+        if len(vals) != len(R.param_entries(g)):
+            raise CompileError(f"{f.name} takes {len(R.param_entries(g))} argument(s), but {len(args)} were given",
                                node.loc)
-        for p, v, n in zip(g.params, vals, node.args):
-            if p.shape != v.shape or p.dtype != v.dtype:
-                raise CompileError(f"argument of {f.name}: expected {p.type}, got {v.type}", n.loc)
-        return scope.e.call(g, *vals)
+        for (pname, en, ps), v, n in zip(R.user_params(g), vals, node.args):
+            if R.entry(v) != en:
+                want = f"a record of type {en[0]}" if en is not None else ps[0].type
+                raise CompileError(f"argument of {f.name}: expected {want}, got {scope.describe(v)}", n.loc)
+            for p, x in zip(ps, R.flatten([v])):
+                if p.shape != x.shape or p.dtype != x.dtype:
+                    raise CompileError(f"argument of {f.name}: expected {p.type}, got {x.type}", n.loc)
+        return tuple(R.group(list(scope.e.call(g, *R.flatten(vals))), R.output_entries(g)))
+
+    def _call_ruled(self, f: UserFn, vals, node, scope):
+        """A call of a function with rules of its own: one `custom` node."""
+        vals = list(vals)
+        for i, (a, n) in enumerate(zip(vals, node.args)):
+            if _is_const(a):
+                vals[i] = scope.as_value(a, n)
+            elif not isinstance(a, (Value, RecordValue)):
+                raise CompileError(f"{f.name} has derivative rules of its own: its arguments must be array "
+                                   f"values or records, got {scope.describe(a)}", n.loc)
+        try:
+            primal, vjp, jvp = self.ruled(f, [R.type_of(a) for a in vals], node)
+        except CompileError as ex:
+            raise _called_from(ex, f, node) from None
+        outs = self.emit_custom(scope.e, primal, vjp, jvp, R.flatten(vals), node.loc)
+        return tuple(R.group(outs, R.output_entries(primal)))
 
     # -- the module
 
     def module(self, file, source) -> Module:
         mod = Module(file, source, diagnostics=self.diag)
         seen = {}
+        # structs and rules first: a function anywhere in the file may use them
         for item in self.program.items:
+            if isinstance(item, A.StructDef):
+                self._struct(item, seen)
+        fns = {i.name: i for i in self.program.items if isinstance(i, A.FnDef)}
+        for item in self.program.items:
+            if isinstance(item, A.RuleDef):
+                self._rule_def(item, fns)
+        for item in self.program.items:
+            if isinstance(item, (A.StructDef, A.RuleDef)):
+                continue
             names = [item.name] if isinstance(item, A.FnDef) else A.pattern_names(item.targets)
             for name in names:
                 if name in seen:
@@ -791,6 +1021,68 @@ class Lowering:
                                    f"{scope.describe(v)}", item.value.loc)
         return mod
 
+    def _struct(self, item: A.StructDef, seen):
+        if item.name in seen:
+            raise CompileError(f"'{item.name}' is defined twice", item.loc, [f"first defined at {seen[item.name]}"])
+        if item.name in BUILTINS or item.name in TRANSFORMS or item.name in DTYPES:
+            raise CompileError(f"'{item.name}' is a built-in name; choose another", item.loc)
+        seen[item.name] = item.loc
+        if keyword.iskeyword(item.name):
+            raise CompileError(f"struct '{item.name}': a record reaches Python as a named tuple, and "
+                               f"'{item.name}' is a Python keyword", item.loc)
+        fields = []
+        for fd in item.fields:
+            if fd.name in [f[0] for f in fields]:
+                raise CompileError(f"field '{fd.name}' appears twice in {item.name}", fd.loc)
+            if fd.name.startswith("_") or keyword.iskeyword(fd.name):
+                raise CompileError(f"field '{fd.name}' of {item.name}: a record reaches Python as a named "
+                                   "tuple, whose field names cannot start with _ or be Python keywords", fd.loc)
+            t = fd.type
+            if t.dtype not in DTYPES:
+                hint = ["records do not nest: a field is an array"] if any(
+                    isinstance(i, A.StructDef) and i.name == t.dtype for i in self.program.items) else \
+                    [f"the types are {', '.join(DTYPES)}"]
+                raise CompileError(f"field '{fd.name}' of {item.name} has the type '{t.dtype}'", t.loc, hint)
+            for dim in t.dims:
+                if isinstance(dim, str) and not dim.isidentifier():
+                    raise CompileError(f"field '{fd.name}' has dimension {dim}: a field's dimensions are "
+                                       "numbers or names", t.loc)
+            fields.append((fd.name, t.dims, t.dtype))
+        self.structs[item.name] = Struct(item.name, tuple(fields), item.loc)
+
+    def _rule_def(self, r: A.RuleDef, fns):
+        """A vjp or jvp rule: its function must be in this file, its parameters named as the function's."""
+        f = fns.get(r.name)
+        if f is None:
+            close = difflib.get_close_matches(r.name, list(fns), n=1)
+            raise CompileError(f"{r.kind} rule for '{r.name}', which is not a function of this file", r.loc,
+                               [f"did you mean '{close[0]}'?"] if close else ())
+        rules = self.rules.setdefault(r.name, {})
+        if r.kind in rules:
+            raise CompileError(f"{r.name} has two {r.kind} rules", r.loc,
+                               [("the first is here", rules[r.kind].defn.loc)])
+        n = len(f.params)
+        extra = "one cotangent per result" if r.kind == "vjp" else "one tangent per parameter"
+        if len(r.params) <= n or (r.kind == "jvp" and len(r.params) != 2 * n):
+            raise CompileError(f"the {r.kind} rule of {r.name} takes {r.name}'s {n} parameter(s), then "
+                               f"{extra}; it has {len(r.params)} parameter(s)", r.loc,
+                               [f"write: {r.kind} {r.name}({', '.join(p.name for p in f.params)}, "
+                                + ("g" if r.kind == "vjp" else ", ".join("t_" + p.name for p in f.params))
+                                + ") { ... }"])
+        for k, (p, q) in enumerate(zip(r.params, f.params)):
+            if p.name != q.name:
+                raise CompileError(f"parameter {k + 1} of the {r.kind} rule of {r.name} is '{p.name}', but "
+                                   f"{r.name} calls it '{q.name}'", p.loc,
+                                   ["a rule names the function's parameters as the function does"])
+        seen = set()
+        for p in r.params:
+            if p.name in seen:
+                raise CompileError(f"parameter '{p.name}' appears twice in the {r.kind} rule of {r.name}", p.loc)
+            seen.add(p.name)
+        defn = A.FnDef(r.loc, f"{r.name}.{r.kind}", r.params, None, False, r.body)
+        self._check_fn(defn)
+        rules[r.kind] = UserFn(defn, self)
+
     def _check_fn(self, d: A.FnDef):
         """What a function's definition alone gets wrong: parameters, types, unreachable statements."""
         for stmt, after in zip(d.body, d.body[1:]):
@@ -809,11 +1101,16 @@ class Lowering:
                                        "dimensions are numbers or names", p.type.loc,
                                        ["derived dimensions such as N-1 belong in the result type"])
         for t in [p.type for p in d.params if p.type is not None] + list(d.ret or []):
+            if t.dtype in self.structs:
+                if t.dims:
+                    raise CompileError(f"the record type {t.dtype} takes no dimensions", t.loc,
+                                       ["its fields' dimensions are names shared with the other parameters"])
+                continue
             if t.dtype not in DTYPES:
-                close = difflib.get_close_matches(t.dtype, DTYPES, n=1)
+                close = difflib.get_close_matches(t.dtype, list(DTYPES) + list(self.structs), n=1)
                 raise CompileError(f"unknown type '{t.dtype}'", t.loc,
                                    [f"did you mean '{close[0]}'?" if close else
-                                    f"the types are {', '.join(DTYPES)}"])
+                                    f"the types are {', '.join(DTYPES)} and the structs of the file"])
 
     def _export(self, mod, name, f, item):
         g = self.instantiate(f, None, item)

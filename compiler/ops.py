@@ -699,3 +699,4 @@ def softmax(e, x, axis=-1):
 from . import control  # noqa: E402,F401  (loops and branches register their ops)
 from . import ops_index  # noqa: E402,F401  (integer indexing, scatters, scans, erf)
 from . import ops_nn  # noqa: E402,F401  (products, convolution and pooling)
+from . import rules  # noqa: E402,F401  (calls of functions with derivative rules of their own)

@@ -195,3 +195,32 @@ class If(Node):
     cond: Node
     then: list
     orelse: list
+
+
+# ---- derivative rules and records
+
+
+@dataclass
+class RuleDef(Node):
+    kind: str                 # "vjp" | "jvp"
+    name: str                 # the function the rule belongs to
+    params: list
+    body: list
+
+
+@dataclass
+class StructDef(Node):
+    name: str
+    fields: list              # Params, each with its type
+
+
+@dataclass
+class Attr(Node):
+    value: Node
+    name: str                 # a record's field: p.W1
+
+
+@dataclass
+class Record(Node):
+    name: str                 # the struct
+    fields: list              # (name, expr, loc)

@@ -38,7 +38,16 @@ def mismatch(outs: list, c: Example):
     want = c.expect if len(outs) > 1 else [c.expect]
     if len(want) != len(outs):
         return f"{len(outs)} results, EXPECT has {len(want)}"
+    # a record (a named tuple) is expected as {"field": value, ...}: compared field by field
+    pairs = []
     for k, (o, w) in enumerate(zip(outs, want)):
+        if isinstance(o, tuple) and hasattr(o, "_fields"):
+            if not isinstance(w, dict) or set(w) != set(o._fields):
+                return f"result {k} is a record with the fields {', '.join(o._fields)}; EXPECT gives {w!r:.80}"
+            pairs += [(f"{k}.{f}", getattr(o, f), w[f]) for f in o._fields]
+        else:
+            pairs.append((k, o, w))
+    for k, o, w in pairs:
         try:
             w = np.asarray(w, dtype=np.float64)
         except ValueError:
@@ -97,9 +106,9 @@ def parse_examples(source: str) -> Examples:
 def _split_args(text):
     depth, cur, parts = 0, "", []
     for ch in text:
-        if ch in "[(":
+        if ch in "[({":
             depth += 1
-        elif ch in "])":
+        elif ch in "])}":
             depth -= 1
         if ch == "," and depth == 0:
             parts.append(cur)

@@ -1,6 +1,8 @@
 """Parse .ad source with Lark (LALR) into the located AST."""
 from __future__ import annotations
 
+import re
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,7 +20,7 @@ _TOKEN_TEXT = {
     "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "INT": "an integer", "MUL_OP": "*, /, //, % or @",
     "ADD_OP": "+ or -", "COMP_OP": "a comparison", "__ANON_0": "->", "DOUBLESTAR": "**",
     "$END": "end of file", "VAR": "var", "FOR": "for", "IN": "in", "WHILE": "while", "IF": "if",
-    "ELSE": "else", "CHECKPOINT": "checkpoint", "AUG_OP": "+=, -=, *= or /=", "__ANON_1": "..", "TRUE": "true", "FALSE": "false", "NOT": "not", "AND": "and", "OR": "or",
+    "ELSE": "else", "CHECKPOINT": "checkpoint", "STRUCT": "struct", "DOT": ".", "RLBRACE": "{", "RULE_KIND": "vjp or jvp", "AUG_OP": "+=, -=, *= or /=", "__ANON_1": "..", "TRUE": "true", "FALSE": "false", "NOT": "not", "AND": "and", "OR": "or",
 }
 
 
@@ -26,18 +28,40 @@ _TOKEN_TEXT = {
 MAX_INT_DIGITS = 4000
 
 
+# what follows the `{` of a record (`Mlp { W1: ...`, `struct Mlp { W1: ...`): a block never
+# starts with a name and a colon
+_RECORD_START = re.compile(r"(?:\s|#[^\n]*(?=\n))*[A-Za-z_][A-Za-z_0-9]*[\t \f]*:")
+_text = threading.local()             # the source being parsed, for the postlexer's look ahead
+
+
 class _Brackets:
-    """Drops newlines inside ( ) and [ ], so expressions may span lines there."""
-    always_accept = ("_NL",)
+    """Drops newlines inside ( ), [ ] and the braces of a record, so expressions may span lines
+    there; tells the `{` of a record (RLBRACE) from that of a block."""
+    # `{` and names are lexed everywhere: a state that takes a record's `{` (RLBRACE) may not take
+    # a block's, and one where an item starts takes RULE_KIND, not a name
+    always_accept = ("_NL", "LBRACE", "NAME")
 
     def process(self, stream):
-        depth = 0
+        opened = []                   # the brackets open: ( [ or the { of a record
+        blocks = 0                    # the blocks open
+        start = True                  # at the start of a top-level item
+        text = getattr(_text, "value", "")
         for tok in stream:
-            if tok.type in ("LPAR", "LSQB"):
-                depth += 1
-            elif tok.type in ("RPAR", "RSQB"):
-                depth = max(depth - 1, 0)
-            elif tok.type == "_NL" and depth:
+            if tok.type == "LBRACE" and _RECORD_START.match(text, tok.end_pos):
+                tok = Token.new_borrow_pos("RLBRACE", tok.value, tok)
+            if start and tok.type == "NAME" and tok.value in ("vjp", "jvp"):
+                tok = Token.new_borrow_pos("RULE_KIND", tok.value, tok)
+            if tok.type == "LBRACE":
+                blocks += 1
+            elif tok.type == "RBRACE" and not (opened and opened[-1] == "RLBRACE"):
+                blocks = max(blocks - 1, 0)
+            start = not blocks and not opened and tok.type in ("_NL", "SEMICOLON")
+            if tok.type in ("LPAR", "LSQB", "RLBRACE"):
+                opened.append(tok.type)
+            elif tok.type in ("RPAR", "RSQB") or (tok.type == "RBRACE" and opened and opened[-1] == "RLBRACE"):
+                if opened:
+                    opened.pop()
+            elif tok.type == "_NL" and opened:
                 continue
             yield tok
 
@@ -208,6 +232,30 @@ class _ToAst(Transformer_NonRecursive):          # deep trees: Python's stack en
         start, stop, step = (list(ch) + [None, None, None])[:3]
         return A.Slice(self.loc(meta), start, stop, step)
 
+    def rule_def(self, meta, ch):
+        kind, name, *params, body = ch
+        return A.RuleDef(self.loc(meta), str(kind), str(name), [p for p in params if p is not None], body)
+
+    def struct_def(self, meta, ch):
+        name, _, *fields = ch
+        return A.StructDef(self.loc(meta), str(name), [f for f in fields if isinstance(f, A.Param)])
+
+    def empty_struct(self, meta, ch):
+        raise CompileError(f"struct {ch[0]} has no fields", self.loc(meta))
+
+    def field(self, meta, ch):
+        return A.Param(self.loc(meta), str(ch[0]), ch[1])
+
+    def attr(self, meta, ch):
+        return A.Attr(self.tloc(ch[1]), ch[0], str(ch[1]))
+
+    def record(self, meta, ch):
+        name, _, *fields = ch
+        return A.Record(self.loc(meta), str(name), [f for f in fields if f is not None and not isinstance(f, Token)])
+
+    def rfield(self, meta, ch):
+        return (str(ch[0]), ch[1], self.tloc(ch[0]))
+
     def number(self, meta, ch):
         text = str(ch[0])
         if not text.isdigit():
@@ -248,7 +296,9 @@ def _expected(ex: UnexpectedInput) -> str:
 
 def parse(text: str, file: str = "<source>") -> A.Program:
     try:
-        tree = _parser().parse(text if text.endswith("\n") else text + "\n")
+        text = text if text.endswith("\n") else text + "\n"
+        _text.value = text
+        tree = _parser().parse(text)
         return _ToAst(file).transform(tree)
     except VisitError as ex:
         if isinstance(ex.orig_exc, CompileError):

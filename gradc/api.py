@@ -41,8 +41,15 @@ def read_source(src) -> tuple[str, str]:
 
 
 def signature(g) -> Signature:
+    from .compiler import records as R
+    records = None
+    if g.layout:
+        records = {"params": [[n, en[0], list(en[1])] if en else [n, None, None] for n, en, _ in R.user_params(g)],
+                   "outputs": [[en[0], list(en[1])] if en else None for en in R.output_entries(g)],
+                   "out_tuple": g.out_tuple}
     return Signature(g.name, [(n, p.dtype, p.shape) for n, p in zip(g.param_names, g.params)],
-                     [(o.dtype, o.shape) for o in g.outputs], g.out_tuple, requirements(g))
+                     [(o.dtype, o.shape) for o in g.outputs], g.out_tuple or records is not None,
+                     requirements(g), records)
 
 
 def lower_checked(text, file, record=None):

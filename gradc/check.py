@@ -8,6 +8,7 @@ from .compiler.checks import requirements
 from .compiler.interp import run
 from .compiler.ir import FLOATS, dim_parts
 from .compiler.ops import CheckFailed
+from .compiler.records import expand_wrt
 from .frontend.examples import ExampleError, parse_examples
 
 STEP = 1e-6
@@ -19,7 +20,10 @@ def random_args(g, rng, given=None, given_values=True):
     With given_values=False, given floating-point arguments lend only their shapes: random
     points keep finite differences away from kinks an example may sit on on purpose.
     """
-    given = given or {}
+    given = dict(given or {})
+    for k, v in list(given.items()):
+        if isinstance(v, dict):          # a record: its fields are the parameters k.field
+            given.update({f"{k}.{f}": x for f, x in v.items()})
     sizes = {}
     args = []
     least = {}                  # symbol -> the least size the function's indices and slices allow
@@ -103,6 +107,7 @@ def check_function(mod, name, args, rng, rtol):
     """Lines of the report for one function, and whether all passed."""
     if name in mod.derived:
         kind, base, wrt = mod.derived[name]
+        wrt = expand_wrt(base, wrt)[0]         # a record: each of its fields
         g = mod.graphs[name]
     else:
         base = mod.graphs[name]
@@ -116,6 +121,10 @@ def check_function(mod, name, args, rng, rtol):
     lines, ok_all = [f"{name} ({kind} of {base.name}, wrt {', '.join(wrt)})"], True
     if kind != "jvp" and any(n.op == "hook" for n in base.nodes):
         lines.append("  note: a gradient hook changes this gradient on purpose")
+    ruled = sorted({n.attr("fn").name for n in base.nodes if n.op == "custom"})
+    if ruled:
+        lines.append(f"  note: derivative rules of {', '.join(ruled)} decide this derivative; they may differ "
+                     "from finite differences on purpose")
     n = len(base.params)
     result = run(g, args, promote=True)
     params = dict(zip(base.param_names, range(n)))

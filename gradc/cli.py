@@ -136,12 +136,18 @@ def parse_value(text: str, name: str):
         v = json.loads(text)
     except ValueError:
         raise UserError(f"{name}: cannot read {text!r} as a number or a JSON list") from None
-    if not isinstance(v, (int, float, list, bool)):
-        raise UserError(f"{name}: expected a number or a JSON list, got {text!r}")
+    if not isinstance(v, (int, float, list, bool, dict)):
+        raise UserError(f"{name}: expected a number, a JSON list or (for a record) a JSON object, got {text!r}")
     return v
 
 
+def _is_record(x) -> bool:
+    return isinstance(x, tuple) and hasattr(x, "_fields")
+
+
 def _jsonable(x):
+    if _is_record(x):
+        return {f: _jsonable(v) for f, v in zip(x._fields, x)}
     a = np.asarray(x)
     if a.dtype.kind == "f":
         return [_jsonable(v) for v in a] if a.ndim else _float(float(a))
@@ -160,11 +166,15 @@ def _call(module, name, kwargs):
         out = f(**kwargs)
     except (TypeError, ValueError, IndexError) as ex:       # bad arguments, or a failed check
         raise UserError(str(ex)) from None
-    return list(out) if isinstance(out, tuple) else [out]
+    return list(out) if isinstance(out, tuple) and not _is_record(out) else [out]
 
 
 def _format(outs) -> str:
-    return ", ".join(np.array2string(np.asarray(o), precision=6, separator=", ", max_line_width=160) for o in outs)
+    def one(o):
+        if _is_record(o):
+            return f"{type(o).__name__}(" + ", ".join(f"{f}={one(v)}" for f, v in zip(o._fields, o)) + ")"
+        return np.array2string(np.asarray(o), precision=6, separator=", ", max_line_width=160)
+    return ", ".join(one(o) for o in outs)
 
 
 def _cpu_options(args) -> dict:
@@ -190,6 +200,13 @@ def cmd_run(args):
         name, eq, value = item.partition("=")
         if not eq or not name:
             raise UserError(f"arguments are written NAME=VALUE, got {item!r}")
+        if "." in name:            # p.W1=...: one field of the record p
+            record, _, field = name.partition(".")
+            kwargs.setdefault(record, {})
+            if not isinstance(kwargs[record], dict):
+                raise UserError(f"{name}: {record} is given as a whole and by its fields")
+            kwargs[record][field] = parse_value(value, name)
+            continue
         kwargs[name] = parse_value(value, name)
     module = _compile(file, target, args.fast_math, args.gpu_arch, **_cpu_options(args))
     outs = _call(module, args.func, kwargs)

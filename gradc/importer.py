@@ -36,6 +36,7 @@ class AdLoader(importlib.abc.Loader):
     def exec_module(self, module: types.ModuleType):
         from .api import compile
         compiled = compile(self.path, target=self.target) if self.target else compile(self.path)
+        module.__dict__.update(compiled.records)        # the named tuple types of its structs
         module.__dict__.update(compiled.functions)
         module.gradc_module = compiled
         module.__doc__ = repr(compiled)

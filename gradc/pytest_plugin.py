@@ -64,7 +64,7 @@ class SampleItem(pytest.Item):
         assert ex.calls, "a sample without errors must carry example calls"
         for c in ex.calls:
             out = getattr(module, c.func)(**c.args)
-            outs = list(out) if isinstance(out, tuple) else [out]
+            outs = list(out) if isinstance(out, tuple) and not hasattr(out, "_fields") else [out]
             bad = mismatch(outs, c)
             assert bad is None, f"{self.path.name}:{c.line}: {c.func}: {bad}"
 

@@ -20,10 +20,19 @@ class Signature:
     needs: the size requirements its ops put on the symbolic dims (compiler/checks.py), each
     {"error", "dim", "min", "message"}: dim must be at least min, or the call raises error with
     the message ("{size}" in it replaced by the actual size). Function.check tests them.
+
+    records: None, or where records are among the parameters and results (params and outputs
+    are then their fields one by one, and out_tuple is true): {"params": [[name, struct or None,
+    fields or None], ...], "outputs": [[struct, fields] or None, ...], "out_tuple": bool, as the
+    program sees it}; runtime/records.py packs and unpacks.
     """
 
-    def __init__(self, name, params, outputs, out_tuple, needs=()):
+    def __init__(self, name, params, outputs, out_tuple, needs=(), records=None):
         self.name = name
+        if records is not None:
+            from .records import check_layout
+            check_layout(name, records)
+        self.records = records
         self.params = tuple((n, d, tuple(s)) for n, d, s in params)
         self.outputs = tuple((d, tuple(s)) for d, s in outputs)
         self.out_tuple = out_tuple
@@ -37,19 +46,25 @@ class Signature:
             self._tests.append((sym, off, n["min"] - off, n))
 
     def __str__(self):
+        if self.records is not None:
+            from .records import user_signature
+            return user_signature(self)
         ps = ", ".join(f"{n}: {type_str(s, d)}" for n, d, s in self.params)
         outs = [type_str(s, d) for d, s in self.outputs]
         ret = f"({', '.join(outs)})" if self.out_tuple else outs[0]
         return f"{self.name}({ps}) -> {ret}"
 
     def to_json(self):
-        return {"name": self.name, "params": [list(p) for p in self.params],
-                "outputs": [list(o) for o in self.outputs], "out_tuple": self.out_tuple,
-                "needs": [dict(n) for n in self.needs]}
+        d = {"name": self.name, "params": [list(p) for p in self.params],
+             "outputs": [list(o) for o in self.outputs], "out_tuple": self.out_tuple,
+             "needs": [dict(n) for n in self.needs]}
+        if self.records is not None:
+            d["records"] = self.records
+        return d
 
     @classmethod
     def from_json(cls, d):
-        return cls(d["name"], d["params"], d["outputs"], d["out_tuple"], d["needs"])
+        return cls(d["name"], d["params"], d["outputs"], d["out_tuple"], d["needs"], d.get("records"))
 
     def check_needs(self, dims: dict):
         """Raise the first size requirement the bound dims break (IndexError or ValueError)."""
@@ -81,7 +96,9 @@ class Function:
         self.__name__ = sig.name
         self.__qualname__ = sig.name
         self.__doc__ = f"{sig}\n\nCompiled by gradc from {module_name}."
-        params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n, _, _ in sig.params]
+        # (a record's fields, p.W1, are no Python names: RecordFunction has the signature then)
+        params = [inspect.Parameter(n if sig.records is None else f"_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                  for i, (n, _, _) in enumerate(sig.params)]
         params += [inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None),
                    inspect.Parameter("accumulate", inspect.Parameter.KEYWORD_ONLY, default=False)]
         self.__signature__ = inspect.Signature(params)
@@ -234,16 +251,29 @@ class Module:
     def __init__(self, name, functions: dict, target: str):
         self.__name__ = name
         self.target = target
+        from .records import RecordFunction
+        functions = {k: RecordFunction(f) if f.sig.records is not None and not isinstance(f, RecordFunction)
+                     else f for k, f in functions.items()}
         self._functions = dict(functions)
+        self._records = {}
         for k, f in functions.items():
             setattr(self, k, f)
+            self._records.update(getattr(f, "records", {}))
+        for k, t in self._records.items():
+            if k not in self._functions:
+                setattr(self, k, t)        # m.Mlp(W1=..., ...): a record to pass in
+
+    @property
+    def records(self) -> dict:
+        """{struct name: its named tuple type} of the records the functions take or return."""
+        return dict(self._records)
 
     @property
     def functions(self) -> dict:
         return dict(self._functions)
 
     def __dir__(self):
-        return sorted(set(super().__dir__()) | set(self._functions))
+        return sorted(set(super().__dir__()) | set(self._functions) | set(self._records))
 
     def __getattr__(self, name):
         raise AttributeError(f"module {self.__name__} has no function '{name}'; it has: "

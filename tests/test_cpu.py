@@ -17,6 +17,7 @@ from gradc.compiler.pipeline import optimize
 from gradc.runtime.cpu import load_native
 
 import control_cases as cc
+import rule_cases as rc
 
 SIZES = ({"N": 3, "M": 5}, {"N": 8, "M": 2})
 TOL = {"f32": 1e-5, "f64": 1e-12}
@@ -131,6 +132,11 @@ CASES += [
     _case("avg_pool", [(("N", 3, "M"), "F", "any")], lambda e, x: e.avg_pool(x, (3,), (1,), (1,))),
     _case("einsum", [(("N", 3, 4), "F", "any"), (("N", 4), "F", "any")],
           lambda e, x, y: (e.einsum(x, y, spec="bij,bj->bi"), e.einsum(x, spec="bij->j"))),
+]
+# calls of functions with derivative rules of their own (tests/rule_cases.py), inlined
+CASES += [
+    _case("custom", [(("N", 4), "F", "any"), ((4,), "F", "any")], rc.ruled),
+    _case("custom_jvp", [(("N", 4), "F", "any"), ((4,), "F", "any")], rc.ruled_jvp),
 ]
 INT_OPS = ("lt", "ge", "eq", "clamp", "where", "neg", "abs", "sign", "relu")
 

@@ -9,6 +9,7 @@ from gradc.compiler.ir import Graph
 from gradc.compiler.ops import COMPOSITES, OPS
 
 import control_cases as cc
+import rule_cases as rc
 
 RNG = np.random.default_rng(1234)
 STEP = 1e-6
@@ -105,6 +106,13 @@ CASES += [
 BUILDERS.update({op: (lambda op: lambda e, *xs, idx, axis: e.emit(
     op, xs[0], e.array(np.array(idx), "i64"), *xs[1:], axis=axis))(op)
     for op in ("take", "take_along_axis", "index_add", "index_add_along")})
+# calls of functions with derivative rules of their own (tests/rule_cases.py): rules used as
+# written, and a jvp rule transposed for reverse mode
+CASES += [
+    ("custom", [((3, 4), "any"), ((4,), "any")], {}),
+    ("custom", [((3, 4), "any"), ((4,), "any")], {"rules": "jvp"}),
+]
+BUILDERS["custom"] = rc.ruled
 
 
 def _sample(shape, dom):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .expr import INPUT, OPS, SYMS, Ex, dim_str, dim_val, mk, num, ref, text, type_str, walk
-from .optable import HOOKS, INT_FORMS, LOOPS
+from .optable import HOOKS, INT_FORMS, LOOPS, RULED
 
 PARAM_NAMES = ("x", "y", "z", "w")
 ALIASES = ("ref",)
@@ -84,10 +84,12 @@ class Program:
 
 
 def source(programs) -> str:
-    """One .ad module holding several programs and the hook helpers they use."""
+    """One .ad module holding several programs and the hook, loop and ruled helpers they use."""
     hooks = sorted(set().union(*(p.hooks() for p in programs)))
     head = "".join(f"fn {h}(g) {{ return {HOOKS[h][0]} }}\n" for h in hooks)
     head += "".join(LOOPS[f][0] for f in sorted(set().union(*(p.loops() for p in programs))))
+    used = {e.op for p in programs for _, x in p.lets for e in walk(x)}
+    head += "".join(RULED[f][0] for f in sorted(used & set(RULED)))
     return head + "\n".join(p.functions() for p in programs)
 
 

@@ -1055,3 +1055,14 @@ for _kind in ("max", "avg"):
         f"{_kind}_pool2d", _pool_build(_kind), _pool_infer, _pool_ev,
         lambda t, at: f"{at['kind']}_pool2d({t[0]}, {at['kernel']}, stride={at['stride']}, padding={at['padding']})",
         0.3, smooth=_kind == "avg")
+# ---- functions with derivative rules of their own: generic helpers the module defines (RULED),
+# with exact rules (so finite differences still judge them); one has only a jvp rule, which
+# reverse mode transposes
+
+RULED = {
+    "_ruled_sq": ("fn _ruled_sq(a) { return a * a }\nvjp _ruled_sq(a, g) { return g * 2.0 * a }\n"
+                  "jvp _ruled_sq(a, t) { return t * 2.0 * a }\n", np.square),
+    "_ruled_sin": ("fn _ruled_sin(a) { return sin(a) }\njvp _ruled_sin(a, t) { return t * cos(a) }\n", np.sin),
+}
+for _name, (_src, _f) in RULED.items():
+    elementwise(_name, _f, weight=0.3)
