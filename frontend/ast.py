@@ -60,6 +60,11 @@ class Bool(Node):
 
 
 @dataclass
+class Str(Node):
+    value: str                # a string literal: an option's value (mode="forward")
+
+
+@dataclass
 class Name(Node):
     id: str
 

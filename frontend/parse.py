@@ -220,6 +220,9 @@ class _ToAst(Transformer_NonRecursive):          # deep trees: Python's stack en
     def name(self, meta, ch):
         return A.Name(self.loc(meta), str(ch[0]))
 
+    def string(self, meta, ch):
+        return A.Str(self.loc(meta), str(ch[0])[1:-1])
+
     def true(self, meta, ch):
         return A.Bool(self.loc(meta), True)
 

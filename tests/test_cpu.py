@@ -102,6 +102,8 @@ CASES += [
     _case("if", [((), "F", "any"), ((3,), "F", "any")], cc.branch),
     _case("dyn_slice", [((4, "N"), "F", "any")], lambda e, x: cc.window(e, e.slice(x, spec=(("s", 0, 4, None), ("s", 0, 3, None))))),
     _case("dyn_unslice", [(("N", 3), "F", "any")], lambda e, g: cc.unwindow(e, e.slice(g, spec=(("s", 0, 2, None),)))),
+    # batching: a loop's stacked rows read as the batch (as_shape)
+    _case("as_shape", [(("N", 3), "F", "any")], cc.stack_rows),
 ]
 INT_OPS = ("lt", "ge", "eq", "clamp", "where", "neg", "abs", "sign", "relu")
 

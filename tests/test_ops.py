@@ -59,9 +59,11 @@ CASES = [
     ("if", [((), "any"), ((3,), "any")], {}),
     ("dyn_slice", [((4, 3), "any")], {}),
     ("dyn_unslice", [((2, 3), "any")], {}),
+    # batching (compiler/batching.py): a loop's stacked rows read as the batch
+    ("as_shape", [((4, 3), "any")], {}),
 ]
 BUILDERS = {"for": cc.recurrence, "while": cc.shrink, "if": cc.branch, "dyn_slice": cc.window,
-            "dyn_unslice": cc.unwindow}
+            "dyn_unslice": cc.unwindow, "as_shape": cc.stack_rows}
 
 
 def _sample(shape, dom):
