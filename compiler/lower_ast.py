@@ -658,6 +658,7 @@ class Lowering:
     def _vmap(self, f: Derived, types, node) -> Graph:
         """The graph of vmap(f): f instantiated at the rows' types, then batched."""
         from .batching import BatchError, new_dim, vmap
+        what = f"vmap({f.base.name})"
         if types is None:
             base = self.instantiate(f.base, None, node)
             mapped = self._mapped(f, len(base.params))
@@ -667,38 +668,38 @@ class Lowering:
             sizes = []
             for k, ((shape, dtype), m) in enumerate(zip(types, mapped)):
                 if m and not shape:
-                    raise CompileError(f"{f.name} maps over axis 0 of argument {k + 1}, but it is a scalar "
+                    raise CompileError(f"{what} maps over axis 0 of argument {k + 1}, but it is a scalar "
                                        f"({dtype})", node.loc)
                 if m:
                     sizes.append((shape[0], k))
             for (d, k) in sizes[1:]:
                 if d != sizes[0][0]:
-                    raise CompileError(f"{f.name}: the mapped arguments differ in size on axis 0: argument "
+                    raise CompileError(f"{what}: the mapped arguments differ in size on axis 0: argument "
                                        f"{sizes[0][1] + 1} has {sizes[0][0]}, argument {k + 1} has {d}", node.loc)
             size = sizes[0][0]
             rows = [(tuple(shape[1:]), dtype) if m else (tuple(shape), dtype)
                     for (shape, dtype), m in zip(types, mapped)]
             base = self.instantiate(f.base, rows, node)
             if len(base.params) != len(types):
-                raise CompileError(f"{f.name} takes {len(base.params)} argument(s), but {len(types)} were given",
+                raise CompileError(f"{what} takes {len(base.params)} argument(s), but {len(types)} were given",
                                    node.loc)
         try:
             return vmap(base, mapped, f.name, size)
         except BatchError as ex:
-            raise CompileError(f"{f.name}: {ex}", f.loc) from None
+            raise CompileError(f"{what}: {ex}", f.loc) from None
 
     def _mapped(self, f: Derived, n: int) -> list:
         """Which of n parameters vmap maps, from its axes=."""
-        axes = f.axes
+        axes, what = f.axes, f"vmap({f.base.name})"
         if isinstance(axes, tuple):
             if len(axes) != n:
-                raise CompileError(f"{f.name}: axes has {len(axes)} entries, but {f.base.name} takes {n} "
+                raise CompileError(f"{what}: axes has {len(axes)} entries, but {f.base.name} takes {n} "
                                    "parameter(s)", f.axes_loc)
             mapped = [a is not None for a in axes]
         else:
             mapped = [axes is not None] * n
         if not any(mapped):
-            raise CompileError(f"{f.name} maps over no parameter", f.axes_loc or f.loc,
+            raise CompileError(f"{what} maps over no parameter", f.axes_loc or f.loc,
                                ["give axis 0 to at least one parameter"])
         return mapped
 
