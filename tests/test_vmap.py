@@ -114,6 +114,19 @@ let sbr_per_example = vmap(grad(sbr, wrt=(c, x)), axes=(0, 0))
 fn _nsqrt_total(a: f64[N]) -> f64 { return sum(vmap(nsqrt)(a)) }
 let nsqrt_vmap_grad = grad(_nsqrt_total)
 
+# grad through the fallback loop; checkpointed loops, with bounds that differ from row to row too
+fn mm_total(As: f64[N, 2, 3], Ws: f64[N, 3, 4]) -> f64 { return sum(vmap(mm)(As, Ws) ** 2.0) }
+let mm_total_grad = grad(mm_total, wrt=(As, Ws))
+let mm_total_jvp = jvp(mm_total, wrt=As)
+fn rnn_ckpt(W: f64[3, 3], xs: f64[4, 3]) -> f64 {
+    var h = xs[0]
+    for t in 1..4 checkpoint(2) { h = tanh(W @ h + xs[t]) }
+    return sum(h * h)
+}
+let rnn_ckpt_per_example = vmap(grad(rnn_ckpt, wrt=W), axes=(None, 0))
+let sloopn_ckpt_grad = grad(sloopn, checkpoint=true)
+let sloopn_ckpt_per_example = vmap(grad(sloopn, checkpoint=true), axes=(0, 0))
+
 # jacobians and hessians
 fn g1(x: f64[3], w: f64[3, 2]) -> f64[2] { return tanh(x @ w) * x[0] }
 let g1_jac_fwd = jacobian(g1, wrt=x, mode="forward")
@@ -127,6 +140,10 @@ let g2_jac_fwd = jacobian(g2, mode="forward")
 fn g3(x: f64[N]) -> f64[N] { return x * sum(x * x) }
 let g3_jac_fwd = jacobian(g3, mode="forward")
 let g3_jac_rev = jacobian(g3, mode="reverse")
+fn diff(x: f64[N]) -> f64[N-1] { return x[1:] * x[:-1] }
+let diff_jac = jacobian(diff)
+let diff_jac_fwd = jacobian(diff, mode="forward")
+let jac_of_vmap = jacobian(vmap(g1, axes=(0, None)), wrt=x)
 fn rosen(x: f64[N]) -> f64 { return sum(100.0 * (x[1:] - x[:-1] ** 2.0) ** 2.0 + (1.0 - x[:-1]) ** 2.0) }
 let rosen_grad = grad(rosen)
 let rosen_hess = hessian(rosen)
@@ -328,6 +345,23 @@ def test_per_example_gradients_through_loops(mod, ref):
     _close(got, want, "vmap(grad(branch))")
 
 
+def test_gradients_through_the_fallback_and_checkpointed_loops(mod, ref):
+    As, Ws = RNG.normal(size=(B, 2, 3)), RNG.normal(size=(B, 3, 4))
+    dA, dW = mod.mm_total_grad(As, Ws)
+    np.testing.assert_allclose(dA, fd_grad(ref.mm_total, [As, Ws], 0), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(dW, fd_grad(ref.mm_total, [As, Ws], 1), rtol=1e-6, atol=1e-8)
+    tA = RNG.normal(size=As.shape)
+    _, t = mod.mm_total_jvp(As, Ws, tA)
+    np.testing.assert_allclose(t, np.vdot(dA, tA), rtol=1e-10)
+    W, xs = RNG.normal(size=(3, 3)) * 0.5, RNG.normal(size=(B, 4, 3))
+    np.testing.assert_allclose(mod.rnn_ckpt_per_example(W, xs), np.stack([ref.rnn_grad(W, x) for x in xs]),
+                               rtol=1e-10, atol=1e-12)
+    x, n = RNG.normal(size=B), np.array([4, 0, 2, 3, 1], np.int64)
+    want = np.array([ref.sloopn_grad(a, k) for a, k in zip(x, n)])
+    np.testing.assert_allclose([ref.sloopn_ckpt_grad(a, k) for a, k in zip(x, n)], want, rtol=1e-12)
+    np.testing.assert_allclose(mod.sloopn_ckpt_per_example(x, n), want, rtol=1e-10, atol=1e-12)
+
+
 # ---- jacobian and hessian
 
 
@@ -365,6 +399,22 @@ def test_jacobians_against_finite_differences(mod, ref):
         want = _fd_jac(ref.g3, [v], 0)
         np.testing.assert_allclose(mod.g3_jac_fwd(v), want, rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(mod.g3_jac_rev(v), want, rtol=1e-6, atol=1e-8)
+
+
+def test_jacobians_of_derived_sizes_and_of_vmap(mod, ref):
+    for n in (5, 2):
+        x = RNG.normal(size=n)
+        want = _fd_jac(ref.diff, [x], 0)
+        assert want.shape == (n - 1, n)
+        np.testing.assert_allclose(mod.diff_jac(x), want, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(mod.diff_jac_fwd(x), want, rtol=1e-6, atol=1e-8)
+    xs, w = RNG.normal(size=(B, 3)), RNG.normal(size=(3, 2))
+    got = mod.jac_of_vmap(xs, w)
+    assert got.shape == (B, 2, B, 3)
+    for r in range(B):
+        np.testing.assert_allclose(got[r, :, r], ref.g1_jac_rev(xs[r], w), rtol=1e-12)
+        got[r, :, r] = 0
+    np.testing.assert_array_equal(got, 0)
 
 
 def test_hessians_against_finite_differences_of_the_gradient(mod, ref):
