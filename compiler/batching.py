@@ -410,7 +410,7 @@ def _if(b, n, ins, mapped):
 # ---- as_shape: a value's elements under a shape whose dims are equal at run time
 
 
-def _as_shape_rule(x, shape):
+def _as_shape_rule(x, *like, shape):
     shape = tuple(shape)
     if len(shape) != len(x.shape) or any(isinstance(a, int) and isinstance(d, int) and a != d
                                          for a, d in zip(x.shape, shape)):
@@ -418,18 +418,26 @@ def _as_shape_rule(x, shape):
     return shape, x.dtype
 
 
-def _as_shape_ref(x, shape):
+def _as_shape_ref(x, *like, shape):
     if tuple(x.shape) != tuple(shape):
         raise ValueError(f"internal: as_shape of an array of shape {x.shape} to {tuple(shape)}")
     return x
 
 
+def _as_shape_batch(b, n, ins, mapped):
+    if not mapped[0]:
+        return b.emit(n, ins), False
+    return b.emit(n, ins, shape=(b.size,) + tuple(n.attr("shape"))), True
+
+
 # as_shape(x, shape): x itself, typed with dims the compiler knows are equal to x's at run time
-# (a loop over the batch stacks rows on its trip count; the batch is `size`)
+# (a loop over the batch stacks rows on its trip count, which is the batch size). Its cotangent
+# goes back to the trip count's shape: the value stacked there comes along as a second input,
+# not read, so the loop that binds the trip count stays wherever the cotangent is computed
 defop("as_shape", _as_shape_rule, _as_shape_ref,
-      vjp=lambda e, g, z, x, shape: (e.as_shape(g, shape=x.shape),),
-      jvp=lambda e, ts, z, x, shape: e.as_shape(ts[0], shape=shape),
-      kind="layout", cheap=0, batch=_with_shape)
+      vjp=lambda e, g, z, x, *like, shape: (e.as_shape(g, x, shape=x.shape),) + (None,) * len(like),
+      jvp=lambda e, ts, z, x, *like, shape: e.as_shape(ts[0], *like, shape=shape) if ts[0] is not None else None,
+      kind="layout", cheap=0, batch=_as_shape_batch)
 
 
 @index_map("as_shape")
