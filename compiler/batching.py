@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
 from .ir import Graph, ShapeError, Value, symbols, type_str
 from .ops import OPS, defop, index_map
 
@@ -294,9 +292,8 @@ def _for(b, n, ins, mapped):
     ny = len(body.outputs) - nc
     g, outs = batch_graph(body, flags, b.size, force=flags[1:1 + nc] + [False] * ny)
     init = [b.lift(v) if flags[1 + i] and not mrest[i] else v for i, v in enumerate(rest[:nc])]
-    e = b.e
-    tup = b.emit(n, ins[:2] + init + list(rest[nc:]), body=g)
-    return _parts(b, e.nodes[-1], outs, transpose_ys=range(nc, nc + ny))
+    b.emit(n, ins[:2] + init + list(rest[nc:]), body=g)
+    return _parts(b, b.e.nodes[-1], outs, transpose_ys=range(nc, nc + ny))
 
 
 def _for_masked(b, n, ins, mapped):

@@ -14,7 +14,7 @@ from .autodiff import AutodiffError
 from .batching import batch_graph
 from .builder import Emitter
 from .control import emit_control, new_trip
-from .ir import FLOATS, Graph, symbols
+from .ir import FLOATS, Graph
 from .ops import numel_of
 
 
