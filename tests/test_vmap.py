@@ -507,6 +507,8 @@ def test_mapped_sizes_must_agree_at_call_time(mod):
      'mode= takes "forward" or "reverse", got \'sideways\'', 26),
     ("fn f(x: f64[3]) -> f64[3] { return sin(x) }\nlet j = hessian(f, mode=\"forward\")\n",
      "hessian has no argument 'mode'", 20),
+    ("fn f(x: f64[3]) -> f64 { return sum(minimum(x, \"a\")) }\n",
+     "expected an array value, got the string 'a'", 37),
 ])
 def test_diagnostics(src, message, col):
     with pytest.raises(CompileError) as ex:
