@@ -108,6 +108,17 @@ let sloopn_grad = grad(sloopn)
 let sloopn_per_example = vmap(grad(sloopn), axes=(0, 0))
 let nsqrt_grad = grad(nsqrt)
 let nsqrt_per_example = vmap(grad(nsqrt))
+let nsqrt_jvp = jvp(nsqrt)
+let nsqrt_jvp_vmap = jvp(vmap(nsqrt))
+let nsqrt_vmap_jvp = vmap(jvp(nsqrt))
+let nsqrt_vmap_hess = vmap(hessian(nsqrt))
+fn pw(x: f64, c: f64) -> f64 {
+    var y = 0.0
+    if x > c { y = x * x * x } else { y = sin(x) }
+    return y
+}
+let pw_hvp = jvp(grad(pw))
+let pw_vmap_hvp = vmap(jvp(grad(pw)), axes=(0, 0, 0))
 fn sbr(c: f64, x: f64[3]) -> f64 { return sum(br(c, x)) }
 let sbr_grad = grad(sbr, wrt=(c, x))
 let sbr_per_example = vmap(grad(sbr, wrt=(c, x)), axes=(0, 0))
@@ -340,6 +351,18 @@ def test_per_example_gradients_through_loops(mod, ref):
     np.testing.assert_allclose(want[[0, 1, 2, 4]], 0.5 / np.sqrt(a[[0, 1, 2, 4]]), rtol=1e-8)
     np.testing.assert_allclose(mod.nsqrt_per_example(a), want, rtol=1e-12)
     np.testing.assert_allclose(mod.nsqrt_vmap_grad(a), want, rtol=1e-12)
+    # forward mode, and forward over reverse, through the same while loop and a branch
+    t = RNG.normal(size=B)
+    want = [np.stack(o) for o in zip(*[ref.nsqrt_jvp(v, u) for v, u in zip(a, t)])]
+    _close(mod.nsqrt_jvp_vmap(a, t), want, "jvp(vmap(while))")
+    _close(mod.nsqrt_vmap_jvp(a, t), want, "vmap(jvp(while))")
+    np.testing.assert_allclose(want[1], np.array([ref.nsqrt_grad(v) for v in a]) * t, rtol=1e-12)
+    h = mod.nsqrt_vmap_hess(a)
+    np.testing.assert_allclose(h[[0, 1, 2, 4]], -0.25 * a[[0, 1, 2, 4]] ** -1.5, rtol=1e-7)
+    np.testing.assert_allclose(h[3], 0.0, atol=1e-12)
+    xp, cp = np.array([-1.0, 0.5, 2.0, 1.0, 0.2]), np.array([0.0, 1.0, 1.0, 0.0, 0.2])
+    _close(mod.pw_vmap_hvp(xp, cp, t), [np.stack(o) for o in zip(*[ref.pw_hvp(*r) for r in zip(xp, cp, t)])],
+           "vmap(jvp(grad(branch)))")
     # a branch whose condition differs from row to row
     c, xs3 = np.array([-1.0, 0.5, 2.0, -0.2, 0.1]), RNG.normal(size=(B, 3))
     got = mod.sbr_per_example(c, xs3)
