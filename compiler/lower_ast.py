@@ -423,7 +423,7 @@ class Scope:
         for name, value, loc in node.kwargs:
             if name == "mode" and kind == "jacobian":
                 mode = self.expr(value)
-                if mode not in ("forward", "reverse"):
+                if not isinstance(mode, str) or mode not in ("forward", "reverse"):
                     raise CompileError(f'mode= takes "forward" or "reverse", got {self.describe(mode)}',
                                        value.loc)
                 continue
@@ -472,7 +472,7 @@ class Scope:
         if isinstance(item, A.Name) and item.id == "None":
             return None
         v = self.expr(item)
-        if v != 0 or isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, bool) or not isinstance(v, int) or v != 0:
             raise CompileError(f"vmap maps over axis 0 or None (not mapped), got {self.describe(v)}", item.loc,
                                ["move the axis to the front with transpose first"] if isinstance(v, int) else ())
         return 0
