@@ -53,6 +53,8 @@ class Emitter:
             if isinstance(v, np.ndarray):          # an array literal
                 dtype = typed[0] if typed else literal_dtype(v.flat[0].item() if v.size else 0.0)
                 v = self.array(v, dtype)
+            elif isinstance(v, str):             # a string literal is an option's value only
+                raise ShapeError(f"expected an array value, got the string {v!r}")
             elif not isinstance(v, Value):
                 v = self.const(v, typed[0] if typed else literal_dtype(v))
             out.append(v)

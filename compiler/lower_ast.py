@@ -22,7 +22,8 @@ from .records import RecordType, RecordValue, Struct
 from . import records as R
 from .values import DimRef, DType, FnValue
 
-TRANSFORMS = ("grad", "value_and_grad", "vjp", "jvp")
+TRANSFORMS = ("grad", "value_and_grad", "vjp", "jvp", "vmap", "jacobian", "hessian")
+AUTODIFF = ("grad", "value_and_grad", "vjp", "jvp")
 # expressions inside expressions, and inlined calls inside calls, lower recursively: this bound
 # keeps the recursion well inside Python's stack (1,000 frames); chains a + b + c ... are a loop
 MAX_NESTING = 100
@@ -52,6 +53,9 @@ class Derived(FnValue):
     base_loc: object
     name: str = ""
     checkpoint: int = 0           # checkpoint=: 0 none, -1 every ceil(sqrt(n))-th state, k every k-th
+    axes: object = 0              # vmap's axes=: 0, None, or a tuple of them (one per parameter)
+    axes_loc: object = None
+    mode: str = ""                # jacobian's mode=: "forward", "reverse", or "" (by the sizes)
 
 
 # ---- values in expressions: Value, Python number, np.ndarray (array literal), tuple, FnValue
@@ -501,9 +505,17 @@ class Scope:
         f = self.expr(node.args[0])
         if not isinstance(f, FnValue):
             raise CompileError(f"{kind} needs a function, got {self.describe(f)}", node.args[0].loc)
-        wrt, locs, ckpt = (), (), 0
+        if kind == "vmap":
+            return self.vmap_transform(node, f)
+        wrt, locs, ckpt, mode = (), (), 0, ""
         for name, value, loc in node.kwargs:
-            if name == "checkpoint" and kind != "jvp":
+            if name == "mode" and kind == "jacobian":
+                mode = self.expr(value)
+                if not isinstance(mode, str) or mode not in ("forward", "reverse"):
+                    raise CompileError(f'mode= takes "forward" or "reverse", got {self.describe(mode)}',
+                                       value.loc)
+                continue
+            if name == "checkpoint" and kind in ("grad", "value_and_grad", "vjp"):
                 v = self.expr(value)
                 if v is True:
                     ckpt = -1
@@ -517,7 +529,9 @@ class Scope:
                 continue
             if name != "wrt":
                 raise CompileError(f"{kind} has no argument '{name}'", loc,
-                                   ["its arguments are wrt= and checkpoint=" if kind != "jvp" else
+                                   ["its arguments are wrt= and checkpoint=" if kind not in (
+                                       "jvp", "jacobian", "hessian") else
+                                    "its arguments are wrt= and mode=" if kind == "jacobian" else
                                     "its argument is wrt="])
             items = value.items if isinstance(value, A.Tuple) else [value]
             for it in items:
@@ -529,7 +543,28 @@ class Scope:
                 if wrt[i] in wrt[:i]:
                     raise CompileError(f"wrt names {wrt[i]} twice", it.loc)
         return Derived(kind, f, wrt, locs, node.loc, node.args[0].loc,
-                       f"{kind}({f.name})", ckpt)
+                       f"{kind}({f.name})", ckpt, mode=mode)
+
+    def vmap_transform(self, node, f):
+        """vmap(f, axes=...): axes 0 (map every parameter), or a tuple of 0 and None."""
+        axes, where = 0, node.loc
+        for name, value, loc in node.kwargs:
+            if name != "axes":
+                raise CompileError(f"vmap has no argument '{name}'", loc, ["its argument is axes="])
+            where = value.loc
+            items = value.items if isinstance(value, A.Tuple) else None
+            axes = tuple(self._vmap_axis(i) for i in items) if items is not None else self._vmap_axis(value)
+        return Derived("vmap", f, (), (), node.loc, node.args[0].loc, f"vmap({f.name})", axes=axes,
+                       axes_loc=where)
+
+    def _vmap_axis(self, item):
+        if isinstance(item, A.Name) and item.id == "None":
+            return None
+        v = self.expr(item)
+        if isinstance(v, bool) or not isinstance(v, int) or v != 0:
+            raise CompileError(f"vmap maps over axis 0 or None (not mapped), got {self.describe(v)}", item.loc,
+                               ["move the axis to the front with transpose first"] if isinstance(v, int) else ())
+        return 0
 
     def builtin(self, name, node):
         fn = BUILTINS[name]
@@ -633,6 +668,8 @@ class Lowering:
     def returns_tuple(self, f: FnValue) -> bool:
         if isinstance(f, UserFn):
             return f.defn.ret_tuple or any(len(r.values) > 1 for r in f.defn.body if isinstance(r, A.Return))
+        if f.kind == "vmap":
+            return self.returns_tuple(f.base)
         return f.kind in ("value_and_grad", "jvp") or len(self.wrt_of(f)) > 1
 
     def wrt_of(self, f: Derived):
@@ -770,6 +807,8 @@ class Lowering:
         return g
 
     def _derived(self, f: Derived, types, node) -> Graph:
+        if f.kind == "vmap":
+            return self._vmap(f, types, node)
         base_types = None
         if types is not None:
             base_types = types[:self._arity(f.base)]
@@ -783,6 +822,9 @@ class Lowering:
         try:
             if f.kind in ("grad", "value_and_grad"):
                 g = autodiff.grad(base, flat, f.name, f.kind == "value_and_grad", warn)
+            elif f.kind in ("jacobian", "hessian"):
+                from . import jacobian
+                g = getattr(jacobian, f.kind)(base, flat, f.name, f.mode, warn)
             else:
                 g = getattr(autodiff, f.kind)(base, flat, f.name, warn)
         except autodiff.AutodiffError as ex:
@@ -807,6 +849,8 @@ class Lowering:
         if kind in ("grad", "value_and_grad"):
             outs, out_tuple = ([None] if kind == "value_and_grad" else []) + entries, \
                 kind == "value_and_grad" or len(wrt) > 1
+        elif kind in ("jacobian", "hessian"):      # plain arrays, one per field of a record wrt
+            outs, out_tuple = [None] * len(g.outputs), len(g.outputs) > 1
         elif kind == "vjp":
             outs, out_tuple = entries, len(wrt) > 1
             names = list(base.param_names)
@@ -823,6 +867,63 @@ class Lowering:
         if isinstance(f, UserFn):
             return len(f.defn.params)
         return self._arity(f.base)
+
+    def _nparams(self, f: FnValue):
+        """How many parameters f takes (None: known once it is instantiated, as vjp's)."""
+        if isinstance(f, UserFn):
+            return len(f.defn.params)
+        n = None if f.kind == "vjp" else self._nparams(f.base)
+        if n is not None and f.kind == "jvp":
+            n += len(self.wrt_of(f))
+        return n
+
+    def _vmap(self, f: Derived, types, node) -> Graph:
+        """The graph of vmap(f): f instantiated at the rows' types, then batched."""
+        from .batching import BatchError, new_dim, vmap
+        what = f"vmap({f.base.name})"
+        if types is None:
+            base = self.instantiate(f.base, None, node)
+            mapped = self._mapped(f, len(base.params))
+            size = new_dim(base)
+        else:
+            mapped = self._mapped(f, len(types))
+            sizes = []
+            for k, ((shape, dtype), m) in enumerate(zip(types, mapped)):
+                if m and not shape:
+                    raise CompileError(f"{what} maps over axis 0 of argument {k + 1}, but it is a scalar "
+                                       f"({dtype})", node.loc)
+                if m:
+                    sizes.append((shape[0], k))
+            for (d, k) in sizes[1:]:
+                if d != sizes[0][0]:
+                    raise CompileError(f"{what}: the mapped arguments differ in size on axis 0: argument "
+                                       f"{sizes[0][1] + 1} has {sizes[0][0]}, argument {k + 1} has {d}", node.loc)
+            size = sizes[0][0]
+            rows = [(tuple(shape[1:]), dtype) if m else (tuple(shape), dtype)
+                    for (shape, dtype), m in zip(types, mapped)]
+            base = self.instantiate(f.base, rows, node)
+            if len(base.params) != len(types):
+                raise CompileError(f"{what} takes {len(base.params)} argument(s), but {len(types)} were given",
+                                   node.loc)
+        try:
+            return vmap(base, mapped, f.name, size)
+        except BatchError as ex:
+            raise CompileError(f"{what}: {ex}", f.loc) from None
+
+    def _mapped(self, f: Derived, n: int) -> list:
+        """Which of n parameters vmap maps, from its axes=."""
+        axes, what = f.axes, f"vmap({f.base.name})"
+        if isinstance(axes, tuple):
+            if len(axes) != n:
+                raise CompileError(f"{what}: axes has {len(axes)} entries, but {f.base.name} takes {n} "
+                                   "parameter(s)", f.axes_loc)
+            mapped = [a is not None for a in axes]
+        else:
+            mapped = [axes is not None] * n
+        if not any(mapped):
+            raise CompileError(f"{what} maps over no parameter", f.axes_loc or f.loc,
+                               ["give axis 0 to at least one parameter"])
+        return mapped
 
     def bind(self, d: A.FnDef, args, node):
         """Check call arguments against a function's declared types; bind its dimension names."""
@@ -938,9 +1039,8 @@ class Lowering:
                 self.stack.pop()
                 scope.e.loc = saved
             return tuple(outs)
-        base_arity = self._arity(f.base)
-        need = base_arity + (len(self.wrt_of(f)) if f.kind == "jvp" else 0)
-        if f.kind != "vjp" and len(args) != need:
+        need = self._nparams(f)
+        if need is not None and len(args) != need:
             raise CompileError(f"{f.name} takes {need} argument(s), but {len(args)} were given", node.loc)
         vals = [a if isinstance(a, RecordValue) else scope.as_value(a, n) for a, n in zip(args, node.args)]
         try:
@@ -1117,7 +1217,7 @@ class Lowering:
         if not name.startswith("_"):
             mod.graphs[name] = g
             mod.locs[name] = item.loc
-            if isinstance(f, Derived):
+            if isinstance(f, Derived) and f.kind in AUTODIFF:
                 mod.derived[name] = (f.kind, self.instantiate(f.base, None, item), self.wrt_of(f))
 
 

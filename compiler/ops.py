@@ -33,6 +33,9 @@ class OpDef:
     combine: Callable | None = None    # a reduction's: (cg, acc, x) -> acc combined with x
     index_map: Callable | None = None  # a layout op's element lowering: (L, node, idx) -> the element
     # at idx from its input's elements (codegen/layout.py registers them; every backend uses them)
+    batch: Callable | None = None      # the batching rule (vmap): (b, node, ins, mapped) -> (value,
+    # mapped) with the batch on axis 0 (a tuple op: a list of them, one per part); None: the
+    # fallback, a loop over the batch around the op (compiler/batching.py)
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,9 @@ def _quiet(f):
 
 
 def defop(name, shape, ref, vjp=None, jvp=None, kind="elementwise", lower=None, needs=None, cheap=None,
-          identity=None, combine=None):
-    OPS[name] = OpDef(name, shape, _quiet(ref), vjp, jvp, kind, lower, needs, cheap, identity, combine)
+          identity=None, combine=None, batch=None):
+    OPS[name] = OpDef(name, shape, _quiet(ref), vjp, jvp, kind, lower, needs, cheap, identity, combine,
+                      batch=batch)
 
 
 def index_map(name):
@@ -700,3 +704,4 @@ from . import control  # noqa: E402,F401  (loops and branches register their ops
 from . import ops_index  # noqa: E402,F401  (integer indexing, scatters, scans, erf)
 from . import ops_nn  # noqa: E402,F401  (products, convolution and pooling)
 from . import rules  # noqa: E402,F401  (calls of functions with derivative rules of their own)
+from . import batching  # noqa: E402,F401  (batching rules for vmap, and as_shape)

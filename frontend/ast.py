@@ -56,7 +56,7 @@ class Num(Node):
 
 @dataclass
 class Str(Node):
-    value: str                # a string literal: the spec of einsum
+    value: str                # a string literal: einsum's spec, an option's value (mode="forward")
 
 
 @dataclass

@@ -48,3 +48,13 @@ def unwindow(e, g):
     one = e.const(1, "i64")
     z = e.dyn_unslice(g, one, axis=0, size=g.shape[0], keep=True, n=4)
     return e.mul(z, z)
+
+
+def stack_rows(e, x):
+    """sin of each row of x in a loop over its rows, the stacked rows read back as x's shape
+    (as_shape: the batching fallback's form)."""
+    t, xc = fresh((), "i64"), fresh(x.shape, x.dtype)
+    body = build("row", [t, xc], lambda b, t, xc: [b.sin(b.dyn_slice(xc, t, axis=0, size=1, keep=False))])
+    (rows,) = emit_control(e, "for", [e.const(0, "i64"), e.numel(x, axes=(0,), dtype="i64"), x], body=body,
+                           n_caps=1, trip=new_trip(), reverse=False, saves=0, checkpoint=0)
+    return e.mul(e.as_shape(rows, shape=x.shape), x)

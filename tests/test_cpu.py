@@ -137,6 +137,8 @@ CASES += [
 CASES += [
     _case("custom", [(("N", 4), "F", "any"), ((4,), "F", "any")], rc.ruled),
     _case("custom_jvp", [(("N", 4), "F", "any"), ((4,), "F", "any")], rc.ruled_jvp),
+    # batching: a loop's stacked rows read as the batch (as_shape)
+    _case("as_shape", [(("N", 3), "F", "any")], cc.stack_rows),
 ]
 INT_OPS = ("lt", "ge", "eq", "clamp", "where", "neg", "abs", "sign", "relu")
 

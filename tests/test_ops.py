@@ -83,9 +83,11 @@ CASES = [
     ("einsum", [((3, 3, 2), "any"), ((2, 4), "any")], {"spec": "iij,jk->ki"}),
     ("einsum", [((3, 4), "any"), ((4,), "any"), ((2, 3), "any")], {"spec": "ij,j,ki->k"}),
     ("einsum", [((3, 4), "any"), ((3, 4), "any")], {"spec": "ij,ij->i"}),
+    # batching (compiler/batching.py): a loop's stacked rows read as the batch
+    ("as_shape", [((4, 3), "any")], {}),
 ]
 BUILDERS = {"for": cc.recurrence, "while": cc.shrink, "if": cc.branch, "dyn_slice": cc.window,
-            "dyn_unslice": cc.unwindow}
+            "dyn_unslice": cc.unwindow, "as_shape": cc.stack_rows}
 
 # integer indexing, scans and erf (compiler/ops_index.py); index arrays are i64 literals of the
 # graph (negative ones count from the end; repeated ones add up in the scatters)

@@ -315,3 +315,53 @@ def check_programs(programs, seed: int, targets=TARGETS) -> list:
         except Exception as ex:   # noqa: BLE001 - a bug of the checker is reported like any other
             out.append((f"checker raised {exception_kind(ex)}", str(ex)[:300], i))
     return out, skipped
+
+
+# ---- property 3: a program under vmap agrees with a loop over its rows
+
+ROWS = 3
+
+
+def vmap_source(programs) -> str:
+    """The programs, and for each its function P_h and its gradient mapped over a new leading
+    axis of every parameter (P_vmap_h, P_vmap_g), with the gradient itself (P_vmap_g0) for the loop."""
+    src = gen.source(programs)
+    for p in programs:
+        src += f"let {p.prefix}_vmap_h = vmap({p.prefix}_h)\n"
+        wrt = next((w for _, kind, w, _ in p.transforms if kind == "grad"), None)
+        if wrt:
+            w = "(" + ", ".join(wrt) + ",)"
+            src += f"let {p.prefix}_vmap_g0 = grad({p.prefix}_f, wrt={w})\nlet {p.prefix}_vmap_g = vmap({p.prefix}_vmap_g0)\n"
+    return src
+
+
+def check_vmap(programs, seed: int, targets=TARGETS) -> list:
+    """Property 3: P_vmap_h and P_vmap_g on rows stacked along a new axis, on every target, against
+    P_h and the gradient called on each row in turn on the reference: [(kind, detail, index)]."""
+    mods = compile_both(vmap_source(programs), targets)
+    if isinstance(mods[0], str):
+        return [(mods[0], mods[1], None)]
+    ref, native = mods
+    out = []
+    for i, p in enumerate(programs):
+        rng = np.random.default_rng(seed * 1000 + i)
+        sizes = gen.sizes_for(rng)
+        rows = [gen.inputs(p, rng, sizes) for _ in range(ROWS)]
+        args = [np.stack([r[n] for r in rows]) for n, _, _, _ in p.params]
+        tol = F64_TOL if p.dtype == "f64" else F32_TOL
+        for fn, base in ((f"{p.prefix}_vmap_h", f"{p.prefix}_h"), (f"{p.prefix}_vmap_g", f"{p.prefix}_vmap_g0")):
+            if not hasattr(ref, fn):
+                continue
+            try:
+                with np.errstate(all="ignore"):
+                    loop = [as_tuple(getattr(ref, base)(*[r[n] for n, _, _, _ in p.params])) for r in rows]
+                    want = [np.stack(o) for o in zip(*loop)]
+                    got = {t: as_tuple(getattr(m, fn)(*args)) for t, m in [("reference", ref)] + list(native.items())}
+            except Exception as ex:   # noqa: BLE001
+                out.append((f"vmap call raised {exception_kind(ex)}", f"{fn}: {str(ex)[:200]}", i))
+                continue
+            for t, g in got.items():
+                for k, (a, b) in enumerate(zip(g, want)):
+                    if not close(a, b, **tol):
+                        out.append((f"vmap != loop ({t})", f"{fn} output {k}: {a!r} loop {b!r}", i))
+    return out

@@ -133,3 +133,13 @@ def test_a_point_exactly_on_a_kink_is_skipped():
         m = gradc.compile(gen.source([p]), target="reference")
     c = props.Checker(p, m, m, 2001963)
     assert c.run() == [] and c.skipped == 1
+
+
+# a while loop (12), rows at a run-time index (15), a for loop (21), an if (5), f32 (30)
+VMAP_SEEDS = (12, 15, 21, 5, 30, 40)
+
+
+@pytest.mark.parametrize("seed", VMAP_SEEDS)
+def test_generated_program_under_vmap_agrees_with_a_loop(seed):
+    fails = props.check_vmap([gen.generate(seed)], seed)
+    assert not fails, props.vmap_source([gen.generate(seed)])
