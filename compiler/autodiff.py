@@ -144,18 +144,23 @@ def grad(g: Graph, wrt_names, name, with_value=False, warn=print) -> Graph:
     return _derived(g, name, g.params, g.param_names, e.nodes, outputs, with_value or len(wrt) > 1)
 
 
+def output_seeds(e, outputs, cots) -> dict:
+    """The cotangent seed of each floating-point output; a value returned twice (`return a, a`)
+    gets the sum of its two cotangents."""
+    seeds = {}
+    for o, c in zip(outputs, cots):
+        if o.dtype in FLOATS:
+            seeds[o] = c if o not in seeds else e.add(seeds[o], c)
+    return seeds
+
+
 def vjp(g: Graph, wrt_names, name, warn=print) -> Graph:
     wrt = resolve_wrt(g, wrt_names)
     outs = [o for o in g.outputs if o.dtype in FLOATS]
     _check_dependence(g, wrt_names, wrt, outs, warn)
     cots = [fresh(o.shape, o.dtype) for o in g.outputs]
     e = Emitter(g.nodes)
-    seeds = {}
-    for o, c in zip(g.outputs, cots):
-        if o.dtype in FLOATS:
-            # a value returned twice (`return a, a`) gets the sum of its two cotangents
-            seeds[o] = c if o not in seeds else e.add(seeds[o], c)
-    grads = _grads(e, g, seeds, wrt)
+    grads = _grads(e, g, output_seeds(e, g.outputs, cots), wrt)
     names = g.param_names + tuple(f"ct{i}" if len(cots) > 1 else "ct" for i in range(len(cots)))
     return _derived(g, name, g.params + tuple(cots), names, e.nodes, grads, len(wrt) > 1)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .ir import Graph, ShapeError, Value, symbols, type_str
+from .ir import Graph, ShapeError, Value, graph_symbols, type_str
 from .ops import OPS, defop, index_map
 
 TUPLE = "tuple"
@@ -121,22 +121,9 @@ def vmap(g: Graph, mapped, name, size) -> Graph:
     return out
 
 
-def all_symbols(g: Graph) -> set:
-    out = set()
-    for p in g.params:
-        out |= symbols(p.shape)
-    for n in g.nodes:
-        if n.out.dtype != TUPLE:
-            out |= symbols(n.out.shape)
-        for _, v in n.attrs:
-            if isinstance(v, Graph):
-                out |= all_symbols(v)
-    return out
-
-
 def new_dim(g: Graph, base="B") -> str:
     """A dimension name g does not use, for the batch axis: B, else B1, B2, ..."""
-    used = all_symbols(g)
+    used = graph_symbols(g, bodies=True)
     k = 0
     while (base if k == 0 else f"{base}{k}") in used:
         k += 1

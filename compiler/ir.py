@@ -109,3 +109,19 @@ def format_graph(g: Graph) -> str:
                 seen.add(id(v))
                 lines.append(format_graph(replace(v, name="@" + v.name)))
     return "\n".join(lines)
+
+
+def graph_symbols(g: Graph, bodies=False) -> set:
+    """The dimension symbols of g's parameters and values (and of its loop and branch bodies,
+    with bodies=True)."""
+    out = set()
+    for p in g.params:
+        out |= symbols(p.shape)
+    for n in g.nodes:
+        if n.out.dtype != "tuple":
+            out |= symbols(n.out.shape)
+        if bodies:
+            for _, v in n.attrs:
+                if isinstance(v, Graph):
+                    out |= graph_symbols(v, True)
+    return out

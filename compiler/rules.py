@@ -71,18 +71,14 @@ def transpose(jvp: Graph, n: int, name: str, loc) -> Graph:
     key = id(jvp)
     if key in _transposed and _transposed[key][0] is jvp:
         return _transposed[key][1]
-    from .autodiff import backprop
+    from .autodiff import backprop, output_seeds
     from .builder import Emitter, fresh
     from .passes.dce import dce
     xs, ts = jvp.params[:n], jvp.params[n:]
     cts = [fresh(o.shape, o.dtype) for o in jvp.outputs]
     e = Emitter(jvp.nodes)
-    seeds = {}
-    for o, c in zip(jvp.outputs, cts):
-        if o.dtype in FLOATS:
-            seeds[o] = c if o not in seeds else e.add(seeds[o], c)
     wrt = [t for t in ts if t.dtype in FLOATS]
-    got = dict(zip(wrt, backprop(e, jvp, seeds, wrt)))
+    got = dict(zip(wrt, backprop(e, jvp, output_seeds(e, jvp.outputs, cts), wrt)))
     outs = [got.get(t) if got.get(t) is not None else e.zeros_like(x) for x, t in zip(xs, ts)]
     g = dce(Graph(f"{name}.vjp", tuple(xs) + tuple(ts) + tuple(cts), tuple(e.nodes), tuple(outs)))
     read = {i for m in g.nodes for i in m.ins} | set(g.outputs)

@@ -46,9 +46,9 @@ _finder = AdFinder()
 
 
 def install_import_hook(target: str | None = None):
-    """Let `import NAME` load NAME.ad, compiled for target (None: $GRADC_TARGET, else cpu); idempotent."""
-    if target is not None:
-        _finder.target = target
+    """Let `import NAME` load NAME.ad, compiled for target (None: $GRADC_TARGET, else cpu); idempotent.
+    Each call sets the target anew: a call without one goes back to the default."""
+    _finder.target = target
     if _finder not in sys.meta_path:
         sys.meta_path.append(_finder)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..control import bodies, is_control, result_types
-from ..ir import Graph, Node, symbols
+from ..ir import Graph, Node, graph_symbols
 
 
 @dataclass
@@ -85,7 +85,7 @@ def make_program(g: Graph, name: str | None = None) -> Program:
     prog.own_trips = own
     # the dims it is called with: those of its own shapes and those its bodies are called with,
     # less the trip counts its own loops define
-    need = _own_syms(g)
+    need = graph_symbols(g)
     for step in prog.steps:
         if isinstance(step, Control):
             for p in step.programs.values():
@@ -94,11 +94,3 @@ def make_program(g: Graph, name: str | None = None) -> Program:
     return prog
 
 
-def _own_syms(g: Graph) -> set:
-    out = set()
-    for p in g.params:
-        out |= symbols(p.shape)
-    for n in g.nodes:
-        if n.out.dtype != "tuple":
-            out |= symbols(n.out.shape)
-    return out
