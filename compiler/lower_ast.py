@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import keyword
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -12,50 +12,21 @@ import numpy as np
 from ..frontend import ast as A
 from ..frontend.diagnostics import PRELUDE, CompileError, Diagnostics, prelude_source
 from ..frontend.parse import parse
-from . import autodiff
 from .builder import INT_RANGE, Emitter, fresh, literal_dtype
-from .ir import DTYPES, FLOATS, Graph, ShapeError, Value, dim_add, dim_parts, type_str
+from .ir import DTYPES, Graph, ShapeError, Value, dim_add, dim_parts, type_str
 from .builtins import BUILTINS
 from .builtins_index import checked_index, is_index_array
 from .ops_nn import matmul_of
 from .records import RecordType, RecordValue, Struct
 from . import records as R
-from .values import DimRef, DType, FnValue
+from .transforms import Transforms, called_from
+from .values import Derived, DimRef, DType, FnValue, UserFn, is_const
 
 TRANSFORMS = ("grad", "value_and_grad", "vjp", "jvp", "vmap", "jacobian", "hessian")
 AUTODIFF = ("grad", "value_and_grad", "vjp", "jvp")
 # expressions inside expressions, and inlined calls inside calls, lower recursively: this bound
 # keeps the recursion well inside Python's stack (1,000 frames); chains a + b + c ... are a loop
 MAX_NESTING = 100
-
-
-@dataclass(eq=False)
-class UserFn(FnValue):
-    defn: A.FnDef
-    module: "Lowering"
-
-    @property
-    def name(self):
-        return self.defn.name
-
-    @property
-    def typed(self) -> bool:
-        return all(p.type is not None for p in self.defn.params)
-
-
-@dataclass(eq=False)
-class Derived(FnValue):
-    kind: str
-    base: FnValue
-    wrt: tuple
-    wrt_locs: tuple
-    loc: object
-    base_loc: object
-    name: str = ""
-    checkpoint: int = 0           # checkpoint=: 0 none, -1 every ceil(sqrt(n))-th state, k every k-th
-    axes: object = 0              # vmap's axes=: 0, None, or a tuple of them (one per parameter)
-    axes_loc: object = None
-    mode: str = ""                # jacobian's mode=: "forward", "reverse", or "" (by the sizes)
 
 
 # ---- values in expressions: Value, Python number, np.ndarray (array literal), tuple, FnValue
@@ -117,10 +88,6 @@ def _f64(x) -> np.float64:
 
 
 _PY_F64 = dict(_PY, div=lambda a, b: a / b)
-
-
-def _is_const(x):
-    return isinstance(x, (bool, int, float, np.ndarray))
 
 
 class Scope:
@@ -274,7 +241,7 @@ class Scope:
 
     def x_List(self, node):
         items = [self.expr(i) for i in node.items]
-        if all(_is_const(i) for i in items):
+        if all(is_const(i) for i in items):
             try:
                 arr = np.array(items)
             except ValueError:
@@ -292,7 +259,7 @@ class Scope:
     def x_UnOp(self, node):
         x = self.expr(node.operand)
         if node.op == "-":
-            if _is_const(x) and not isinstance(x, bool):
+            if is_const(x) and not isinstance(x, bool):
                 return -x
             return self.e.neg(self.as_value(x, node.operand))
         if isinstance(x, bool):
@@ -322,7 +289,7 @@ class Scope:
             return self.matmul(self.as_value(a, node.left), self.as_value(b, node.right))
         op = _binop_name(node.op)
         for x, n in ((a, node.left), (b, node.right)):
-            if not (isinstance(x, Value) or _is_const(x)):
+            if not (isinstance(x, Value) or is_const(x)):
                 raise CompileError(f"`{node.op}` needs array values, got {self.describe(x)}", n.loc)
         if op == "div" and any(isinstance(x, Value) and x.dtype in INT_RANGE for x in (a, b)):
             raise CompileError("`/` is not defined for integers", node.loc,
@@ -613,13 +580,6 @@ class Scope:
                 self.lets += [(f"{name}.{f}", x) for f, x in zip(val.names, val.values)]
 
 
-def _called_from(ex: CompileError, f: FnValue, node) -> CompileError:
-    """ex, with the call that inlined the function it happened in (a prelude loss, a user fn)."""
-    if ex.loc is not None and ex.loc != node.loc:
-        ex.notes += ((f"in the call of {f.name} here", node.loc),)
-    return ex
-
-
 # ---- the module
 
 
@@ -640,7 +600,7 @@ def _prelude() -> A.Program:
     return parse(prelude_source(), PRELUDE)
 
 
-class Lowering:
+class Lowering(Transforms):
     def __init__(self, program: A.Program, diagnostics: Diagnostics):
         self.diag = diagnostics
         self.globals = {}
@@ -672,13 +632,6 @@ class Lowering:
             return self.returns_tuple(f.base)
         return f.kind in ("value_and_grad", "jvp") or len(self.wrt_of(f)) > 1
 
-    def wrt_of(self, f: Derived):
-        if f.wrt:
-            return f.wrt
-        base = f.base
-        while isinstance(base, Derived):
-            base = base.base
-        return (base.defn.params[0].name,) if base.defn.params else ()
 
     # -- instantiating functions at argument types
 
@@ -701,10 +654,6 @@ class Lowering:
             self.stack.pop()
         self.cache[key] = g
         return g
-
-    def has_rules(self, f) -> bool:
-        return isinstance(f, UserFn) and f.module is self and f.name in self.rules and \
-            self.globals.get(f.name) is f
 
     def declared_types(self, f: UserFn) -> list:
         d = f.defn
@@ -734,196 +683,6 @@ class Lowering:
                      tuple(lets), self.returns_tuple(f), layout if R.has_records(layout) else ())
 
     # -- functions with derivative rules of their own (compiler/rules.py)
-
-    def _ruled_graph(self, f: UserFn, types, node) -> Graph:
-        """f at types as one `custom` node: what an exported f and the transforms of f see."""
-        primal, vjp, jvp = self.ruled(f, types, node)
-        params = [fresh(p.shape, p.dtype) for p in primal.params]
-        e = Emitter()
-        outs = self.emit_custom(e, primal, vjp, jvp, params, f.defn.loc)
-        return replace(primal, params=tuple(params), nodes=tuple(e.nodes), outputs=tuple(outs), names=())
-
-    @staticmethod
-    def emit_custom(e, primal, vjp, jvp, args, loc) -> list:
-        saved, e.loc = e.loc, loc
-        try:
-            tup = e.emit("custom", *args, fn=primal, vjp=vjp, jvp=jvp)
-            return [e.emit("item", tup, index=i, shape=o.shape, dtype=o.dtype) for i, o in enumerate(primal.outputs)]
-        finally:
-            e.loc = saved
-
-    def ruled(self, f: UserFn, types, node) -> tuple:
-        """(body, vjp rule, jvp rule) graphs of f at argument types; a rule f lacks is None."""
-        key = (id(f), tuple(types) if types is not None else None, "rules")
-        if key in self.cache:
-            return self.cache[key]
-        primal = self.instantiate(f, types, node, plain=True)
-        if types is None:
-            types = self.declared_types(f)
-        outs = [R.type_of(o) for o in R.group(list(primal.outputs), R.output_entries(primal))]
-        rules = self.rules[f.name]
-        saved = self.stack
-        # inside its own rules, a call of f runs f's body (a rule may use the function it belongs to)
-        self.stack = [x for x in self.stack if x is not f]
-        self.plain.add(f)
-        try:
-            vjp = self._rule(f, "vjp", list(types), list(types) + outs, node) if "vjp" in rules else None
-            jvp = self._rule(f, "jvp", outs, list(types) + list(types), node) if "jvp" in rules else None
-        finally:
-            self.plain.discard(f)
-            self.stack = saved
-        self.cache[key] = (primal, vjp, jvp)
-        return primal, vjp, jvp
-
-    def _rule(self, f: UserFn, kind, want, types, node) -> Graph:
-        """The graph of f's rule at types; its results must have the types in want (those of f's
-        parameters for vjp, of f's results for jvp), where they are floating point."""
-        rule = self.rules[f.name][kind]
-        d = rule.defn
-        n = len(f.defn.params)
-        if len(d.params) != len(types):
-            what = ("one cotangent per result of" if kind == "vjp" else "one tangent per parameter of")
-            raise CompileError(f"the {kind} rule of {f.name} takes {f.name}'s {n} parameter(s) and "
-                               f"{what} {f.name} ({len(types)} in all), but has {len(d.params)}",
-                               d.loc, [("in the call of " + f.name + " here", node.loc)] if node.loc != f.defn.loc
-                               else ())
-        g = self.instantiate(rule, types, node)
-        got = R.group(list(g.outputs), R.output_entries(g))
-        ret = [st for st in d.body if isinstance(st, A.Return)]
-        at = ret[-1].loc if ret else d.loc
-        what = "cotangent per parameter" if kind == "vjp" else "tangent per result"
-        if len(got) != len(want):
-            raise CompileError(f"the {kind} rule of {f.name} must return one {what} ({len(want)}), "
-                               f"but returns {len(got)}", at)
-        names = [p.name for p in f.defn.params] if kind == "vjp" else [None] * len(want)
-        for i, (v, w) in enumerate(zip(got, want)):
-            floats = all(dt in FLOATS for _, dt in (w.types if isinstance(w, RecordType) else [w]))
-            if not floats or R.type_of(v) == w:
-                continue
-            shown = (lambda t: t.struct if isinstance(t, RecordType) else type_str(*t))
-            whose = f"the cotangent of '{names[i]}'" if kind == "vjp" else f"the tangent of result {i}"
-            raise CompileError(f"the {kind} rule of {f.name} returns {shown(R.type_of(v))} as {whose}, "
-                               f"which must be {shown(w)}", at)
-        return g
-
-    def _derived(self, f: Derived, types, node) -> Graph:
-        if f.kind == "vmap":
-            return self._vmap(f, types, node)
-        base_types = None
-        if types is not None:
-            base_types = types[:self._arity(f.base)]
-        base = self.instantiate(f.base, base_types, node)
-        if f.checkpoint:
-            from .control import checkpoint_loops
-            base = checkpoint_loops(base, f.checkpoint)
-        wrt = self.wrt_of(f)
-        flat, entries = R.expand_wrt(base, wrt)
-        warn = lambda msg: self.diag.warn(msg, f.loc)
-        try:
-            if f.kind in ("grad", "value_and_grad"):
-                g = autodiff.grad(base, flat, f.name, f.kind == "value_and_grad", warn)
-            elif f.kind in ("jacobian", "hessian"):
-                from . import jacobian
-                g = getattr(jacobian, f.kind)(base, flat, f.name, f.mode, warn)
-            else:
-                g = getattr(autodiff, f.kind)(base, flat, f.name, warn)
-        except autodiff.AutodiffError as ex:
-            loc = f.base_loc
-            for name, l in zip(f.wrt, f.wrt_locs):
-                if f"'{name}'" in str(ex) or f"'{name}." in str(ex):
-                    loc = l
-            raise CompileError(str(ex), loc, ex.notes) from None
-        except CompileError as ex:      # a derivative rule that does not serve this transform
-            if ex.loc != f.loc and not any(isinstance(n, tuple) and n[1] == f.loc for n in ex.notes):
-                ex.notes += ((f"in {f.kind}({f.base.name}) here", f.loc),)
-            raise
-        return self._derived_layout(f.kind, base, wrt, entries, g)
-
-    @staticmethod
-    def _derived_layout(kind, base, wrt, entries, g) -> Graph:
-        """g, a transform of base, with the records of its parameters and results."""
-        ps, os_ = R.param_entries(base), R.output_entries(base)
-        if not R.has_records((ps, os_, entries)):
-            return g
-        names = list(g.param_names)
-        if kind in ("grad", "value_and_grad"):
-            outs, out_tuple = ([None] if kind == "value_and_grad" else []) + entries, \
-                kind == "value_and_grad" or len(wrt) > 1
-        elif kind in ("jacobian", "hessian"):      # plain arrays, one per field of a record wrt
-            outs, out_tuple = [None] * len(g.outputs), len(g.outputs) > 1
-        elif kind == "vjp":
-            outs, out_tuple = entries, len(wrt) > 1
-            names = list(base.param_names)
-            for i, en in enumerate(os_):
-                ct = "ct" if len(os_) == 1 else f"ct{i}"
-                names += [ct] if en is None else [f"{ct}.{k}" for k in en[1]]
-            ps = ps + os_
-        else:
-            outs, out_tuple = os_ + os_, True
-            ps = ps + entries
-        return replace(g, param_names=tuple(names), out_tuple=out_tuple, layout=(tuple(ps), tuple(outs)))
-
-    def _arity(self, f: FnValue) -> int:
-        if isinstance(f, UserFn):
-            return len(f.defn.params)
-        return self._arity(f.base)
-
-    def _nparams(self, f: FnValue):
-        """How many parameters f takes (None: known once it is instantiated, as vjp's)."""
-        if isinstance(f, UserFn):
-            return len(f.defn.params)
-        n = None if f.kind == "vjp" else self._nparams(f.base)
-        if n is not None and f.kind == "jvp":
-            n += len(self.wrt_of(f))
-        return n
-
-    def _vmap(self, f: Derived, types, node) -> Graph:
-        """The graph of vmap(f): f instantiated at the rows' types, then batched."""
-        from .batching import BatchError, new_dim, vmap
-        what = f"vmap({f.base.name})"
-        if types is None:
-            base = self.instantiate(f.base, None, node)
-            mapped = self._mapped(f, len(base.params))
-            size = new_dim(base)
-        else:
-            mapped = self._mapped(f, len(types))
-            sizes = []
-            for k, ((shape, dtype), m) in enumerate(zip(types, mapped)):
-                if m and not shape:
-                    raise CompileError(f"{what} maps over axis 0 of argument {k + 1}, but it is a scalar "
-                                       f"({dtype})", node.loc)
-                if m:
-                    sizes.append((shape[0], k))
-            for (d, k) in sizes[1:]:
-                if d != sizes[0][0]:
-                    raise CompileError(f"{what}: the mapped arguments differ in size on axis 0: argument "
-                                       f"{sizes[0][1] + 1} has {sizes[0][0]}, argument {k + 1} has {d}", node.loc)
-            size = sizes[0][0]
-            rows = [(tuple(shape[1:]), dtype) if m else (tuple(shape), dtype)
-                    for (shape, dtype), m in zip(types, mapped)]
-            base = self.instantiate(f.base, rows, node)
-            if len(base.params) != len(types):
-                raise CompileError(f"{what} takes {len(base.params)} argument(s), but {len(types)} were given",
-                                   node.loc)
-        try:
-            return vmap(base, mapped, f.name, size)
-        except BatchError as ex:
-            raise CompileError(f"{what}: {ex}", f.loc) from None
-
-    def _mapped(self, f: Derived, n: int) -> list:
-        """Which of n parameters vmap maps, from its axes=."""
-        axes, what = f.axes, f"vmap({f.base.name})"
-        if isinstance(axes, tuple):
-            if len(axes) != n:
-                raise CompileError(f"{what}: axes has {len(axes)} entries, but {f.base.name} takes {n} "
-                                   "parameter(s)", f.axes_loc)
-            mapped = [a is not None for a in axes]
-        else:
-            mapped = [axes is not None] * n
-        if not any(mapped):
-            raise CompileError(f"{what} maps over no parameter", f.axes_loc or f.loc,
-                               ["give axis 0 to at least one parameter"])
-        return mapped
 
     def bind(self, d: A.FnDef, args, node):
         """Check call arguments against a function's declared types; bind its dimension names."""
@@ -1034,7 +793,7 @@ class Lowering:
             try:
                 outs, _ = self.body(f, vals, scope.e, node)
             except CompileError as ex:
-                raise _called_from(ex, f, node) from None
+                raise called_from(ex, f, node) from None
             finally:
                 self.stack.pop()
                 scope.e.loc = saved
@@ -1046,7 +805,7 @@ class Lowering:
         try:
             g = self.instantiate(f, [R.type_of(v) for v in vals], node)
         except CompileError as ex:
-            raise _called_from(ex, f, node) from None
+            raise called_from(ex, f, node) from None
         if len(vals) != len(R.param_entries(g)):
             raise CompileError(f"{f.name} takes {len(R.param_entries(g))} argument(s), but {len(args)} were given",
                                node.loc)
@@ -1059,21 +818,6 @@ class Lowering:
                     raise CompileError(f"argument of {f.name}: expected {p.type}, got {x.type}", n.loc)
         return tuple(R.group(list(scope.e.call(g, *R.flatten(vals))), R.output_entries(g)))
 
-    def _call_ruled(self, f: UserFn, vals, node, scope):
-        """A call of a function with rules of its own: one `custom` node."""
-        vals = list(vals)
-        for i, (a, n) in enumerate(zip(vals, node.args)):
-            if _is_const(a):
-                vals[i] = scope.as_value(a, n)
-            elif not isinstance(a, (Value, RecordValue)):
-                raise CompileError(f"{f.name} has derivative rules of its own: its arguments must be array "
-                                   f"values or records, got {scope.describe(a)}", n.loc)
-        try:
-            primal, vjp, jvp = self.ruled(f, [R.type_of(a) for a in vals], node)
-        except CompileError as ex:
-            raise _called_from(ex, f, node) from None
-        outs = self.emit_custom(scope.e, primal, vjp, jvp, R.flatten(vals), node.loc)
-        return tuple(R.group(outs, R.output_entries(primal)))
 
     # -- the module
 
@@ -1114,7 +858,7 @@ class Lowering:
                 v.name = item.targets[0]
                 self.globals[v.name] = v
                 self._export(mod, v.name, v, item)
-            elif _is_const(v):
+            elif is_const(v):
                 self.globals[item.targets[0]] = v
             else:
                 raise CompileError(f"a top-level let binds a derived function or a constant, not "
@@ -1149,39 +893,6 @@ class Lowering:
                                        "numbers or names", t.loc)
             fields.append((fd.name, t.dims, t.dtype))
         self.structs[item.name] = Struct(item.name, tuple(fields), item.loc)
-
-    def _rule_def(self, r: A.RuleDef, fns):
-        """A vjp or jvp rule: its function must be in this file, its parameters named as the function's."""
-        f = fns.get(r.name)
-        if f is None:
-            close = difflib.get_close_matches(r.name, list(fns), n=1)
-            raise CompileError(f"{r.kind} rule for '{r.name}', which is not a function of this file", r.loc,
-                               [f"did you mean '{close[0]}'?"] if close else ())
-        rules = self.rules.setdefault(r.name, {})
-        if r.kind in rules:
-            raise CompileError(f"{r.name} has two {r.kind} rules", r.loc,
-                               [("the first is here", rules[r.kind].defn.loc)])
-        n = len(f.params)
-        extra = "one cotangent per result" if r.kind == "vjp" else "one tangent per parameter"
-        if len(r.params) <= n or (r.kind == "jvp" and len(r.params) != 2 * n):
-            raise CompileError(f"the {r.kind} rule of {r.name} takes {r.name}'s {n} parameter(s), then "
-                               f"{extra}; it has {len(r.params)} parameter(s)", r.loc,
-                               [f"write: {r.kind} {r.name}({', '.join(p.name for p in f.params)}, "
-                                + ("g" if r.kind == "vjp" else ", ".join("t_" + p.name for p in f.params))
-                                + ") { ... }"])
-        for k, (p, q) in enumerate(zip(r.params, f.params)):
-            if p.name != q.name:
-                raise CompileError(f"parameter {k + 1} of the {r.kind} rule of {r.name} is '{p.name}', but "
-                                   f"{r.name} calls it '{q.name}'", p.loc,
-                                   ["a rule names the function's parameters as the function does"])
-        seen = set()
-        for p in r.params:
-            if p.name in seen:
-                raise CompileError(f"parameter '{p.name}' appears twice in the {r.kind} rule of {r.name}", p.loc)
-            seen.add(p.name)
-        defn = A.FnDef(r.loc, f"{r.name}.{r.kind}", r.params, None, False, r.body)
-        self._check_fn(defn)
-        rules[r.kind] = UserFn(defn, self)
 
     def _check_fn(self, d: A.FnDef):
         """What a function's definition alone gets wrong: parameters, types, unreachable statements."""
