@@ -65,6 +65,9 @@ def tune_malloc():
 
 # the thread count every loaded module reads at each call (its gradc_num_threads points here)
 _threads = ctypes.c_int32(1)
+# {lock, calls of gradc inside a region that multiplies, BLAS's thread count to restore}: one
+# per process, shared by every module (compiler/codegen/cpu/parallel.py, blas_single)
+_blas_state = (ctypes.c_int64 * 3)()
 
 
 def _default_threads() -> int:
@@ -188,7 +191,14 @@ def _find_blas():
             _state["blas_lib"] = lib           # keep it loaded
             addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value
             gemv = [getattr(lib, pattern.format(t).replace("gemm", "gemv"), None) for t in "sd"]
-            return addr(s), addr(d), ilp64, *(addr(f) if f is not None else None for f in gemv)
+            # OpenBLAS's thread count, set to one while gradc's own threads multiply matrices
+            threads = [next((getattr(lib, n) for n in names if hasattr(lib, n)), None) for names in (
+                ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"),
+                ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"))]
+            if None in threads:
+                threads = [None, None]
+            return (addr(s), addr(d), ilp64, *(addr(f) if f is not None else None for f in gemv),
+                    *(addr(f) if f is not None else None for f in threads))
     return None
 
 
@@ -211,7 +221,9 @@ def patch_globals(code):
     gomp = _state["gomp"] or [None] * 4
     values = {"gradc_blas_sgemm": blas and blas[0], "gradc_blas_dgemm": blas and blas[1],
               "gradc_blas_sgemv": blas and blas[3], "gradc_blas_dgemv": blas and blas[4],
-              "gradc_num_threads": ctypes.addressof(_threads)}
+              "gradc_num_threads": ctypes.addressof(_threads),
+              "gradc_blas_get_threads": blas and blas[5], "gradc_blas_set_threads": blas and blas[6],
+              "gradc_blas_state": blas and blas[5] and ctypes.addressof(_blas_state)}
     values.update(zip(("gradc_gomp_parallel", "gradc_gomp_barrier", "gradc_omp_thread_num",
                        "gradc_omp_num_threads"), gomp))
     for i in range(code.n_objects):
