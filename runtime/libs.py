@@ -144,12 +144,15 @@ def _load_gomp(path):
     """Load libgomp with a short spin-wait unless the user chose one.
 
     Its idle workers otherwise spin for about a millisecond after each region, taking the cores
-    that OpenBLAS's threads need for the next matmul (W4 ran 6x slower on 2 cores). libgomp reads
-    the setting once, when loaded, so the environment is restored right after.
+    that OpenBLAS's threads need for the next matmul (W4 ran 6x slower on 2 cores). A region that
+    multiplies runs the products on these same workers, OpenBLAS's threads off, so a short
+    spin (30,000) keeps them awake across its barriers (a wake-up per barrier cost the CNN step
+    0.7 ms of 6.4). libgomp reads the setting once, when loaded, so the environment is
+    restored right after.
     """
     if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
         return ctypes.CDLL(path)
-    os.environ["GOMP_SPINCOUNT"] = "1000"
+    os.environ["GOMP_SPINCOUNT"] = "30000"
     try:
         return ctypes.CDLL(path)
     finally:
