@@ -65,6 +65,9 @@ def tune_malloc():
 
 # the thread count every loaded module reads at each call (its gradc_num_threads points here)
 _threads = ctypes.c_int32(1)
+# {lock, calls of gradc inside a region that multiplies, BLAS's thread count to restore}: one
+# per process, shared by every module (compiler/codegen/cpu/parallel.py, blas_single)
+_blas_state = (ctypes.c_int64 * 3)()
 
 
 def _default_threads() -> int:
@@ -141,12 +144,15 @@ def _load_gomp(path):
     """Load libgomp with a short spin-wait unless the user chose one.
 
     Its idle workers otherwise spin for about a millisecond after each region, taking the cores
-    that OpenBLAS's threads need for the next matmul (W4 ran 6x slower on 2 cores). libgomp reads
-    the setting once, when loaded, so the environment is restored right after.
+    that OpenBLAS's threads need for the next matmul (W4 ran 6x slower on 2 cores). A region that
+    multiplies runs the products on these same workers, OpenBLAS's threads off, so a short
+    spin (30,000) keeps them awake across its barriers (a wake-up per barrier cost the CNN step
+    0.7 ms of 6.4). libgomp reads the setting once, when loaded, so the environment is
+    restored right after.
     """
     if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
         return ctypes.CDLL(path)
-    os.environ["GOMP_SPINCOUNT"] = "1000"
+    os.environ["GOMP_SPINCOUNT"] = "30000"
     try:
         return ctypes.CDLL(path)
     finally:
@@ -188,7 +194,14 @@ def _find_blas():
             _state["blas_lib"] = lib           # keep it loaded
             addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value
             gemv = [getattr(lib, pattern.format(t).replace("gemm", "gemv"), None) for t in "sd"]
-            return addr(s), addr(d), ilp64, *(addr(f) if f is not None else None for f in gemv)
+            # OpenBLAS's thread count, set to one while gradc's own threads multiply matrices
+            threads = [next((getattr(lib, n) for n in names if hasattr(lib, n)), None) for names in (
+                ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"),
+                ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"))]
+            if None in threads:
+                threads = [None, None]
+            return (addr(s), addr(d), ilp64, *(addr(f) if f is not None else None for f in gemv),
+                    *(addr(f) if f is not None else None for f in threads))
     return None
 
 
@@ -211,7 +224,9 @@ def patch_globals(code):
     gomp = _state["gomp"] or [None] * 4
     values = {"gradc_blas_sgemm": blas and blas[0], "gradc_blas_dgemm": blas and blas[1],
               "gradc_blas_sgemv": blas and blas[3], "gradc_blas_dgemv": blas and blas[4],
-              "gradc_num_threads": ctypes.addressof(_threads)}
+              "gradc_num_threads": ctypes.addressof(_threads),
+              "gradc_blas_get_threads": blas and blas[5], "gradc_blas_set_threads": blas and blas[6],
+              "gradc_blas_state": blas and blas[5] and ctypes.addressof(_blas_state)}
     values.update(zip(("gradc_gomp_parallel", "gradc_gomp_barrier", "gradc_omp_thread_num",
                        "gradc_omp_num_threads"), gomp))
     for i in range(code.n_objects):

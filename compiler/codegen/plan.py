@@ -51,6 +51,10 @@ def make_plan(g: Graph) -> Plan:
                 cheap.add(n.out)
                 flops[n.out] = f
 
+    # a layout op that is not cheap (it sums many elements per element: col2im, the scans) is
+    # stored once: its consumers (the windows of a pooling adjoint, say) may read each element
+    # several times
+    reread = {n.out for n in g.nodes if OPS[n.op].kind == "layout" and OPS[n.op].cheap is None}
     owners = {}              # value -> roots whose loops compute it inline
     need_buffer = set()
     mat = set()
@@ -62,7 +66,7 @@ def make_plan(g: Graph) -> Plan:
             continue
         kind = OPS[n.op].kind
         if v in outputs or v in need_buffer or kind in ("reduce", "matmul", "scatter") or \
-                (len(own) > 1 and v not in cheap):
+                (len(own) > 1 and v not in cheap) or v in reread:
             mat.add(v)
             own = {v}
         if kind == "matmul":

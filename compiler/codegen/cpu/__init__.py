@@ -15,14 +15,15 @@ from llvmlite import ir
 from llvmlite.binding import ffi
 
 from ...control import has_control
-from .blas import BLAS_GLOBALS, GEMV_GLOBALS, ILP64_GLOBAL
+from .blas import BLAS_GLOBALS, BLAS_THREAD_GLOBALS, GEMV_GLOBALS, ILP64_GLOBAL
 from .link import link_shared
 from .driver import lower_program_graph
 from .parallel import OMP_GLOBALS, THREADS_GLOBAL, lower_graph
 from .vecmath import add_vector_variants
 
 # what the loader patches (runtime/libs.py), in every module's copy
-LOADER_GLOBALS = (*OMP_GLOBALS, THREADS_GLOBAL, *BLAS_GLOBALS.values(), *GEMV_GLOBALS.values(), ILP64_GLOBAL)
+LOADER_GLOBALS = (*OMP_GLOBALS, THREADS_GLOBAL, *BLAS_GLOBALS.values(), *GEMV_GLOBALS.values(), ILP64_GLOBAL,
+                  *BLAS_THREAD_GLOBALS)
 
 _init_lock = threading.Lock()
 _initialized = False

@@ -17,6 +17,10 @@ ONE = ir.Constant(I64, 1)
 BLAS_GLOBALS = {"f32": "gradc_blas_sgemm", "f64": "gradc_blas_dgemm"}
 GEMV_GLOBALS = {"f32": "gradc_blas_sgemv", "f64": "gradc_blas_dgemv"}
 ILP64_GLOBAL = "gradc_blas_ilp64"
+# BLAS's own thread count (OpenBLAS's get/set entry points) and the address of a process-wide
+# record {lock, calls inside, count to restore}: while a parallel region multiplies matrices
+# on gradc's threads, BLAS runs on the calling thread (parallel.py, blas_single)
+BLAS_THREAD_GLOBALS = ("gradc_blas_get_threads", "gradc_blas_set_threads", "gradc_blas_state")
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 

@@ -19,6 +19,8 @@ PARALLEL_MIN = 1 << 16
 # and scalar remainder cover the same elements as one thread's would: identical results
 ALIGN = 256
 ROW_ALIGN = 64
+# a product of at least this many multiply-adds is shared among the threads of a region
+MATMUL_SPLIT_MIN = 1 << 18
 
 
 class FunctionLowering(ElementLowering):
@@ -137,24 +139,59 @@ class FunctionLowering(ElementLowering):
         self.nest(upd.shape, add)
 
     def matmul(self, n):
-        """One gemm per batch (none for an unbatched product, or one whose batch is more rows)."""
+        """One gemm per batch (none for an unbatched product, or one whose batch is more rows).
+        In a parallel region the threads share the work: the batches, else the rows of the
+        product (its columns where it has fewer rows), each thread one contiguous part."""
         p = product(self.plan, n)
         t = STORE_TYPES[n.out.dtype]
+        e = self.entry
         M, K, N = self.size(p.m), self.size(p.k), self.size(p.n)
         fn = gemm_function(self.module, n.out.dtype)
         lda = M if p.ta else K
         ldb = K if p.tb else N
         flags = [ir.Constant(I32, int(p.ta)), ir.Constant(I32, int(p.tb))]
         A, B, C = self.bufs[p.a], self.bufs[p.b], self.bufs[n.out]
-        if not p.batch or p.folds:
-            rows = self.entry.mul(self.size(p.batch), M) if p.batch else M
-            self.b.call(fn, flags + [rows, N, K, A, lda, B, ldb, C, N])
-            return
         b = self.b
-        mk, kn, mn = self.entry.mul(M, K), self.entry.mul(K, N), self.entry.mul(M, N)
-        with counted_loop(b, self.size(p.batch), prefix="batch.") as i:
+        if not p.batch or p.folds:
+            rows = e.mul(self.size(p.batch), M) if p.batch else M
+            work = e.mul(e.mul(rows, N), K)
+            by_rows = e.icmp_signed(">=", rows, N)
+            length = e.select(by_rows, rows, N)
+            split = self._share(work, length)
+            lo, hi = self._part(length, split)
+            part = e.sub(hi, lo)
+            a_off = e.select(by_rows, lo if p.ta else e.mul(lo, lda), ZERO)
+            b_off = e.select(by_rows, ZERO, e.mul(lo, ldb) if p.tb else lo)
+            c_off = e.select(by_rows, e.mul(lo, N), lo)
+            pa = b.gep(A, [a_off], source_etype=t)
+            pb = b.gep(B, [b_off], source_etype=t)
+            pc = b.gep(C, [c_off], source_etype=t)
+            b.call(fn, flags + [e.select(by_rows, part, rows), e.select(by_rows, N, part), K,
+                                pa, lda, pb, ldb, pc, N])
+            return
+        mk, kn, mn = e.mul(M, K), e.mul(K, N), e.mul(M, N)
+        total = self.size(p.batch)
+        lo, hi = self._part(total, self._share(e.mul(e.mul(total, mn), K), total))
+        with counted_loop(b, e.sub(hi, lo), prefix="batch.") as j:
+            i = b.add(j, lo)
             idx = unflatten(self, b, i, p.batch)
             pa = b.gep(A, [b.mul(batch_offset(self, b, idx, p.a_batch, p.batch), mk)], source_etype=t)
             pb = b.gep(B, [b.mul(batch_offset(self, b, idx, p.b_batch, p.batch), kn)], source_etype=t)
             pc = b.gep(C, [b.mul(i, mn)], source_etype=t)
             b.call(fn, flags + [M, N, K, pa, lda, pb, ldb, pc, N])
+
+    def _share(self, work, length):
+        """Whether the threads share a product: several of them, enough multiply-adds, and
+        something to cut."""
+        e = self.entry
+        big = e.icmp_signed(">=", work, ir.Constant(I64, MATMUL_SPLIT_MIN))
+        return e.and_(e.and_(e.icmp_signed(">", self.nth, ONE), big), e.icmp_signed(">=", length, ir.Constant(I64, 2)))
+
+    def _part(self, length, split):
+        """(lo, hi) of this thread's contiguous part of range(length): all on thread 0 unless split."""
+        e = self.entry
+        per = e.sdiv(e.add(length, e.sub(self.nth, ONE)), self.nth)
+        umin = lambda x, y: e.select(e.icmp_signed("<", x, y), x, y)
+        lo = umin(e.mul(self.tid, per), length)
+        hi = umin(e.add(lo, per), length)
+        return e.select(split, lo, ZERO), e.select(split, hi, e.select(self.is_first, length, ZERO))

@@ -6,12 +6,13 @@ from llvmlite import ir
 from ...ir import Graph
 from ...ops import OPS
 from ..element import acc_dtype, counted_loop
-from .blas import _Callee
+from .blas import BLAS_THREAD_GLOBALS, _Callee
 from .direct import add_direct_entries
 from .function import ONE, PARALLEL_MIN, PTR, FunctionLowering
 from ..plan import make_plan
 from ..scalar import I64, LLTYPES, SIZES
 from .schedule import make_schedule
+from ..products import product
 
 I32 = ir.IntType(32)
 BIT = ir.IntType(1)
@@ -31,6 +32,12 @@ def symbol(name: str) -> str:
 def _globals(module):
     gvs = {}
     for name in OMP_GLOBALS:
+        gv = module.globals.get(name)
+        if gv is None:
+            gv = ir.GlobalVariable(module, PTR, name)
+            gv.initializer = ir.Constant(PTR, None)
+        gvs[name] = gv
+    for name in BLAS_THREAD_GLOBALS:
         gv = module.globals.get(name)
         if gv is None:
             gv = ir.GlobalVariable(module, PTR, name)
@@ -61,10 +68,6 @@ def lower_graph(module: ir.Module, g: Graph, fast_math: bool = False, cached_are
     driver calls its body once per iteration; the caller frees it). No direct entries then."""
     plan = make_plan(g)
     sched = make_schedule(g, plan)
-    if any(OPS[n.op].kind == "matmul" for n in g.nodes):
-        # BLAS's idle threads busy-wait after each product; a team of ours beside them made
-        # these functions slower on 2 cores, so their loops stay on the calling thread
-        sched.segments = [(False, idxs) for _, idxs in sched.segments]
     gvs = _globals(module)
     n_in, n_out = len(g.params), len(g.outputs)
     n_ptr = n_in + n_out + len(sched.slots)
@@ -264,17 +267,70 @@ def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_o
             test(r)
             continue
         work = ir.Constant(I64, 0)
+        products = False
         for i in idxs:
             for steps, part in sched.phases[i]:
                 if part == 0:
-                    work = b.add(work, L.size(steps[0].space))
+                    w = L.size(steps[0].space)
+                    if steps[0].matmul:
+                        products = True
+                        w = b.mul(w, L.size(product(plan, steps[0].node).k))
+                    work = b.add(work, w)
         go = b.and_(b.icmp_signed(">", nth, ONE), b.icmp_signed(">=", work, ir.Constant(I64, PARALLEL_MIN)))
         with b.if_else(go) as (par_blk, ser_blk):
             with par_blk:
+                if products:
+                    blas_single(b, gvs, True)
                 _call_ptr(b, gvs["gradc_gomp_parallel"], VOID, [PTR, PTR, I32, I32],
                           [regions[r], ctx, b.trunc(nth, I32), ir.Constant(I32, 0)])
+                if products:
+                    blas_single(b, gvs, False)
             with ser_blk:
                 serial(idxs)
         test(r)
     free()
     L.finish(ir.Constant(I32, OK))
+
+
+def blas_single(b, gvs, enter: bool):
+    """Around a parallel region that multiplies matrices: BLAS's own threads off while it runs.
+
+    Each of gradc's threads calls BLAS for its share of a product; BLAS's threads, busy-waiting
+    between products, would take the cores from them (on 2 cores a team of each made a CNN step
+    slower than one thread). The process-wide record {lock, calls inside, saved count} counts
+    the calls inside such regions, from every module and thread: the first in saves BLAS's
+    thread count and sets it to 1, the last out puts it back. A spin lock (a few instructions
+    are held under it) keeps the count and the setting in step. Nothing happens where the
+    loader found no OpenBLAS thread control."""
+    state = b.load(gvs["gradc_blas_state"], typ=PTR)
+    get = b.load(gvs["gradc_blas_get_threads"], typ=PTR)
+    put = b.load(gvs["gradc_blas_set_threads"], typ=PTR)
+    have = b.and_(b.icmp_unsigned("!=", state, ir.Constant(PTR, None)),
+                  b.and_(b.icmp_unsigned("!=", get, ir.Constant(PTR, None)),
+                         b.icmp_unsigned("!=", put, ir.Constant(PTR, None))))
+    fn = b.function
+    with b.if_then(have):
+        spin = fn.append_basic_block("blas.lock")
+        held = fn.append_basic_block("blas.held")
+        b.branch(spin)
+        b.position_at_end(spin)
+        got = b.cmpxchg(state, ir.Constant(I64, 0), ir.Constant(I64, 1), "acquire", "monotonic")
+        b.cbranch(b.extract_value(got, 1), held, spin)
+        b.position_at_end(held)
+        count = b.gep(state, [ir.Constant(I64, 1)], source_etype=I64)
+        saved = b.gep(state, [ir.Constant(I64, 2)], source_etype=I64)
+        c = b.load(count, typ=I64)
+        if enter:
+            b.store(b.add(c, ONE), count)
+            with b.if_then(b.icmp_signed("==", c, ir.Constant(I64, 0))):
+                n = b.sext(b.call(_Callee(get, ir.FunctionType(I32, [])), []), I64)
+                b.store(n, saved)
+                with b.if_then(b.icmp_signed(">", n, ONE)):
+                    b.call(_Callee(put, ir.FunctionType(VOID, [I32])), [ir.Constant(I32, 1)])
+        else:
+            c = b.sub(c, ONE)
+            b.store(c, count)
+            n = b.load(saved, typ=I64)
+            with b.if_then(b.and_(b.icmp_signed("==", c, ir.Constant(I64, 0)), b.icmp_signed(">", n, ONE))):
+                b.call(_Callee(put, ir.FunctionType(VOID, [I32])), [b.trunc(n, I32)])
+        b.atomic_rmw("xchg", state, ir.Constant(I64, 0), "release")

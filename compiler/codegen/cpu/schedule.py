@@ -21,9 +21,10 @@ class Step:
 
     @property
     def alone(self) -> bool:
-        """A matrix product, or a scatter (threads would race on repeated indices): a phase of
-        its own, outside any parallel region."""
-        return self.node is not None and OPS[self.node.op].kind in ("matmul", "scatter")
+        """A scatter (threads would race on repeated indices): a phase of its own, outside any
+        parallel region. A matrix product runs inside one, its rows (or columns, or batches)
+        shared among the threads (function.py, matmul)."""
+        return self.node is not None and OPS[self.node.op].kind == "scatter"
 
     @property
     def space(self) -> tuple:
