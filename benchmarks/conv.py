@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent.parent.parent))
 
 SRC = """
 fn loss(x: f32[N, 16, 28, 28], w: f32[32, 16, 3, 3], g: f32[N, 32, 28, 28]) -> f32 {
