@@ -493,4 +493,4 @@ def _pool(b, n, ins, mapped):
     return b.emit(n, [v if m else b.lift(v) for v, m in zip(ins, mapped)]), True
 
 
-_set(("pool_argmax", "pool_gather", "pool_scatter"), _pool)
+_set(("pool_max", "pool_argmax", "pool_gather", "pool_scatter"), _pool)

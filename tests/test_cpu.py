@@ -444,6 +444,7 @@ _POOL_OVER = dict(kernel=(2, 2), stride=(2, 1), padding=(1, 1), dilation=(1, 1))
 _POOL_APART = dict(kernel=(2, 2), stride=(3, 2), padding=(1, 0), dilation=(1, 1))
 CASES += [
     _case("pool_argmax", [(("N", 2, 5, 4), "F", "ties")], lambda e, x: e.pool_argmax(x, **_POOL_OVER)),
+    _case("pool_max", [(("N", 2, 5, 4), "F", "ties")], lambda e, x: e.pool_max(x, **_POOL_OVER)),
     _case("pool_gather", [(("N", 2, 5, 4), "F", "ties"), (("N", 2, 5, 4), "F", "any")],
           lambda e, x, y: e.pool_gather(y, e.pool_argmax(x, **_POOL_OVER), fill=0.0, **_POOL_OVER)),
     _case("pool_scatter", [(("N", 2, 5, 4), "F", "ties"), (("N", 2, 3, 5), "F", "any")],

@@ -119,6 +119,8 @@ BUILDERS["custom"] = rc.ruled
 # overlapping with padding (fill 0 there, so finite differences see no infinity) or apart
 _POOL_R = np.random.default_rng(3)
 CASES += [
+    ("pool_max", [((1, 2, 4, 5), "any")], {"kernel": (2, 2), "stride": (1, 2), "padding": (1, 1), "dilation": (1, 1)}),
+    ("pool_max", [((2, 7, 5), "any")], {"kernel": (2, 2), "stride": (3, 2), "padding": (1, 0), "dilation": (1, 1)}),
     ("pool_gather", [((1, 2, 4, 5), "any")], {"idx": _POOL_R.integers(0, 4, (1, 2, 5, 3)).tolist(),
      "kernel": (2, 2), "stride": (1, 2), "padding": (1, 1), "dilation": (1, 1), "fill": 0.0}),
     ("pool_scatter", [((1, 2, 5, 3), "any")], {"idx": _POOL_R.integers(0, 4, (1, 2, 5, 3)).tolist(),

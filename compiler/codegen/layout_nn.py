@@ -147,8 +147,9 @@ def _winner(L, idx_v, at, size):
     return b.select(b.icmp_signed(">", j, _c(size - 1)), _c(size - 1), j)
 
 
-@index_map("pool_argmax")
-def _pool_argmax(L, n, idx):
+def _pool_scan(L, n, idx):
+    """(maximum, i32 index of the winner) of the window at idx: the chain of where(x_k > m or
+    x_k != x_k, x_k, m) over the offsets in row-major order."""
     x, kw = n.ins[0], n.kw
     r = len(kw["kernel"])
     lead = len(idx) - r
@@ -163,7 +164,17 @@ def _pool_argmax(L, n, idx):
             continue
         win = b.or_(cg.gt(v, best), cg.ne(v, v))
         best, arg = b.select(win, v, best), b.select(win, ir.Constant(I32, j), arg)
-    return arg
+    return best, arg
+
+
+@index_map("pool_max")
+def _pool_max(L, n, idx):
+    return _pool_scan(L, n, idx)[0]
+
+
+@index_map("pool_argmax")
+def _pool_argmax(L, n, idx):
+    return _pool_scan(L, n, idx)[1]
 
 
 @index_map("pool_gather")
