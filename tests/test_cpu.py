@@ -454,3 +454,10 @@ CASES += [
     _case("max_pool_apart", [(("N", 2, 7, 5), "F", "ties")],
           lambda e, x: e.max_pool(x, (2, 2), (3, 2), (1, 0), (1, 1))),
 ]
+
+# reshapes that keep leading and trailing axes: only the axes between are flattened and split
+CASES += [
+    _case("reshape_mid", [(("N", 2, 6, 3), "F", "any")], lambda e, x: e.reshape(e.exp(x), shape=("N", 3, 4, 3))),
+    _case("reshape_split", [(("N", 12), "F", "any")], lambda e, x: e.reshape(x, shape=("N", 3, 2, 2))),
+    _case("reshape_join", [((2, "N", 3, 2), "F", "any")], lambda e, x: e.reshape(x, shape=(2, "N", 6))),
+]
