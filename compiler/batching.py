@@ -486,3 +486,11 @@ _set(("hook",), _hook)
 _set(("for",), _for)
 _set(("while",), _while)
 _set(("if",), _if)
+
+
+def _pool(b, n, ins, mapped):
+    """Max pooling by the winner's index: the batch one more leading axis of every operand."""
+    return b.emit(n, [v if m else b.lift(v) for v, m in zip(ins, mapped)]), True
+
+
+_set(("pool_max", "pool_argmax", "pool_gather", "pool_scatter"), _pool)

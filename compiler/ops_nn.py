@@ -258,6 +258,114 @@ defop("col2im", _col2im_rule, _col2im_ref,
       jvp=lambda e, ts, z, c, **kw: e.col2im(ts[0], **kw), kind="layout")
 
 
+# max pooling by the winner's index. pool_max(x): the maximum of each window; pool_argmax(x)
+# -> i32 per window: the position in the window (row-major over the kernel offsets) of its
+# first maximum, a nan winning over anything before it (the chain of where(x_k > m or
+# x_k != x_k, x_k, m)), padding -inf. pool_gather(x, idx) is the window's element at idx (fill
+# where that is padding); pool_scatter(g, idx) its adjoint: each element of an input of spatial
+# size `shape` sums the g of the windows whose winner it is (one window at most when
+# stride >= kernel and dilation 1).
+def _pool_win(kernel, stride, padding, dilation):
+    return dict(kernel=kernel, stride=stride, padding=padding, dilation=dilation)
+
+
+def _pool_argmax_rule(x, kernel, stride, padding, dilation, name="pool_argmax"):
+    if x.dtype not in FLOATS:
+        raise ShapeError(f"{name}: expected floats, got {_t(x)}")
+    r = len(kernel)
+    return x.shape[:len(x.shape) - r] + out_sizes(x.shape, kernel, stride, padding, dilation), "i32"
+
+
+def _pool_max_rule(x, kernel, stride, padding, dilation):
+    shape, _ = _pool_argmax_rule(x, kernel, stride, padding, dilation, "pool_max")
+    return shape, x.dtype
+
+
+def _pool_max_ref(x, kernel, stride, padding, dilation):
+    return _pool_scan(x, kernel, stride, padding, dilation)[0]
+
+
+def _pool_argmax_ref(x, kernel, stride, padding, dilation):
+    return _pool_scan(x, kernel, stride, padding, dilation)[1]
+
+
+def _pool_scan(x, kernel, stride, padding, dilation):
+    r = len(kernel)
+    out = out_sizes(x.shape, kernel, stride, padding, dilation)
+    xp = _padded(x, padding, -np.inf, r)
+    best = arg = None
+    for j, k in enumerate(np.ndindex(*kernel)):
+        v = xp[(Ellipsis,) + _window_slices(k, stride, dilation, out)]
+        if best is None:
+            best, arg = v, np.zeros(v.shape, np.int32)
+        else:
+            win = (v > best) | np.isnan(v)
+            best, arg = np.where(win, v, best), np.where(win, np.int32(j), arg)
+    return np.array(best, x.dtype), arg.astype(np.int32)
+
+
+def _pool_idx_check(name, idx, lead, out):
+    if idx.dtype != "i32" or tuple(idx.shape) != tuple(lead) + tuple(out):
+        raise ShapeError(f"{name}: the winners must be i32{list(tuple(lead) + tuple(out))}, got {_t(idx)}")
+
+
+def _pool_gather_rule(x, idx, kernel, stride, padding, dilation, fill):
+    r = len(kernel)
+    if len(x.shape) < r:
+        raise ShapeError(f"pool_gather: expected at least {r} axes, got {_t(x)}")
+    lead = x.shape[:len(x.shape) - r]
+    _pool_idx_check("pool_gather", idx, lead, out_sizes(x.shape, kernel, stride, padding, dilation))
+    return tuple(idx.shape), x.dtype
+
+
+def _pool_gather_ref(x, idx, kernel, stride, padding, dilation, fill):
+    r = len(kernel)
+    out = idx.shape[idx.ndim - r:]
+    xp = _padded(x, padding, fill, r)
+    res = np.zeros(idx.shape, x.dtype)
+    for j, k in enumerate(np.ndindex(*kernel)):
+        res = np.where(idx == j, xp[(Ellipsis,) + _window_slices(k, stride, dilation, out)], res)
+    return res.astype(x.dtype)
+
+
+def _pool_scatter_rule(g, idx, kernel, stride, padding, dilation, shape):
+    r = len(kernel)
+    if len(g.shape) < r or tuple(g.shape[len(g.shape) - r:]) != out_sizes(shape, kernel, stride, padding, dilation):
+        raise ShapeError(f"pool_scatter: {_t(g)} is not the windows of an input of size {list(shape)}")
+    _pool_idx_check("pool_scatter", idx, (), g.shape)
+    return g.shape[:len(g.shape) - r] + tuple(shape), g.dtype
+
+
+def _pool_scatter_ref(g, idx, kernel, stride, padding, dilation, shape):
+    r = len(kernel)
+    out = g.shape[g.ndim - r:]
+    xp = np.zeros(g.shape[:g.ndim - r] + tuple(s + 2 * p for s, p in zip(shape, padding)), g.dtype)
+    for j, k in enumerate(np.ndindex(*kernel)):
+        xp[(Ellipsis,) + _window_slices(k, stride, dilation, out)] += np.where(idx == j, g, 0).astype(g.dtype)
+    return np.array(xp[(Ellipsis,) + _unpad(padding, shape)])
+
+
+defop("pool_argmax", _pool_argmax_rule, _pool_argmax_ref, kind="layout", needs=_win_needs)
+# the maximum itself: its adjoint and tangent find the winners again, in the loop that computes
+# the maximum where both are wanted (the same shape, the same reads)
+defop("pool_max", _pool_max_rule, _pool_max_ref,
+      vjp=lambda e, g, z, x, **kw: (e.pool_scatter(g, e.pool_argmax(x, **kw), shape=_spatial_of(x, kw["kernel"]),
+                                                   **kw),),
+      jvp=lambda e, ts, z, x, **kw: e.pool_gather(ts[0], e.pool_argmax(x, **kw), fill=0.0, **kw),
+      kind="layout", needs=_win_needs)
+defop("pool_gather", _pool_gather_rule, _pool_gather_ref,
+      vjp=lambda e, g, z, x, idx, kernel, stride, padding, dilation, fill: (
+          e.pool_scatter(g, idx, shape=_spatial_of(x, kernel), **_pool_win(kernel, stride, padding, dilation)),
+          None),
+      jvp=lambda e, ts, z, x, idx, fill, **kw: (
+          None if ts[0] is None else e.pool_gather(ts[0], idx, fill=0.0, **kw)),
+      kind="layout", needs=lambda x, idx, **kw: _win_needs(x, **kw))
+defop("pool_scatter", _pool_scatter_rule, _pool_scatter_ref,
+      vjp=lambda e, g, z, gz, idx, shape, **kw: (e.pool_gather(g, idx, fill=0.0, **kw), None),
+      jvp=lambda e, ts, z, g, idx, **kw: None if ts[0] is None else e.pool_scatter(ts[0], idx, **kw),
+      kind="layout", cheap=0)
+
+
 # ---- composites: convolution, pooling, einsum
 
 
@@ -290,11 +398,14 @@ def _per_axis(v, r):
 
 @composite
 def max_pool(e, x, kernel, stride=None, padding=0, dilation=1):
-    """The maximum of each window: a chain of where(x_k > m, x_k, m) over the window's offsets in
-    row-major order, so the whole gradient goes to the first maximum (PyTorch's rule); padding
-    is -inf, and a nan wins as in PyTorch."""
+    """The maximum of each window: the first maximum in row-major order (PyTorch's rule; padding
+    is -inf, and a nan wins as in PyTorch) found once by pool_argmax, its index kept, and the
+    element read back by pool_gather, whose adjoint sends each window's gradient to its winner
+    alone. Integer inputs take the chain of where(x_k > m, x_k, m) over the window's offsets."""
     kernel = tuple(kernel)
     win = _pool_window(kernel, stride, padding, dilation)
+    if x.dtype in FLOATS:
+        return e.pool_max(x, **win)
     m = None
     for k in np.ndindex(*kernel):
         v = e.window(x, offset=tuple(k), fill=-math.inf, **win)

@@ -435,3 +435,29 @@ def test_shifted_slices_split_their_loops(n):
     pairs.append((cpu.glap(u), ref.glap(u)))
     for got, want in pairs:
         _compare(got, want, "f64", f"stencil at n={n}")
+
+
+# max pooling by the winner's index (ops_nn.py): overlapping windows with padding (the sum over
+# kernel offsets), and windows apart (stride > kernel on H: elements in no window; W: a last
+# column no window reaches)
+_POOL_OVER = dict(kernel=(2, 2), stride=(2, 1), padding=(1, 1), dilation=(1, 1))
+_POOL_APART = dict(kernel=(2, 2), stride=(3, 2), padding=(1, 0), dilation=(1, 1))
+CASES += [
+    _case("pool_argmax", [(("N", 2, 5, 4), "F", "ties")], lambda e, x: e.pool_argmax(x, **_POOL_OVER)),
+    _case("pool_max", [(("N", 2, 5, 4), "F", "ties")], lambda e, x: e.pool_max(x, **_POOL_OVER)),
+    _case("pool_gather", [(("N", 2, 5, 4), "F", "ties"), (("N", 2, 5, 4), "F", "any")],
+          lambda e, x, y: e.pool_gather(y, e.pool_argmax(x, **_POOL_OVER), fill=0.0, **_POOL_OVER)),
+    _case("pool_scatter", [(("N", 2, 5, 4), "F", "ties"), (("N", 2, 3, 5), "F", "any")],
+          lambda e, x, g: e.pool_scatter(g, e.pool_argmax(x, **_POOL_OVER), shape=(5, 4), **_POOL_OVER)),
+    _case("pool_scatter_apart", [(("N", 2, 7, 5), "F", "ties"), (("N", 2, 3, 2), "F", "any")],
+          lambda e, x, g: e.pool_scatter(g, e.pool_argmax(x, **_POOL_APART), shape=(7, 5), **_POOL_APART)),
+    _case("max_pool_apart", [(("N", 2, 7, 5), "F", "ties")],
+          lambda e, x: e.max_pool(x, (2, 2), (3, 2), (1, 0), (1, 1))),
+]
+
+# reshapes that keep leading and trailing axes: only the axes between are flattened and split
+CASES += [
+    _case("reshape_mid", [(("N", 2, 6, 3), "F", "any")], lambda e, x: e.reshape(e.exp(x), shape=("N", 3, 4, 3))),
+    _case("reshape_split", [(("N", 12), "F", "any")], lambda e, x: e.reshape(x, shape=("N", 3, 2, 2))),
+    _case("reshape_join", [((2, "N", 3, 2), "F", "any")], lambda e, x: e.reshape(x, shape=(2, "N", 6))),
+]

@@ -115,6 +115,21 @@ CASES += [
     ("custom", [((3, 4), "any"), ((4,), "any")], {"rules": "jvp"}),
 ]
 BUILDERS["custom"] = rc.ruled
+# max pooling by the winner's index (ops_nn.py): the winners a fixed array, the windows
+# overlapping with padding (fill 0 there, so finite differences see no infinity) or apart
+_POOL_R = np.random.default_rng(3)
+CASES += [
+    ("pool_max", [((1, 2, 4, 5), "any")], {"kernel": (2, 2), "stride": (1, 2), "padding": (1, 1), "dilation": (1, 1)}),
+    ("pool_max", [((2, 7, 5), "any")], {"kernel": (2, 2), "stride": (3, 2), "padding": (1, 0), "dilation": (1, 1)}),
+    ("pool_gather", [((1, 2, 4, 5), "any")], {"idx": _POOL_R.integers(0, 4, (1, 2, 5, 3)).tolist(),
+     "kernel": (2, 2), "stride": (1, 2), "padding": (1, 1), "dilation": (1, 1), "fill": 0.0}),
+    ("pool_scatter", [((1, 2, 5, 3), "any")], {"idx": _POOL_R.integers(0, 4, (1, 2, 5, 3)).tolist(),
+     "kernel": (2, 2), "stride": (1, 2), "padding": (1, 1), "dilation": (1, 1), "shape": (4, 5)}),
+    ("pool_scatter", [((2, 3, 2), "any")], {"idx": _POOL_R.integers(0, 6, (2, 3, 2)).tolist(),
+     "kernel": (2, 3), "stride": (3, 3), "padding": (1, 0), "dilation": (1, 1), "shape": (7, 7)}),
+]
+BUILDERS.update({op: (lambda op: lambda e, *xs, idx, **kw: e.emit(
+    op, xs[0], e.array(np.array(idx, np.int32), "i32"), **kw))(op) for op in ("pool_gather", "pool_scatter")})
 
 
 def _sample(shape, dom):

@@ -75,3 +75,25 @@ def test_verify_catches_a_broken_graph():
     from dataclasses import replace
     with pytest.raises(VerifyError, match="before it is defined"):
         verify(replace(g, nodes=tuple(reversed(g.nodes))))
+
+
+CONV_SRC = """
+fn c(x: f64[N, 3, 5, 5], w: f64[4, 3, 3, 3], b: f64[4]) -> f64 {
+    return sum(sin(conv2d(x, w, padding=1) + reshape(b, (4, 1, 1))))
+}
+let gc = grad(c, wrt=(w, b))
+"""
+
+
+def test_sums_read_the_transposed_copy_a_product_stores():
+    """The bias gradient (a sum of the NCHW gradient) sums the NHWC copy the weight gradient's
+    product reads instead, so the NCHW gradient has one reader; the results stay the same."""
+    g = graph(CONV_SRC, "gc")
+    opt = optimize(g, verify=verify)
+    made = {n.out: n for n in opt.nodes}
+    sums = [n for n in opt.nodes if n.op == "sum" and len(n.ins[0].shape) == 4]
+    assert sums and all(made[n.ins[0]].op == "transpose" for n in sums)
+    rng = np.random.default_rng(0)
+    args = [rng.normal(size=(2, 3, 5, 5)), rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)]
+    for a, b in zip(run(g, args), run(opt, args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

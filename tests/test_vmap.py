@@ -69,6 +69,17 @@ BASES = {
              {"pick_xi": "(0, 0)", "pick_i": "(None, 0)", "pick_x": "(0, None)"}),
 }
 
+# max pooling (pool_argmax, pool_gather, pool_scatter): windows apart and overlapping, and the
+# gradient (the scatter to the winners) per example
+BASES.update({
+    "mp": ("fn mp(x: f64[1, 2, 5, 6]) -> f64[1, 2, 3, 4] { return max_pool2d(x, 2, padding=1) * 2.0 }",
+           {"mp_x": "0"}),
+    "mpg": ("fn mps(x: f64[1, 2, 5, 6]) -> f64 {\n"
+            "    return sum(sin(max_pool2d(x, 3, stride=1, padding=1))) + sum(max_pool2d(x, 2) * x[:, :, :2, :3])\n}\n"
+            "let mpg = grad(mps)",
+            {"mpg_x": "0"}),
+})
+
 EXTRA = """
 fn dbl(g) { return g * 2.0 }
 fn hk(x: f64[3]) -> f64 { return sum(hook(x, dbl) * detach(x) + x * x) }

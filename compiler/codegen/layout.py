@@ -42,15 +42,25 @@ def _reshape(L, n, idx):
         it = iter(i for _, i in dst)
         return (yield x, tuple(ZERO if d == 1 else next(it) for d in x.shape))
     b = L.b
+    # leading and trailing axes the reshape keeps carry their indices over; only the axes
+    # between are flattened and split again (no division by a symbolic size where B leads)
+    lo, hi_x, hi_o = 0, len(x.shape), len(n.out.shape)
+    while lo < min(hi_x, hi_o) and x.shape[lo] == n.out.shape[lo]:
+        lo += 1
+    while hi_x > lo and hi_o > lo and x.shape[hi_x - 1] == n.out.shape[hi_o - 1]:
+        hi_x, hi_o = hi_x - 1, hi_o - 1
     flat = ZERO
-    for d, i in zip(n.out.shape, idx):
+    for d, i in zip(n.out.shape[lo:hi_o], idx[lo:hi_o]):
         flat = b.add(b.mul(flat, L.dim(d)), i)
     inner = []
-    for d in reversed(x.shape):
+    for k, d in enumerate(reversed(x.shape[lo:hi_x])):
+        if k == hi_x - lo - 1:
+            inner.append(flat)             # the outermost flattened axis takes what is left
+            break
         dv = L.dim(d)
         inner.append(b.urem(flat, dv))
         flat = b.udiv(flat, dv)
-    return (yield x, tuple(reversed(inner)))
+    return (yield x, tuple(idx[:lo]) + tuple(reversed(inner)) + tuple(idx[hi_o:]))
 
 
 def _start(L, d, s):

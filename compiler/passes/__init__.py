@@ -3,8 +3,10 @@ from .cse import cse
 from .dce import dce
 from .fold import fold_constants
 from .simplify import simplify
+from .sums import sum_transposed
 from ..control import prune_loops
 
-PIPELINE = (("fold", fold_constants), ("simplify", simplify), ("cse", cse), ("loops", prune_loops), ("dce", dce),
+PIPELINE = (("fold", fold_constants), ("simplify", simplify), ("sums", sum_transposed), ("cse", cse), ("loops", prune_loops), ("dce", dce),
             ("fold2", fold_constants), ("simplify2", simplify), ("cse2", cse), ("loops2", prune_loops), ("dce2", dce))
-PASSES = {"fold": fold_constants, "simplify": simplify, "cse": cse, "dce": dce, "loops": prune_loops}
+PASSES = {"fold": fold_constants, "simplify": simplify, "cse": cse, "dce": dce, "loops": prune_loops,
+          "sums": sum_transposed}
