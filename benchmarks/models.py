@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from run import compare, set_threads  # noqa: E402
+from run import compare, set_threads, torch_compiled  # noqa: E402
 
 
 def cnn_inputs(np, b=32):
@@ -111,12 +111,9 @@ def systems(model, np):
                 return (v.detach(), *torch.autograd.grad(v, ws))
             return call
         out["pytorch"] = vg(loss)
-        try:
-            compiled = torch.compile(loss)
-            vg(compiled)()
-            out["torch.compile"] = vg(compiled)
-        except Exception as ex:      # no compiler toolchain: leave it out, say why
-            print(f"torch.compile unavailable: {type(ex).__name__}: {str(ex)[:100]}", file=sys.stderr)
+        compiled = torch_compiled(torch, loss, vg)
+        if compiled is not None:
+            out["torch.compile"] = compiled
     try:
         import jax
         import jax.numpy as jnp

@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from run import compare, set_threads  # noqa: E402
+from run import compare, set_threads, torch_compiled  # noqa: E402
 
 T, B, D, H = 100, 64, 256, 256
 
@@ -58,12 +58,9 @@ def torch_systems(args):
             return (out.detach(), *torch.autograd.grad(out, ws))
         return run
     out = {"pytorch": vg(loss)}
-    try:
-        compiled = torch.compile(loss)
-        vg(compiled)()
-        out["torch.compile"] = vg(compiled)
-    except Exception as ex:          # no compiler toolchain: leave it out, say why
-        print(f"torch.compile unavailable: {type(ex).__name__}: {str(ex)[:100]}", file=sys.stderr)
+    compiled = torch_compiled(torch, loss, vg)
+    if compiled is not None:
+        out["torch.compile"] = compiled
     return out, (torch, loss, (W, U, b))
 
 

@@ -65,6 +65,18 @@ def agree(a, b, tol) -> str | None:
     return None
 
 
+def torch_compiled(torch, loss, wrap):
+    """wrap(torch.compile(loss)), run once to compile; None (and why, on stderr) where
+    torch.compile cannot work here (no compiler toolchain)."""
+    try:
+        compiled = torch.compile(loss)
+        wrap(compiled)()
+        return wrap(compiled)
+    except Exception as ex:
+        print(f"torch.compile unavailable: {type(ex).__name__}: {str(ex)[:100]}", file=sys.stderr)
+        return None
+
+
 def compare(title, systems, tol, min_time):
     """Check every system against the first, time each (median per call) and print the table;
     returns {name: seconds}."""
