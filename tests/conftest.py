@@ -17,6 +17,15 @@ def fd_grad(f, args, i, step=1e-6):
     return out
 
 
+def compile_error(src):
+    """The CompileError that compiling src (for the reference target) raises."""
+    from gradc.frontend.diagnostics import CompileError
+    import gradc
+    with pytest.raises(CompileError) as info:
+        gradc.compile(src, target="reference", cache=False)
+    return info.value
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(7)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gradc
-from gradc.frontend.diagnostics import CompileError
+from conftest import compile_error
 
 TARGETS = ("reference", "cpu", "cuda-sim")
 RNG = np.random.default_rng(7)
@@ -197,9 +197,7 @@ fn sq(x: f64) -> f64 { return x * x }
 jvp sq(x, t) { return t * t }
 let g = grad(sq)
 """
-    with pytest.raises(CompileError) as info:
-        gradc.compile(src, target="reference")
-    msg = str(info.value)
+    msg = str(compile_error(src))
     assert "<source>:2:1: error: reverse mode reaches sq, which has a jvp rule but no vjp rule" in msg
     assert "<source>:4:9: note: in grad(sq) here" in msg
     assert "not linear in its tangents" in msg
@@ -216,9 +214,7 @@ let g = grad(f)
 let h = jvp(grad(f))
 """
     gradc.compile(src.replace("let h = jvp(grad(f))", ""), target="reference")
-    with pytest.raises(CompileError) as info:
-        gradc.compile(src, target="reference")
-    msg = str(info.value)
+    msg = str(compile_error(src))
     assert "<source>:5:16: error: forward mode (jvp) reaches clip, which has a vjp rule but no jvp rule" in msg
     assert "<source>:8:9: note: in jvp(grad(f)) here" in msg
 
@@ -257,9 +253,8 @@ def test_rules_are_inlined_once_no_transform_follows():
      "unexpected `foo`; expected one of: `fn`, `let`, `struct`, end of file, vjp or jvp"),
 ])
 def test_rule_signatures_are_checked(src, where, message):
-    with pytest.raises(CompileError) as info:
-        gradc.compile(src, target="reference")
-    assert f"<source>:{where}: error: {message}" in str(info.value), str(info.value)
+    err = str(compile_error(src))
+    assert f"<source>:{where}: error: {message}" in err, err
 
 
 def test_a_generic_function_checks_its_rules_at_each_call():
@@ -269,8 +264,6 @@ vjp f(x, g) { return sum(g) }
 fn h(x: f64[N]) -> f64 { return sum(f(x)) }
 let dh = grad(h)
 """
-    with pytest.raises(CompileError) as info:
-        gradc.compile(src, target="reference")
-    msg = str(info.value)
+    msg = str(compile_error(src))
     assert "<source>:3:15: error: the vjp rule of f returns f64 as the cotangent of 'x', which must be f64[N]" in msg
     assert "<source>:4:37: note: in the call of f here" in msg

@@ -6,9 +6,8 @@ import pytest
 
 import gradc
 from gradc.compiler.ops import OPS
-from gradc.frontend.diagnostics import CompileError
 
-from conftest import fd_grad
+from conftest import compile_error, fd_grad
 
 TARGETS = tuple(__import__("os").environ.get("VMAP_TARGETS", "reference,cpu,cuda-sim").split(","))
 B = 5                                   # rows of a mapped argument
@@ -548,10 +547,9 @@ def test_mapped_sizes_must_agree_at_call_time(mod):
      "expected an array value, got the string 'a'", 37),
 ])
 def test_diagnostics(src, message, col):
-    with pytest.raises(CompileError) as ex:
-        gradc.compile(src, target="reference", cache=False)
-    assert message in str(ex.value)
-    assert ex.value.loc is not None and ex.value.loc.col == col, (ex.value.loc, str(ex.value))
+    err = compile_error(src)
+    assert message in str(err)
+    assert err.loc is not None and err.loc.col == col, (err.loc, str(err))
 
 
 INDEXING = """

@@ -31,13 +31,7 @@ def symbol(name: str) -> str:
 
 def _globals(module):
     gvs = {}
-    for name in OMP_GLOBALS:
-        gv = module.globals.get(name)
-        if gv is None:
-            gv = ir.GlobalVariable(module, PTR, name)
-            gv.initializer = ir.Constant(PTR, None)
-        gvs[name] = gv
-    for name in BLAS_THREAD_GLOBALS:
+    for name in OMP_GLOBALS + BLAS_THREAD_GLOBALS:
         gv = module.globals.get(name)
         if gv is None:
             gv = ir.GlobalVariable(module, PTR, name)
