@@ -9,6 +9,8 @@ A reverse loop accumulates the gradient of such a matrix, `dU = dU + xs[t]^T @ g
 product per step with a pass over dU each time. When dU is read nowhere else in the body, the loop
 instead stacks the rows g_t as one more stacked result, and the sum over the steps is one product
 after the loop that contracts the steps and the rows together (`xs^T @ G` over T*B rows).
+Likewise a carried array that gets one row added a step (the cotangent of `xs`: row t of it,
+added into an array of xs's shape, a pass over that array each step) becomes the stack of the rows.
 
 A row is "aligned" when iteration t reads row t - start of an array with exactly stop - start
 rows: an index t of a loop from 0 to that array's leading dimension, or t - start of a stack that
@@ -69,26 +71,23 @@ def _hoist(out: Emitter, n: Node, made: dict, g: Graph):
     stacks = {m.attr("trip") for m in g.nodes if m.op == "for" and m.ins[:2] == (start, stop)}
     inner = {m.out: m for m in body.nodes}
 
-    def index_of_t(v):
-        """Whether v is t - start at every iteration."""
-        m = inner.get(v)
+    def aligned(idx, rows) -> bool:
+        """Whether index idx is t - start at every iteration of a loop of `rows` steps."""
+        m = inner.get(idx)
         while m is not None and m.op == "check_range":
-            v, m = m.ins[0], inner.get(m.ins[0])
-        if v is t:
-            return bool(dims)
-        return m is not None and m.op == "sub" and m.ins[0] is t and caps.get(m.ins[1]) is start
+            idx, m = m.ins[0], inner.get(m.ins[0])
+        if idx is t:
+            return rows in dims
+        return m is not None and m.op == "sub" and m.ins[0] is t and caps.get(m.ins[1]) is start \
+            and rows in stacks
 
     def aligned_row(v):
-        """The captured array whose aligned row v is, else None."""
+        """(the captured array, the slice) where v is an aligned row of a captured array, else None."""
         m = inner.get(v)
         if m is None or m.op != "dyn_slice" or m.attr("axis") != 0 or m.attr("keep"):
             return None
         x = caps.get(m.ins[0])
-        if x is None or not index_of_t(m.ins[1]):
-            return None
-        lead = x.shape[0]
-        v_is_t = inner.get(m.ins[1]) is None or inner[m.ins[1]].op == "check_range"
-        return (x, m) if (lead in dims if v_is_t else lead in stacks) else None
+        return (x, m) if x is not None and aligned(m.ins[1], x.shape[0]) else None
 
     uses = {}
     for m in body.nodes:
@@ -132,7 +131,19 @@ def _hoist(out: Emitter, n: Node, made: dict, g: Graph):
         if left is None and right is None:
             continue
         acc.append((k, tr.ins[0], left, pm.ins[1], right))
-    if not new_caps and not acc:
+    # rows added into a carried array, one row a step (the cotangent of xs[t]): stacked instead
+    rows_acc = []
+    for k in range(0 if kw["saves"] else nc):
+        a, o = body.params[1 + k], body.outputs[k]
+        add = inner.get(o)
+        if add is None or add.op != "add" or uses.get(a) != 1 or a not in add.ins or o in body.outputs[nc:]:
+            continue
+        u = inner.get(add.ins[1] if add.ins[0] is a else add.ins[0])
+        if u is None or u.op != "dyn_unslice" or u.attr("axis") != 0 or u.attr("keep") or \
+                u.out.shape != a.shape or not aligned(u.ins[1], a.shape[0]):
+            continue
+        rows_acc.append((k, u.ins[0]))
+    if not new_caps and not acc and not rows_acc:
         return None
 
     # the new body: replaced products, the accumulators carried unchanged, the stacked rows
@@ -141,9 +152,12 @@ def _hoist(out: Emitter, n: Node, made: dict, g: Graph):
         for v, row in ((lv, left), (rv, right)):
             if row is None and v not in stacked:
                 stacked.append(v)
+    for _, v in rows_acc:
+        if v not in stacked:
+            stacked.append(v)
     nodes = tuple(repl.get(m.out, m) for m in body.nodes)
     outputs = list(body.outputs)
-    for k, *_ in acc:
+    for k in [a[0] for a in acc] + [r[0] for r in rows_acc]:
         outputs[k] = body.params[1 + k]
     ny = len(body.outputs) - nc
     outputs += stacked
@@ -183,4 +197,11 @@ def _hoist(out: Emitter, n: Node, made: dict, g: Graph):
         for m in old_items:
             if m.attr("index") == k:
                 env[m.out] = total
+    for k, v in rows_acc:
+        init = n.ins[2 + k]
+        total = out.add(init, out.as_shape(stack_of[v], init, shape=init.shape))
+        for m in old_items:
+            if m.attr("index") == k:
+                env[m.out] = total
+    out.loc = None
     return env

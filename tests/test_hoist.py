@@ -102,6 +102,7 @@ def test_the_rnn_products_leave_the_loop(tmp_path):
     rev = grad_fn[grad_fn.index(".rev("):]
     rev = rev[:rev.index("\n}")]
     assert rev.count("matmul") == 2      # the state's cotangent, and xs's (wrt=xs)
+    assert "dyn_unslice" not in rev      # xs's rows are stacked, not added into a [T, B, D] array
     shifted = text[text.index("fn shifted_grad("):]
     # rows t and t - 1 of xs in a loop from 1: xs @ U and dU stay in the loops; the stored states
     # pair with the steps one to one, so dW still leaves the reverse loop
