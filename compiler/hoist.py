@@ -47,8 +47,9 @@ def hoist_products(g: Graph) -> Graph:
     return replace(g, nodes=tuple(out.nodes), outputs=tuple(env.get(o, o) for o in g.outputs))
 
 
-def _rows_of_loop(start, stop, made) -> tuple:
-    """(leading dims that t indexes from 0, (start, stop)): what an aligned array can look like."""
+def _rows_of_loop(start, stop, made) -> set:
+    """The leading dims of the arrays whose row t a loop from start to stop reads for every t in
+    order: a loop from 0 to the leading dim of some array (or to a constant)."""
     s = made.get(start)
     from_zero = s is not None and s.op == "const" and s.attr("value") == 0 and not s.attr("shape")
     p = made.get(stop)
@@ -96,7 +97,7 @@ def _hoist(out: Emitter, n: Node, made: dict, g: Graph):
     for o in body.outputs:
         uses[o] = uses.get(o, 0) + 1
 
-    new_caps, repl, pre = [], {}, []
+    new_caps, repl = [], {}
     # products of an aligned row by a captured matrix: one product before the loop
     for m in body.nodes:
         if m.op != "matmul":

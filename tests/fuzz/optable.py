@@ -652,6 +652,10 @@ LOOPS = {
     "_loop_rows": ("fn _loop_rows(a, b) {\n    var s = a\n    for i in 0..3 { s = s * 0.5 + tanh(b[i]) }\n"
                    "    return s\n}\n",
                    lambda a, b: _iterate_rows(a, b), True),
+    # row i of b times the matrix a: b has 3 rows, so the product leaves the loop (compiler/hoist.py)
+    "_loop_rowmm": ("fn _loop_rowmm(a, b) {\n    var s = a\n    for i in 0..3 { s = tanh(s * 0.5 + b[i] @ a) }\n"
+                    "    return s\n}\n",
+                    lambda a, b: _iterate_rowmm(a, b), True),
 }
 
 
@@ -669,11 +673,22 @@ def _iterate_rows(a, b):
     return s
 
 
+def _iterate_rowmm(a, b):
+    s = a
+    for i in range(3):
+        s = np.tanh(s * 0.5 + b[i] @ a)
+    return s
+
+
 def _loop_infer(args, attrs):
     a, b = args
     form = attrs["form"]
     if a.dtype not in ("f32", "f64") or b.dtype not in (a.dtype, "weak"):
         return None
+    if form == "_loop_rowmm":
+        if len(a.shape) != 2 or len(b.shape) != 2 or b.shape[0] != 3 or b.shape[1] != a.shape[0]:
+            return None
+        return a.shape, a.dtype, -1.0, 1.0
     if form == "_loop_rows":
         if not b.shape or dim_min(b.shape[0]) < 3 or broadcast(a.shape, b.shape[1:]) != a.shape:
             return None

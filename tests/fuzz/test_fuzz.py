@@ -10,7 +10,7 @@ from .expr import OPS, walk
 SOURCE_SEEDS = range(0, 400)
 # f64 and f32; slices, log_softmax, detach, clamp, a hook, matmul, where, cast; every transform kind;
 # a while loop (12), a for loop reading rows at a run-time index (15), a for loop (21), an if (5)
-PROGRAM_SEEDS = (12, 30, 40, 23, 14, 15, 21, 5, 18, 11)
+PROGRAM_SEEDS = (12, 30, 40, 23, 14, 15, 21, 5, 18, 11, 20, 1599)
 # programs on which a campaign once found a bug, kept as regressions: 74, a product with a
 # unit axis and a fused epilogue on cuda-sim; 9231, a product whose data no output reads
 REGRESSION_SEEDS = (74, 9231)
