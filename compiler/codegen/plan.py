@@ -27,6 +27,15 @@ def _is_t2(n, blocks):
     return n is not None and n.op == "transpose" and is_block_swap(n.attr("perm"), *blocks)
 
 
+def _same_elements(prod, x, outputs):
+    """The value whose buffer holds x's elements in x's order: x, or the source of its as_shape."""
+    p = prod.get(x)
+    while p is not None and p.op == "as_shape" and x not in outputs:
+        x = p.ins[0]
+        p = prod.get(x)
+    return x
+
+
 def make_plan(g: Graph) -> Plan:
     prod = {n.out: n for n in g.nodes}
     params = set(g.params)
@@ -73,11 +82,12 @@ def make_plan(g: Graph) -> Plan:
             ops = []
             for x, blocks in zip(n.ins, operand_blocks(n)):
                 p = prod.get(x)
-                # a transposed operand is read in place: BLAS takes the transpose flag
+                # a transposed operand is read in place: BLAS takes the transpose flag; so is
+                # one under as_shape (the same elements, its dims named otherwise)
                 if _is_t2(p, blocks) and x not in outputs:
-                    ops.append((p.ins[0], True))
+                    ops.append((_same_elements(prod, p.ins[0], outputs), True))
                 else:
-                    ops.append((x, False))
+                    ops.append((_same_elements(prod, x, outputs), False))
             for x, _ in ops:
                 if x not in params:
                     need_buffer.add(x)
