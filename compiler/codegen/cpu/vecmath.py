@@ -1,16 +1,12 @@
-"""Vector math for the loop vectorizer: f32 sin, cos and exp inline (mathf32.py), libmvec for the rest.
+"""Vector variants of the libm functions LLVM's libmvec table leaves out (tanh, log1p, expm1).
 
 LLVM maps sin, cos, exp, log, tan and pow to glibc's libmvec by itself (--vector-library);
-for tanh, log1p and expm1 it needs the vector-function ABI attribute on the scalar declaration,
-which names the variants glibc 2.35+ ships (within 4 ulp, like the rest of libmvec).
+for these three it needs the vector-function ABI attribute on the scalar declaration, which
+names the variants glibc 2.35+ ships (within 4 ulp, like the rest of libmvec).
 """
 from __future__ import annotations
 
 import re
-
-import llvmlite.binding as llvm
-
-from . import mathf32
 
 FUNCTIONS = ("sin", "cos", "exp", "log", "tan", "tanh", "log1p", "expm1")
 # ISA letter of the x86 vector ABI -> (the CPU feature it needs, lanes for f32, lanes for f64)
@@ -19,15 +15,12 @@ _DECL = re.compile(r'^declare (float|double) @"?(\w+)"?\((?:float|double)[^)]*\)
 
 
 def add_vector_variants(text: str, features: str) -> str:
-    """The module text with libmvec's vector variants attached to its libm declarations."""
+    """The module text with vector variants attached to its tanh/log1p/expm1 declarations."""
     extra, groups = [], []
-    inline = set(re.findall(r"^define internal float @gradc\.(\w+)\(float", text, re.M))
 
     def attach(m):
         ty, name, rest = m.groups()
         base = name[:-1] if ty == "float" and name.endswith("f") else name
-        if ty == "float" and name in mathf32.FUNCTIONS and name in inline:
-            return m.group(0)               # the libm call inside gradc.NAME (use_inline_math)
         if base not in FUNCTIONS or name != base + ("f" if ty == "float" else ""):
             return m.group(0)
         variants = []
@@ -52,42 +45,3 @@ def add_vector_variants(text: str, features: str) -> str:
     used = (f'@llvm.compiler.used = appending global [{len(names)} x ptr] '
             f'[{", ".join("ptr @" + n for n in names)}], section "llvm.metadata"')
     return text + "\n" + "\n".join(extra + [used] + groups) + "\n"
-
-
-_F32_DECL = re.compile(r'^declare float @"?(' + "|".join(mathf32.FUNCTIONS) + r')"?\(float[^)]*\).*\n?', re.M)
-_F32_CALL = re.compile(r'@"?(' + "|".join(mathf32.FUNCTIONS) + r')"?\(')
-_INTRINSIC = re.compile(r"^declare .*@(llvm\.[\w.]+)\(", re.M)
-
-
-def use_inline_math(text: str) -> str:
-    """The module text with its f32 sin/cos/exp calls going to gradc.NAME, whose vector variants
-    are mathf32's code (libmvec's sinf is 4 ulp, and a call: these inline, and share work)."""
-    names = set(m.group(1) for m in _F32_DECL.finditer(text))
-    if not names:
-        return text
-    text = _F32_CALL.sub(lambda m: f"@gradc.{m.group(1)}(", _F32_DECL.sub("", text))
-    defs, _ = mathf32.definitions(names)
-    have = set(_INTRINSIC.findall(text))
-    defs = "\n".join(line for line in defs.split("\n") if not (line.startswith("declare ") and
-                                                              _INTRINSIC.match(line).group(1) in have))
-    return text + "\n" + defs + "\n" + "\n".join(f"declare float @{n}(float)" for n in sorted(names)) + "\n"
-
-
-def inline_vector_math(mod, pb):
-    """After -O3: the vector functions of mathf32 the vectorized loops call, inlined there
-    (their sin and cos share one reduction then), and dropped. Until now they were external,
-    so that nothing removed them before the vectorizer had called them."""
-    found = [f for f in mod.functions if f.name.startswith("gradc.") and f.name.rsplit(".", 1)[-1][:1] == "v"
-             and not f.is_declaration]
-    if not found:
-        return mod
-    for f in found:
-        f.linkage = "internal"
-    pm = llvm.create_new_module_pass_manager()
-    pm.add_always_inliner_pass()
-    pm.add_instruction_combine_pass()
-    pm.add_new_gvn_pass()
-    pm.add_simplify_cfg_pass()
-    pm.add_global_dead_code_eliminate_pass()
-    pm.run(mod, pb)
-    return mod
