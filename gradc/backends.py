@@ -12,6 +12,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .vocab import python_abi
+
 ARCHS = ("sm_80", "sm_86", "sm_87", "sm_89", "sm_90")
 # CPUs --cpu may name (x86-64): LLVM tunes for the named one; the instruction set is this machine's,
 # less what the named CPU lacks: AVX-512 for those of the first set
@@ -95,6 +97,8 @@ def _cpu_host(options, refresh=False, ask_llvm=False):
         from .runtime.host import host
         h = host(refresh)
         facts = {k: h[k] for k in ("triple", "cpu", "features")}
+    # native CPython entries (compiler/codegen/cpu/pyentry.py) read this interpreter's objects
+    facts["python"] = python_abi()
     if options.cpu is None and not options.cpu_features:
         return facts
     # code for another CPU: this machine's instruction set less what that CPU lacks, with the
@@ -111,7 +115,8 @@ def _cpu_host(options, refresh=False, ask_llvm=False):
         changes[f[1:]] = f[0]
     feats = {**{k: v for k, v in feats.items() if k not in changes}, **changes}
     return {"triple": facts["triple"], "cpu": options.cpu or facts["cpu"],
-            "features": ",".join(sign + name for name, sign in feats.items()), "cpu_chosen": True}
+            "features": ",".join(sign + name for name, sign in feats.items()), "python": facts["python"],
+            "cpu_chosen": True}
 
 
 def _cpu_compile(graphs, name, options, facts, sigs):

@@ -71,3 +71,12 @@ def concrete(shape, env: dict) -> tuple:
 
 def symbols(shape) -> set:
     return {dim_parts(d)[0] for d in shape if not isinstance(d, int)}
+
+
+def python_abi() -> str:
+    """This interpreter's object layout, which native CPython entries depend on: implementation,
+    version and ABI flags (free threading changes the object header), e.g. 'cpython-311'."""
+    import sys
+    import sysconfig
+    flags = sysconfig.get_config_var("ABIFLAGS") or getattr(sys, "abiflags", "")
+    return f"{sys.implementation.cache_tag}{flags}"

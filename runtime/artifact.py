@@ -162,7 +162,10 @@ def check_compatible(header: dict, target: str, host: dict, version: str, name: 
     if header.get("target") != target:
         raise ArtifactMismatch(f"{name}: built for target {header.get('target')!r}, not {target}; {how}")
     names = {"triple": "platform", "cpu": "CPU", "features": "CPU features", "gpu_arch": "GPU architecture",
-             "ptx_version": "PTX version"}
+             "ptx_version": "PTX version", "python": "Python"}
+    if "python" in host and header.get("python") != host["python"]:
+        raise ArtifactMismatch(f"{name}: built for Python {header.get('python')}, but this is "
+                               f"{host['python']}; {how}")
     if header.get("cpu_chosen") and not host.get("cpu_chosen") and header.get("triple") == host.get("triple"):
         # built for a chosen CPU (--cpu, --cpu-features): it runs where every feature it uses is
         have = {f[1:] for f in str(host.get("features", "")).split(",") if f.startswith("+")}

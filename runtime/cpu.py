@@ -5,12 +5,13 @@ import ctypes
 import hashlib
 import threading
 import weakref
+from functools import partial
 
 import numpy as np
 
 from .artifact import as_code
 from .fastcall import (CHECK_FAILED, EXACT_INT, NO_MEMORY, RECORD, ScalarEntry, entry_address, flat_entry,
-                       read_record)
+                       python_entry, read_record)
 from .host import host  # noqa: F401 - the runtime's face for callers
 from .libs import (_init, _state, _threads, blas_info, get_num_threads, patch_globals,  # noqa: F401
                    set_num_threads, threads_info, tune_malloc)
@@ -72,6 +73,14 @@ class CpuFunction(Function):
         self._scratch = threading.local()
         scalar = entry_address(code, symbol + ".scalar")
         self._scalar = ScalarEntry(sig, scalar) if scalar else None
+        # the CPython entry, where the module has one for this interpreter: the instance's class
+        # then has it as __call__, so a call reaches native code with no Python frame; any call
+        # it does not take (keywords, arrays, errors) comes back to the __call__ below
+        cls = type(self)
+        self._native = python_entry(code, symbol, sig, partial(cls.__call__, self)) if scalar else None
+        if self._native is not None:
+            self.__class__ = type(cls.__name__, (cls,), {"__call__": self._native, "__module__": cls.__module__,
+                                                         "__qualname__": cls.__qualname__})
         # the entry taking pointers and dims as separate arguments: no ctypes arrays per call
         self._flat = flat_entry(code, symbol, self._n_in + self._n_out, len(self._dim_names))
 

@@ -79,3 +79,70 @@ class ScalarEntry:
         self.tls.buf = ctypes.addressof(raw), read
         self.tls.raw = raw                  # the memory at the address lives as long as this thread does
         return self.tls.buf
+
+
+# the slots of SYMBOL.pyapi, the CPython entry's table (compiler/codegen/cpu/pyentry.py), in order
+PYAPI = ("float", "int", "float64", "float32", "alloc_float64", "alloc_float32", "PyLong_AsLongLongAndOverflow",
+         "PyObject_Vectorcall", "PyTuple_New", "PyTuple_SetItem", "Py_DecRef")
+METH_FASTCALL, METH_KEYWORDS = 0x80, 0x02
+PY_TP_ALLOC = 47                       # the slot number PyType_GetSlot takes for tp_alloc
+OB_TYPE, VALUE = 8, 16                 # where the entry reads an object's type and a number's value
+
+
+class _MethodDef(ctypes.Structure):
+    _fields_ = [("ml_name", ctypes.c_char_p), ("ml_meth", ctypes.c_void_p), ("ml_flags", ctypes.c_int),
+                ("ml_doc", ctypes.c_char_p)]
+
+
+_api = []
+
+
+def _python_api():
+    """The table's values in this process, or None where the object layout is not the one the entry
+    reads (probed on live objects, not assumed)."""
+    if not _api:
+        _api.append(_probe())
+    return _api[0]
+
+
+def _probe():
+    from ..vocab import python_abi
+    at = ctypes.c_void_p.from_address
+    x, y, z = 1.25, np.float64(-3.5), np.float32(0.75)
+    if any(at(id(o) + OB_TYPE).value != id(type(o)) for o in (x, y, z, 7)) or \
+            ctypes.c_double.from_address(id(x) + VALUE).value != x or \
+            ctypes.c_double.from_address(id(y) + VALUE).value != y or \
+            ctypes.c_float.from_address(id(z) + VALUE).value != z:
+        return None
+    api = ctypes.pythonapi
+    slot = api.PyType_GetSlot
+    slot.restype, slot.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_int]
+    new = api.PyCFunction_NewEx
+    new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.py_object, ctypes.py_object]
+    fn = lambda name: ctypes.cast(getattr(api, name), ctypes.c_void_p).value
+    values = {"float": id(float), "int": id(int), "float64": id(np.float64), "float32": id(np.float32),
+              "alloc_float64": slot(np.float64, PY_TP_ALLOC), "alloc_float32": slot(np.float32, PY_TP_ALLOC),
+              **{k: fn(k) for k in PYAPI[6:]}}
+    if not all(values.values()):
+        return None
+    return python_abi().encode(), (ctypes.c_void_p * len(PYAPI))(*[values[k] for k in PYAPI]), new
+
+
+def python_entry(code, symbol: str, sig, fallback):
+    """A builtin function calling SYMBOL.py straight from the interpreter, or None where the module
+    has no such entry or was compiled for another interpreter's object layout.
+
+    fallback: what the entry hands every call it does not take itself (a functools.partial: the
+    method definition the builtin points at is kept alive on it)."""
+    address = entry_address(code, symbol + ".py")
+    api = _python_api()
+    # the entry returns a bare result for one output, a tuple for several: as the signature does
+    if not address or api is None or sig.out_tuple != (len(sig.outputs) != 1):
+        return None
+    abi, values, new = api
+    if ctypes.string_at(code.global_address(symbol + ".pyabi")) != abi:
+        return None
+    table = code.global_address(symbol + ".pyapi")
+    ctypes.memmove(table, values, ctypes.sizeof(values))
+    fallback.method = _MethodDef(sig.name.encode(), address, METH_FASTCALL | METH_KEYWORDS, None)
+    return new(ctypes.addressof(fallback.method), fallback, None)

@@ -157,7 +157,9 @@ def _dynstr(lib) -> bytes:
 
 def _check_symbols(files, want: dict, what: str, name: str):
     """Every promised function defined once, with its digest; no global the header does not explain."""
-    promised = {s + suffix for s in want for suffix in ("", ".flat", ".scalar")}
+    promised = {s + suffix for s in want for suffix in ("", ".flat", ".scalar", ".py")}
+    # the CPython entry's table and interpreter tag (fastcall.py)
+    tables = {s + suffix for s in want for suffix in (".pyapi", ".pyabi")}
     found = {}
     for symbols in files:
         for sname, stype, data in symbols:
@@ -165,7 +167,7 @@ def _check_symbols(files, want: dict, what: str, name: str):
                 raise ArtifactError(f"{name}: corrupted gradc module ({what} defines {sname} twice)")
             found[sname] = (stype, data)
             ok = (stype == elf.STT_FUNC and sname in promised) or (
-                stype in (elf.STT_OBJECT, 0) and (_LOADER_GLOBAL.match(sname) or
+                stype in (elf.STT_OBJECT, 0) and (_LOADER_GLOBAL.match(sname) or sname in tables or
                                                   (sname.endswith(DESC) and sname[:-len(DESC)] in want)))
             if not ok:
                 raise ArtifactError(f"{name}: header and code disagree ({what} defines {sname}, "

@@ -19,7 +19,7 @@ def test_the_table_lists_every_backend_with_its_stages():
     assert BACKENDS["cuda"].stages == ("llvm", "ptx") == BACKENDS["cuda-sim"].stages
     assert not BACKENDS["reference"].native and all(BACKENDS[t].native for t in ("cpu", "cuda", "cuda-sim"))
     host = BACKENDS["cpu"].host_facts(Options())
-    assert set(host) == {"triple", "cpu", "features"} and host["triple"].startswith(("x86_64", "aarch64"))
+    assert set(host) == {"triple", "cpu", "features", "python"} and host["triple"].startswith(("x86_64", "aarch64"))
     assert BACKENDS["cuda"].host_facts(Options(gpu_arch="sm_90"))["gpu_arch"] == "sm_90"
 
 

@@ -1,10 +1,14 @@
 """The direct native entries: scalar functions by value, arrays by plain pointers, against the reference."""
+import inspect
+import sys
 import threading
 
 import numpy as np
 import pytest
 
 import gradc
+import gradc.runtime.cpu
+from gradc.vocab import python_abi
 
 SRC = """
 fn z(x: f64, y: f64) -> f64 { return x * y + y ** 2 }
@@ -160,3 +164,64 @@ def test_calls_from_many_threads_at_once(mods):
     for t in threads:
         t.join()
     assert not errors, errors[:3]
+
+
+def test_scalar_functions_are_called_through_their_cpython_entry(mods):
+    cpu, ref = mods
+    for name in ("z", "vg", "h", "hg", "mixed", "one"):
+        f = getattr(cpu, name)
+        assert f._native is not None and type(f).__call__ is f._native, name
+        assert isinstance(f, gradc.runtime.cpu.CpuFunction) and repr(f) == f"<gradc function {f.sig}>"
+    assert cpu.s._native is None and cpu.t._native is None
+    assert str(inspect.signature(cpu.vg)) == "(x, y, *, out=None, accumulate=False)"
+    # what the entry takes itself, and what it hands to the checked path, give the reference results
+    for args in ((2.0, 3.0), (F64(2.5), -1), (2 ** 53, -(2 ** 53)), (F64("nan"), F64("inf"))):
+        same(cpu.vg(*args), ref.vg(*args))
+    for args in ((F32(0.25), 0.5), (1, F32(-2)), (0.1, 3e38), (F64(0.5), F32(0.5))):
+        try:
+            want = ref.hg(*args)
+        except TypeError:
+            assert error_of(cpu.hg, *args) == error_of(ref.hg, *args)
+        else:
+            same(cpu.hg(*args), want)
+
+
+def test_the_cpython_entry_holds_no_extra_references(mods):
+    cpu, _ = mods
+    x, y = 1.5 + 0.0, F64(2.5)
+    before = sys.getrefcount(x), sys.getrefcount(y)
+    for _ in range(1000):
+        r = cpu.vg(x, y)
+        one = cpu.z(x, 7)
+    assert (sys.getrefcount(x), sys.getrefcount(y)) == before
+    assert sys.getrefcount(r) == 2 and [sys.getrefcount(r[i]) for i in range(3)] == [2, 2, 2]
+    assert sys.getrefcount(one) == 2
+
+
+def test_a_module_compiled_for_another_interpreter_takes_the_ctypes_path(mods, monkeypatch):
+    from gradc.runtime import fastcall
+    _, ref = mods
+    real = fastcall._python_api()
+    assert real is not None and real[0] == python_abi().encode()
+    monkeypatch.setattr(fastcall, "_api", [(b"cpython-0", *real[1:])])
+    other = gradc.compile(SRC, cache=False)
+    assert other.vg._native is None and other.vg._scalar is not None
+    same(other.vg(2.0, 3.0), ref.vg(2.0, 3.0))
+
+
+def test_module_files_record_the_interpreter(tmp_path, mods):
+    from gradc.runtime import artifact
+    from gradc.backends import BACKENDS, Options
+    _, ref = mods
+    p = tmp_path / "w.ad"
+    p.write_text(SRC)
+    out = gradc.build(p, tmp_path / "w.gcm")
+    header, _ = artifact.read(out)
+    assert header["python"] == python_abi()
+    loaded = gradc.load(out)
+    assert loaded.vg._native is not None
+    same(loaded.vg(2.0, 3.0), ref.vg(2.0, 3.0))
+    for options in (Options(), Options(cpu="znver3")):
+        with pytest.raises(artifact.ArtifactMismatch, match="built for Python cpython-0, but this is"):
+            artifact.check_compatible(dict(header, python="cpython-0", **({"cpu_chosen": True} if options.cpu else {})),
+                                      "cpu", BACKENDS["cpu"].host_facts(options), gradc.api.VERSION, "w.gcm")

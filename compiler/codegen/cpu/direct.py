@@ -5,6 +5,7 @@ from llvmlite import ir
 
 from ...ir import Graph
 from ..scalar import I64, LLTYPES
+from .pyentry import add_python_entry
 
 PTR = ir.PointerType()
 I32 = ir.IntType(32)
@@ -20,8 +21,8 @@ def add_direct_entries(module: ir.Module, g: Graph, entry: ir.Function, syms: tu
     `i32 SYMBOL.flat(ptr in..., ptr out..., i64 dim..., ptr err)` for every function; and, when
     every parameter and result is an f32/f64 scalar, `i32 SYMBOL.scalar(double..., ptr out)`,
     which takes the numbers themselves (f32 ones rounded here, once, as NumPy's astype does) and
-    keeps the error record after the results (at out + SLOT*results). err: two i64, written
-    only when a run-time check fails (parallel.py).
+    keeps the error record after the results (at out + SLOT*results), and then a CPython entry
+    calling it (pyentry.py). err: two i64, written only when a run-time check fails (parallel.py).
     """
     n_in, n_out = len(g.params), len(g.outputs)
     flat = ir.Function(module, ir.FunctionType(I32, [PTR] * (n_in + n_out) + [I64] * len(syms) + [PTR]),
@@ -43,6 +44,7 @@ def add_direct_entries(module: ir.Module, g: Graph, entry: ir.Function, syms: tu
     outs = [b.gep(out, [ir.Constant(I64, SLOT * i)], source_etype=ir.IntType(8)) for i in range(n_out)]
     err = b.gep(out, [ir.Constant(I64, SLOT * n_out)], source_etype=ir.IntType(8))
     b.ret(b.call(entry, [_array(b, ins, PTR), _array(b, [], I64), _array(b, outs, PTR), err]))
+    add_python_entry(module, g, fn, entry.name)
 
 
 def _array(b, values, ty):
