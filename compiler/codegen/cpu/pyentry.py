@@ -18,6 +18,7 @@ from llvmlite import ir
 from ...ir import Graph
 from ....vocab import python_abi
 from ..scalar import I64, LLTYPES
+from .blas import _Callee
 
 PTR = ir.PointerType()
 I32 = ir.IntType(32)
@@ -119,17 +120,6 @@ def add_python_entry(module: ir.Module, g: Graph, scalar: ir.Function, name: str
     b.position_at_end(fallback)
     call = _Callee(api("PyObject_Vectorcall"), ir.FunctionType(PTR, [PTR, PTR, I64, PTR]))
     b.ret(b.call(call, [self_, args, nargs, kwnames]))
-
-
-class _Callee:
-    """An indirect call target with its function type (opaque pointers carry none)."""
-
-    def __init__(self, value, fnty):
-        self.value, self.function_type = value, fnty
-        self.type = PTR
-
-    def get_reference(self):
-        return self.value.get_reference()
 
 
 def _unless_null(b, fn, obj, owned, api, label):
