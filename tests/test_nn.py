@@ -271,6 +271,65 @@ def test_products_run_as_gemm_calls():
     assert "@gradc_blas_sgemm" in conv and "batch.body" not in conv
 
 
+# ---- convolutions image by image (codegen/cpu/conv.py): enough work that threads share the images
+
+CHUNKED = """
+fn loss(x: f64[N, 6, 14, 12], w: f64[16, 6, 3, 2], b: f64[16], g: f64[N, 16, 7, 12]) -> f64 {
+    return sum(conv2d(x, w, b, stride=(2, 1), padding=(1, 1), dilation=(1, 2)) * g)
+}
+let step = value_and_grad(loss, wrt=(x, w, b))
+fn loss1(x: f64[N, 16, 160], w: f64[16, 16, 5], g: f64[N, 16, 80]) -> f64 {
+    return sum(conv1d(x, w, stride=2, padding=2) * g)
+}
+let step1 = value_and_grad(loss1, wrt=(x, w))
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 16])
+def test_conv_image_by_image_on_threads(threads):
+    """The columns of each image in a block of its own, the products per image (enough work that
+    threads share the images): values as NumPy's convolution, gradients as the reference
+    target's (checked against finite differences above) on any thread count, more threads than
+    images included (a thread with no images adds nothing to the weight's gradient)."""
+    m = gradc.compile(CHUNKED, cache=False)
+    ref = gradc.compile(CHUNKED, target="reference", cache=False)
+    rng = np.random.default_rng(threads)
+    before = gradc.get_num_threads()
+    gradc.set_num_threads(threads)
+    try:
+        for n in (7, 1):
+            x, w, b = rng.normal(size=(n, 6, 14, 12)), rng.normal(size=(16, 6, 3, 2)), rng.normal(size=16)
+            g = rng.normal(size=(n, 16, 7, 12))
+            y = conv_np(x, w, b, stride=(2, 1), padding=(1, 1), dilation=(1, 2))
+            got, want = m.step(x, w, b, g), ref.step(x, w, b, g)
+            np.testing.assert_allclose(got[0], np.sum(y * g), rtol=1e-10)
+            for a, e in zip(got[1:], want[1:]):
+                np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-10)
+            x1, w1, g1 = rng.normal(size=(n, 16, 160)), rng.normal(size=(16, 16, 5)), rng.normal(size=(n, 16, 80))
+            got, want = m.step1(x1, w1, g1), ref.step1(x1, w1, g1)
+            np.testing.assert_allclose(got[0], np.sum(conv_np(x1, w1, stride=2, padding=2) * g1), rtol=1e-10)
+            for a, e in zip(got[1:], want[1:]):
+                np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-10)
+        empty = m.step(np.zeros((0, 6, 14, 12)), w, b, np.zeros((0, 16, 7, 12)))
+        assert empty[0] == 0.0 and empty[1].shape == (0, 6, 14, 12)
+        assert not np.any(empty[2]) and not np.any(empty[3])
+    finally:
+        gradc.set_num_threads(before)
+
+
+def test_conv_columns_are_never_stored_whole():
+    """On cpu the plan keeps no im2col or product-of-columns buffer: each is made per image."""
+    from gradc.compiler.codegen.plan import make_plan
+    from gradc.compiler.pipeline import lower, optimize
+    g = optimize(lower(CHUNKED).graphs["step"])
+    plan = make_plan(g, chunk=True)
+    assert all(n in plan.chunked for n in plan.roots if n.op == "matmul")
+    assert sorted(c.kind for c in plan.chunked.values()) == ["dw", "dx", "fwd"]
+    assert not any(n.op == "im2col" for n in plan.roots)
+    plain = make_plan(g)            # the other backends' plan stores the columns
+    assert any(n.op == "im2col" for n in plain.roots)
+
+
 # ---- errors
 
 C2 = "fn f(x: f32[1, {c}, {h}, 5], w: f32[{o}, 2, 3, 3]) -> f32 {{ return sum({call}) }}"

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ..ir import Graph, symbols
 from ..ops import OPS
-from ..ops_nn import is_block_swap, operand_blocks
+from ..ops_nn import is_block_swap, mkn_of, operand_blocks
 
 # a value made of at most this many cheap instructions (OpDef.cheap) is recomputed where needed
 RECOMPUTE_MAX = 8
@@ -20,6 +20,35 @@ class Plan:
     matmul_operands: dict = field(default_factory=dict)   # matmul node -> ((value, transposed), ...)
     reads: dict = field(default_factory=dict)   # root value -> buffer values its loop reads
     syms: tuple = ()                            # the dims array: symbol names, sorted
+    chunked: dict = field(default_factory=dict)  # root node -> Chunk: a product done image by image
+
+
+@dataclass
+class Chunk:
+    """A convolution's product done one image at a time, its columns never stored whole.
+
+    kind "fwd": the root is matmul(im2col(x), B): each image's columns are written to a scratch
+    block that stays in cache, then multiplied. "dw": the root is matmul(transpose(im2col(x)), G),
+    a sum over images: each image's columns times its rows of G, added up. "dx": the root is
+    col2im(matmul(G, B)): each image's columns of the product go to a scratch block and are
+    summed back into that image at once. cols: the im2col node (fwd, dw) or the col2im node
+    (dx); mm: the product; root: the node the step computes (fwd: the product, or the transpose
+    to [N, O, *out] that conv puts after it, which the step then writes directly).
+    nchw: for dw and dx, the image-major operand (G) read in its [N, O, *out] source through the
+    transpose that made it."""
+    kind: str
+    cols: object
+    mm: object
+    root: object
+    nchw: object = None
+
+
+def _to_channels_last(n, r):
+    return n is not None and n.op == "transpose" and tuple(n.attr("perm")) == (0,) + tuple(range(2, 2 + r)) + (1,)
+
+
+def _to_channels_first(n, r):
+    return n is not None and n.op == "transpose" and tuple(n.attr("perm")) == (0, 1 + r) + tuple(range(1, 1 + r))
 
 
 def _is_t2(n, blocks):
@@ -36,10 +65,69 @@ def _same_elements(prod, x, outputs):
     return x
 
 
-def make_plan(g: Graph) -> Plan:
+def _conv_chunks(g, prod, outputs) -> dict:
+    """The products of convolutions (ops_nn.conv, groups 1) that can run image by image: the
+    columns read only by such products, the product of columns read only by col2im."""
+    users = {}
+    for n in g.nodes:
+        for x in n.ins:
+            users.setdefault(x, []).append(n)
+    out = {}
+    for n in g.nodes:
+        if n.op not in ("im2col", "col2im") or n.attr("groups") != 1 or n.out.dtype not in ("f32", "f64"):
+            continue
+        r = len(n.attr("kernel"))
+        if n.op == "col2im":
+            m = prod.get(n.ins[0])
+            if m is not None and m.op == "matmul" and n.ins[0] not in outputs and users[n.ins[0]] == [n] \
+                    and mkn_of(m) == (1 + r, 1, 1 + r) and len(m.ins[0].shape) == 2 + r \
+                    and len(m.ins[1].shape) == 2 + r:
+                out[n] = Chunk("dx", n, m, n, _nchw_source(prod, m.ins[0], r, outputs))
+            continue
+        if n.out in outputs:
+            continue
+        found = []
+        for u in users.get(n.out, []):
+            if u.op == "matmul" and u.ins[0] is n.out and u.ins[1] is not n.out and \
+                    mkn_of(u) == (1 + r, 1 + r, 1) and len(u.ins[1].shape) == 2 + r:
+                after = users.get(u.out, [])
+                if u.out not in outputs and len(after) == 1 and _to_channels_first(after[0], r):
+                    found.append(Chunk("fwd", n, u, after[0]))
+                else:
+                    found.append(Chunk("fwd", n, u, u))
+                continue
+            t = u if u.op == "transpose" and is_block_swap(u.attr("perm"), 1 + r, 1 + r) and \
+                u.out not in outputs else None
+            uses = users.get(t.out, []) if t is not None else []
+            if t is None or not uses:
+                break
+            if not all(m.op == "matmul" and m.ins[0] is t.out and m.ins[1] is not t.out and
+                       mkn_of(m) == (1 + r, 1 + r, 1) and len(m.ins[1].shape) == 2 + r for m in uses):
+                break
+            found += [Chunk("dw", n, m, m, _nchw_source(prod, m.ins[1], r, outputs)) for m in uses]
+        else:
+            for c in found:
+                out[c.root] = c
+    return out
+
+
+def _nchw_source(prod, v, r, outputs):
+    """The [N, O, *out] value that v, a [N, *out, O] operand, transposes, or None."""
+    p = prod.get(v)
+    return p.ins[0] if v not in outputs and _to_channels_last(p, r) else None
+
+
+def make_plan(g: Graph, chunk: bool = False) -> Plan:
+    """chunk: convolutions' products image by image (a backend that lowers Chunk steps)."""
     prod = {n.out: n for n in g.nodes}
     params = set(g.params)
     outputs = set(g.outputs)
+    chunked = _conv_chunks(g, prod, outputs) if chunk else {}
+    # the columns those products make per image, and the products summed back by col2im
+    per_image = {c.cols.out for c in chunked.values() if c.kind != "dx"}
+    per_image |= {c.mm.out for c in chunked.values() if c.root is not c.mm}
+    by_mm = {c.mm: c for c in chunked.values()}
+    roots_of = {c.root.out for c in chunked.values()}
 
     # cheap values are recomputed wherever they are needed rather than stored
     cheap = set(params)
@@ -74,8 +162,10 @@ def make_plan(g: Graph) -> Plan:
         if not (v in outputs or v in need_buffer or own):
             continue
         kind = OPS[n.op].kind
-        if v in outputs or v in need_buffer or kind in ("reduce", "matmul", "scatter") or \
-                (len(own) > 1 and v not in cheap) or v in reread:
+        if v in per_image:
+            pass                                  # computed inside a Chunk step, image by image
+        elif v in outputs or v in need_buffer or kind in ("reduce", "matmul", "scatter") or \
+                (len(own) > 1 and v not in cheap) or v in reread or v in roots_of:
             mat.add(v)
             own = {v}
         if kind == "matmul":
@@ -88,10 +178,19 @@ def make_plan(g: Graph) -> Plan:
                     ops.append((_same_elements(prod, p.ins[0], outputs), True))
                 else:
                     ops.append((_same_elements(prod, x, outputs), False))
+            c = by_mm.get(n)
+            if c is not None and c.nchw is not None:     # G read in its [N, O, *out] source
+                k = 0 if c.kind == "dx" else 1
+                ops[k] = (c.nchw, False)
             for x, _ in ops:
-                if x not in params:
+                if x in per_image:               # columns made per image from im2col's input
+                    owners.setdefault(x, set()).update(own)
+                elif x not in params:
                     need_buffer.add(x)
             operands[n] = tuple(ops)
+        elif v in per_image and n.op == "im2col":
+            if n.ins[0] not in params:
+                need_buffer.add(n.ins[0])         # the Chunk step copies windows of it
         elif kind != "source":
             if kind == "check" and n.ins[0] not in params:
                 need_buffer.add(n.ins[0])         # the entry tests the values in memory
@@ -109,7 +208,9 @@ def make_plan(g: Graph) -> Plan:
     via = {}                 # non-buffer value -> buffers its computation reads
     for n in g.nodes:
         if n in operands:
-            r = {x for x, _ in operands[n]}
+            r = set()
+            for x, _ in operands[n]:
+                r |= via.get(x, set()) if x in per_image else {x}
         elif OPS[n.op].kind == "source":
             r = set()
         else:
@@ -128,4 +229,4 @@ def make_plan(g: Graph) -> Plan:
         syms |= symbols(v.shape)
     for n in g.nodes:
         syms |= symbols(n.out.shape)
-    return Plan(prod, roots, buffers, operands, reads, tuple(sorted(syms)))
+    return Plan(prod, roots, buffers, operands, reads, tuple(sorted(syms)), chunked)

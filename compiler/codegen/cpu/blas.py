@@ -32,9 +32,10 @@ def _global(module, name, ty):
     return gv
 
 
-def gemm_function(module: ir.Module, dtype: str) -> ir.Function:
-    """C[M,N] = op(A) @ op(B), row-major: (ta, tb, M, N, K, A, lda, B, ldb, C, ldc)."""
-    name = f"gradc.gemm.{dtype}"
+def gemm_function(module: ir.Module, dtype: str, accumulate: bool = False) -> ir.Function:
+    """C[M,N] = op(A) @ op(B), row-major: (ta, tb, M, N, K, A, lda, B, ldb, C, ldc); with
+    accumulate, C += op(A) @ op(B)."""
+    name = f"gradc.gemm.{dtype}" + (".acc" if accumulate else "")
     if name in module.globals:
         return module.globals[name]
     t = LLTYPES[dtype]
@@ -44,8 +45,11 @@ def gemm_function(module: ir.Module, dtype: str) -> ir.Function:
     ta, tb, m, n, k, a, lda, bp, ldb, c, ldc = fn.args
     blas_ptr = _global(module, BLAS_GLOBALS[dtype], PTR)
     ilp64 = _global(module, ILP64_GLOBAL, I32)
+    beta = ir.Constant(t, 1.0 if accumulate else 0.0)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     empty = b.or_(b.icmp_signed("==", m, ZERO), b.icmp_signed("==", n, ZERO))
+    if accumulate:            # nothing to add
+        empty = b.or_(empty, b.icmp_signed("==", k, ZERO))
     with b.if_then(empty):
         b.ret_void()
     p = b.load(blas_ptr, typ=PTR)
@@ -56,7 +60,7 @@ def gemm_function(module: ir.Module, dtype: str) -> ir.Function:
                                    ir.Constant(I32, TRANS), ir.Constant(I32, NO_TRANS))
         ea, eb = flag(ta), flag(tb)
         wide = b.icmp_unsigned("!=", b.load(ilp64, typ=I32), ir.Constant(I32, 0))
-        _gemv_paths(b, module, dtype, wide, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc)
+        _gemv_paths(b, module, dtype, wide, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc, beta)
         with b.if_else(wide) as (then, other):
             for block, it in ((then, I64), (other, I32)):
                 with block:
@@ -65,14 +69,14 @@ def gemm_function(module: ir.Module, dtype: str) -> ir.Function:
                                                           t, PTR, it])
                     b.call(_Callee(p, fty), [ir.Constant(I32, ROW_MAJOR), ea, eb, conv(m), conv(n),
                                              conv(k), ir.Constant(t, 1.0), a, conv(lda), bp, conv(ldb),
-                                             ir.Constant(t, 0.0), c, conv(ldc)])
+                                             beta, c, conv(ldc)])
         b.ret_void()
-    _loop_kernel(b, t, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc)
+    _loop_kernel(b, t, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc, accumulate)
     b.ret_void()
     return fn
 
 
-def _gemv_paths(b, module, dtype, wide, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc):
+def _gemv_paths(b, module, dtype, wide, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc, beta):
     """A product with one row or one column is a matrix-vector product: gemm would pack the
     whole matrix first (4x slower for a 4096x512 matrix), gemv streams it once."""
     t = LLTYPES[dtype]
@@ -99,7 +103,7 @@ def _gemv_paths(b, module, dtype, wide, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc
                                                               PTR, it])
                         b.call(_Callee(p, fty), [ir.Constant(I32, ROW_MAJOR), trans, conv(rows), conv(cols),
                                                  ir.Constant(t, 1.0), mat, conv(ld), vec, conv(inc),
-                                                 ir.Constant(t, 0.0), c, conv(incy)])
+                                                 beta, c, conv(incy)])
             b.ret_void()
 
 
@@ -114,14 +118,15 @@ class _Callee:
         return self.p.get_reference()
 
 
-def _loop_kernel(b, t, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc):
+def _loop_kernel(b, t, ta, tb, m, n, k, a, lda, bp, ldb, c, ldc, accumulate=False):
     """i-k-j order: the inner loop streams rows of B and C, so LLVM vectorizes it."""
     ta_on = b.icmp_unsigned("!=", ta, ir.Constant(I32, 0))
     tb_on = b.icmp_unsigned("!=", tb, ir.Constant(I32, 0))
     with counted_loop(b, m, prefix="k.") as i:
         row = b.mul(i, ldc)
-        with counted_loop(b, n, prefix="k.") as j:
-            b.store(ir.Constant(t, 0.0), b.gep(c, [b.add(row, j)], source_etype=t))
+        if not accumulate:
+            with counted_loop(b, n, prefix="k.") as j:
+                b.store(ir.Constant(t, 0.0), b.gep(c, [b.add(row, j)], source_etype=t))
         with counted_loop(b, k, prefix="k.") as kk:
             ai = b.select(ta_on, b.add(b.mul(kk, lda), i), b.add(b.mul(i, lda), kk))
             av = b.load(b.gep(a, [ai], source_etype=t), typ=t)

@@ -5,6 +5,7 @@ from llvmlite import ir
 
 from ...ops import OPS
 from .blas import gemm_function
+from .conv import emit_chunk
 from ..element import ONE, ElementLowering, counted_loop
 from ..products import batch_offset, product, unflatten
 from ..layout import ZERO
@@ -74,7 +75,9 @@ class FunctionLowering(ElementLowering):
         self.memo = [{}]
         n = steps[0].node
         kind = OPS[n.op].kind if n is not None else None
-        if kind == "matmul":
+        if steps[0].chunk is not None:
+            emit_chunk(self, steps[0].chunk, part)
+        elif kind == "matmul":
             self.matmul(n)
         elif kind == "scatter":
             self.scatter(n)

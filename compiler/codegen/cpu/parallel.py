@@ -7,6 +7,7 @@ from ...ir import Graph
 from ...ops import OPS
 from ..element import acc_dtype, counted_loop
 from .blas import BLAS_THREAD_GLOBALS, _Callee
+from .conv import per_thread
 from .direct import add_direct_entries
 from .function import ONE, PARALLEL_MIN, PTR, FunctionLowering
 from ..plan import make_plan
@@ -60,7 +61,7 @@ def lower_graph(module: ir.Module, g: Graph, fast_math: bool = False, cached_are
     cached_arena: the entry takes a fifth argument, a {ptr, i64 capacity} pair its caller owns:
     the arena is taken from there, grown when too small, and left for the next call (a loop's
     driver calls its body once per iteration; the caller frees it). No direct entries then."""
-    plan = make_plan(g)
+    plan = make_plan(g, chunk=True)
     sched = make_schedule(g, plan)
     gvs = _globals(module)
     n_in, n_out = len(g.params), len(g.outputs)
@@ -199,7 +200,10 @@ def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_o
         for keys in sched.slots:
             size = ir.Constant(I64, 0)
             for key in keys:
-                if isinstance(key, tuple):
+                if isinstance(key, tuple) and key[0] == "chunk":
+                    c = plan.chunked[key[1]]
+                    s = e.mul(e.mul(per_thread(L, c), ir.Constant(I64, SIZES[c.mm.out.dtype])), nth)
+                elif isinstance(key, tuple):
                     n = key[1]
                     s = e.mul(L.size(n.out.shape), ir.Constant(I64, SIZES[acc_dtype(n)]))
                     s = e.mul(s, nth) if key[0] == "partial" else s
@@ -268,7 +272,7 @@ def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_o
                     w = L.size(steps[0].space)
                     if steps[0].matmul:
                         products = True
-                        w = b.mul(w, L.size(product(plan, steps[0].node).k))
+                        w = b.mul(w, L.size(product(plan, steps[0].product_node).k))
                     work = b.add(work, w)
         go = b.and_(b.icmp_signed(">", nth, ONE), b.icmp_signed(">=", work, ir.Constant(I64, PARALLEL_MIN)))
         with b.if_else(go) as (par_blk, ser_blk):

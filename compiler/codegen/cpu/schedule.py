@@ -14,10 +14,16 @@ class Step:
     value: object                 # the value the step writes
     out: int | None = None        # a copy: the output's position
     partials: bool = False        # threads reduce into partial results that a second phase combines
+    chunk: object = None          # plan.Chunk: a convolution's product image by image (conv.py)
 
     @property
     def matmul(self) -> bool:
-        return self.node is not None and OPS[self.node.op].kind == "matmul"
+        return self.chunk is not None or (self.node is not None and OPS[self.node.op].kind == "matmul")
+
+    @property
+    def product_node(self):
+        """The matmul node whose multiply-adds the step does."""
+        return self.chunk.mm if self.chunk is not None else self.node
 
     @property
     def alone(self) -> bool:
@@ -50,6 +56,8 @@ def make_schedule(g, plan) -> Schedule:
         if v not in g.params and v not in storage:
             storage[v] = i
     steps = [Step(n, n.out, partials=OPS[n.op].kind == "reduce" and reduce_mode(n)[0] == "partials")
+             if n not in plan.chunked else Step(n, n.out, partials=plan.chunked[n].kind == "dw",
+                                                chunk=plan.chunked[n])
              for n in plan.roots]
     steps += [Step(None, v, out=i) for i, v in enumerate(g.outputs) if storage.get(v) != i]
 
@@ -100,6 +108,8 @@ def make_schedule(g, plan) -> Schedule:
             life[("partial", s.node)] = [p, p + 1]
         if s.node is not None and OPS[s.node.op].kind == "reduce" and needs_scratch(s.node):
             life[("acc", s.node)] = [p, p]
+        if s.chunk is not None:
+            life[("chunk", s.node)] = [p, p]
     for s, p in placed:
         for r in _reads(plan, s):
             if r in life:
@@ -125,7 +135,8 @@ def _fuse(phase):
     groups, by_space = [], {}
     for s, part in phase:
         kind = OPS[s.node.op].kind if s.node is not None else None
-        if part == 0 and (kind not in ("reduce", "matmul") or (kind == "reduce" and inner(s.node))):
+        if part == 0 and s.chunk is None and (kind not in ("reduce", "matmul") or
+                                              (kind == "reduce" and inner(s.node))):
             if s.space in by_space:
                 by_space[s.space].append(s)
                 continue
