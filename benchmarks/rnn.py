@@ -145,8 +145,11 @@ def main():
     print()
     print("memory of the reverse pass (bytes stored for it)")
     mem = gradc_stored_bytes()
-    print(f"{'gradc':<28}{mem['vg'][0]:>14,}   peak scratch {mem['vg'][1]:,}")
-    print(f"{'gradc checkpoint':<28}{mem['vg_ckpt'][0]:>14,}   peak scratch {mem['vg_ckpt'][1]:,}")
+    # None: a term's size depends on a trip count the analysis cannot give a number (a
+    # checkpointed segment's length)
+    num = lambda v: "?" if v is None else f"{v:,}"
+    print(f"{'gradc':<28}{num(mem['vg'][0]):>14}   peak scratch {num(mem['vg'][1])}")
+    print(f"{'gradc checkpoint':<28}{num(mem['vg_ckpt'][0]):>14}   peak scratch {num(mem['vg_ckpt'][1])}")
     if jax_info is not None:
         print(f"{'jax.lax.scan residuals':<28}{jax_residual_bytes(*jax_info):>14,}")
     if torch_info is not None:
