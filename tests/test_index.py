@@ -129,6 +129,36 @@ def test_scans(mod):
     np.testing.assert_array_equal(k, np.cumsum(x.astype(np.int64), axis=-1))
 
 
+SCANS_BIG = """
+fn s0(x: f64[N, M]) -> (f64[N, M], f64[N, M]) { return cumsum(x, axis=0), cumprod(x, axis=0) }
+fn s1(x: f64[N, M]) -> (f64[N, M], f64[N, M]) { return cumsum(x, axis=1), cumprod(x, axis=1) }
+fn loss(x: f64[N, M]) -> f64 { return sum(sin(cumsum(x, axis=1)) * x) }
+let dloss = grad(loss)
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scans_one_pass_on_threads(threads):
+    """The cpu target's scans run along the axis in one pass, the threads sharing the other axis:
+    NumPy's running sums and products (the same order of operations) on arrays large enough to
+    be shared, and the gradient (a reversed cumsum) as the reference target's."""
+    m = gradc.compile(SCANS_BIG, cache=False)
+    ref = gradc.compile(SCANS_BIG, target="reference", cache=False)
+    before = gradc.get_num_threads()
+    gradc.set_num_threads(threads)
+    try:
+        for shape in ((300, 500), (1, 700), (700, 1), (0, 5)):
+            x = RNG.uniform(0.9, 1.1, shape)
+            for axis, f in ((0, m.s0), (1, m.s1)):
+                s, p = f(x)
+                np.testing.assert_allclose(s, np.cumsum(x, axis=axis), rtol=1e-13)
+                np.testing.assert_allclose(p, np.cumprod(x, axis=axis), rtol=1e-13)
+        x = RNG.normal(size=(40, 60))
+        np.testing.assert_allclose(m.dloss(x), ref.dloss(x), rtol=1e-12, atol=1e-12)
+    finally:
+        gradc.set_num_threads(before)
+
+
 @pytest.mark.parametrize("zeros", [(), (2,), (1, 3)])
 def test_cumprod_gradient_with_zeros(mod, zeros):
     """f(x) = sum(cumprod(x) * x): the exact gradient, with one or two zeros in x."""

@@ -22,6 +22,8 @@ ALIGN = 256
 ROW_ALIGN = 64
 # a product of at least this many multiply-adds is shared among the threads of a region
 MATMUL_SPLIT_MIN = 1 << 18
+# the scans and how each combines (Scalar's method): a pass of their own (FunctionLowering.scan)
+SCANS = {"cumsum": "add", "cumprod": "mul"}
 
 
 class FunctionLowering(ElementLowering):
@@ -77,6 +79,8 @@ class FunctionLowering(ElementLowering):
         kind = OPS[n.op].kind if n is not None else None
         if steps[0].chunk is not None:
             emit_chunk(self, steps[0].chunk, part)
+        elif n is not None and n.op in SCANS:
+            self.scan(n)
         elif kind == "matmul":
             self.matmul(n)
         elif kind == "scatter":
@@ -126,6 +130,40 @@ class FunctionLowering(ElementLowering):
             return self.pad_interior(roots, shape)
         finally:
             self.bufs = bufs
+
+    def scan(self, n):
+        """cumsum, cumprod: each element the one before it along the axis (after it, reversed)
+        combined with its input, in one pass: O(n) where an element's own loop is O(n^2). The
+        first elements along the axis are a nest of their own, so the rest runs without a test
+        and vectorizes over the axes after it."""
+        x, out, axis = n.ins[0], n.out, n.attr("axis")
+        rev = bool(n.attr("reverse", False))
+        combine = getattr(self.cg, SCANS[n.op])
+        shape = out.shape
+        d = self.dim(shape[axis])
+
+        def at(idx, first):
+            b = self.b
+            i = idx[axis]
+            j = b.sub(b.sub(d, ONE), i) if rev else i
+            here = tuple(idx[:axis]) + (j,) + tuple(idx[axis + 1:])
+            v = self.elem(x, here)
+            if not first:
+                prev = b.add(j, ONE) if rev else b.sub(j, ONE)
+                v = combine(self.load(out, tuple(idx[:axis]) + (prev,) + tuple(idx[axis + 1:])), v)
+            self.store(out, here, v)
+
+        def run(bounds):
+            self.nest(shape, lambda idx: at(idx, True), bounds={**bounds, axis: (ZERO, self.entry.select(
+                self.entry.icmp_signed(">", d, ZERO), ONE, ZERO))})
+            self.memo = [{}]
+            self.nest(shape, lambda idx: at(idx, False), bounds={**bounds, axis: (ONE, d)})
+        a = split_axis(shape)
+        if a is None or a == axis:
+            with self.when(self.is_first):
+                run({})
+            return
+        run({a: self.chunk(shape, a, self.split_cond(shape, a))})
 
     def scatter(self, n):
         """n's first input copied, then each element of its updates (last input) added where the

@@ -135,8 +135,9 @@ def _fuse(phase):
     groups, by_space = [], {}
     for s, part in phase:
         kind = OPS[s.node.op].kind if s.node is not None else None
-        if part == 0 and s.chunk is None and (kind not in ("reduce", "matmul") or
-                                              (kind == "reduce" and inner(s.node))):
+        scan = s.node is not None and s.node.op in ("cumsum", "cumprod")    # function.py SCANS
+        if part == 0 and s.chunk is None and not scan and (kind not in ("reduce", "matmul") or
+                                                           (kind == "reduce" and inner(s.node))):
             if s.space in by_space:
                 by_space[s.space].append(s)
                 continue
