@@ -53,58 +53,89 @@ def per_thread(L, chunk):
     return e.and_(e.add(s, ir.Constant(I64, ALIGN - 1)), ir.Constant(I64, -ALIGN))
 
 
-def emit_chunk(L, chunk, part):
-    """The Chunk step (part 1: a dw's partials summed)."""
-    n = chunk.root
-    if part == 1:
-        _combine(L, chunk)
-        return
-    x, c, kernel, out, *_ = _dims(chunk)
-    images = L.dim(x.shape[0])
+def same_columns(a, b) -> bool:
+    """Whether two Chunk steps can share one pass over the images: the same columns (one fill
+    of the block per image for both products) and the same multiply-adds, so the same split."""
+    return a.kind != "dx" and b.kind != "dx" and a.cols is b.cols and _work(a) == _work(b)
+
+
+def _work(chunk):
+    n = chunk.mm
+    return tuple(sorted(map(str, n.ins[0].shape + n.ins[1].shape[-1:])))
+
+
+def _split(L, chunk):
+    """Whether the threads share the images: several threads, enough multiply-adds."""
+    x = _dims(chunk)[0]
     p = product(L.plan, chunk.mm)
-    work = L.entry.mul(L.entry.mul(L.size(p.m), L.size(p.k)), L.size(p.n))
-    split = L._share(work, images)
-    lo, hi = L._part(images, split)
+    e = L.entry
+    return L._share(e.mul(e.mul(L.size(p.m), L.size(p.k)), L.size(p.n)), L.dim(x.shape[0]))
+
+
+def emit_chunks(L, chunks, part):
+    """Chunk steps over the same columns, one pass over the images (part 1: a dw's partials
+    summed)."""
+    if part == 1:
+        for chunk in chunks:
+            _combine(L, chunk)
+        return
+    first = chunks[0]
+    x, c, kernel, out, *_ = _dims(first)
+    split = _split(L, first)
+    lo, hi = L._part(L.dim(x.shape[0]), split)
     t = LLTYPES[x.dtype]
     b = L.b
-    block = b.gep(L.extra[("chunk", n)], [b.mul(L.tid, per_thread(L, chunk))], source_etype=t)
+    block = b.gep(L.extra[("chunk", first.root)], [b.mul(L.tid, per_thread(L, first))], source_etype=t)
     hw = L.size(out)
     ckk = L.size((c,) + tuple(kernel))
+    targets = {}
+    for chunk in chunks:
+        if chunk.kind == "dw":
+            n = chunk.root
+            mn = L.size(n.out.shape)
+            target = b.select(split, b.gep(L.extra[("partial", n)], [b.mul(L.tid, mn)], source_etype=t),
+                              L.bufs[n.out])
+            with L.when(b.and_(b.icmp_signed("==", lo, hi), b.or_(split, L.is_first))):
+                with L.loop(mn) as j:           # no images: the sum of none
+                    L.b.store(ir.Constant(t, 0.0), L.b.gep(target, [j], source_etype=t))
+            targets[chunk.root] = target
+    with L.loop(hi, lo) as i:
+        if first.kind != "dx":
+            _fill(L, first, i, block)
+        for chunk in chunks:
+            _product(L, chunk, i, lo, block, hw, ckk, targets.get(chunk.root))
+
+
+def _product(L, chunk, i, lo, block, hw, ckk, target):
+    """Image i's part of the chunk's product, its block of columns made."""
+    n = chunk.root
+    x = _dims(chunk)[0]
+    p = product(L.plan, chunk.mm)
     M, K, N = L.size(p.m), L.size(p.k), L.size(p.n)
     flag = lambda v: ir.Constant(I32, int(v))
-    if chunk.kind == "dw":
-        target = b.select(split, b.gep(L.extra[("partial", n)], [b.mul(L.tid, b.mul(M, N))], source_etype=t),
-                          L.bufs[n.out])
-        with L.when(b.and_(b.icmp_signed("==", lo, hi), b.or_(split, L.is_first))):
-            with L.loop(b.mul(M, N)) as j:           # no images: the sum of none
-                L.b.store(ir.Constant(t, 0.0), L.b.gep(target, [j], source_etype=t))
-    with L.loop(hi, lo) as i:
-        b = L.b
-        if chunk.kind in ("fwd", "dw"):
-            _fill(L, chunk, i, block)
-        ldb = K if p.tb else N                      # B's row length as stored
-        if chunk.kind == "fwd" and chunk.root is chunk.mm:
-            # out[i] (HW x O) = block^T @ op(B)
-            b.call(gemm_function(L.module, x.dtype), [flag(1), flag(p.tb), hw, N, ckk, block, hw,
-                                                      L.bufs[p.b], ldb, _rows(L, n.out, i, hw, N), N])
-        elif chunk.kind == "fwd":
-            # out[i] (O x HW), channels first = op(B)^T @ block
-            b.call(gemm_function(L.module, x.dtype), [flag(not p.tb), flag(0), N, hw, ckk, L.bufs[p.b], ldb,
-                                                      block, hw, _rows(L, n.out, i, hw, N), hw])
-        elif chunk.kind == "dw":
-            g, ldg, tg = _image_rows(L, chunk, p.b, p.tb, i, hw, N, K)
-            first = b.icmp_signed("==", i, lo)
-            with b.if_else(first) as (then, other):
-                for blk, acc in ((then, False), (other, True)):
-                    with blk:
-                        b.call(gemm_function(L.module, x.dtype, acc),
-                               [flag(0), flag(tg), ckk, N, hw, block, hw, g, ldg, target, N])
-        else:
-            # block[CKK, HW] = op(B)^T @ op(A)[image rows]^T; op(B) is [O, CKK], op(A) rows [HW, O]
-            ga, lda, ta = _image_rows(L, chunk, p.a, p.ta, i, hw, K, M)
-            b.call(gemm_function(L.module, x.dtype), [flag(not p.tb), flag(not ta), ckk, hw, K, L.bufs[p.b],
-                                                      ldb, ga, lda, block, hw])
-            _col2im(L, chunk, i, block)
+    b = L.b
+    ldb = K if p.tb else N                      # B's row length as stored
+    if chunk.kind == "fwd" and chunk.root is chunk.mm:
+        # out[i] (HW x O) = block^T @ op(B)
+        b.call(gemm_function(L.module, x.dtype), [flag(1), flag(p.tb), hw, N, ckk, block, hw,
+                                                  L.bufs[p.b], ldb, _rows(L, n.out, i, hw, N), N])
+    elif chunk.kind == "fwd":
+        # out[i] (O x HW), channels first = op(B)^T @ block
+        b.call(gemm_function(L.module, x.dtype), [flag(not p.tb), flag(0), N, hw, ckk, L.bufs[p.b], ldb,
+                                                  block, hw, _rows(L, n.out, i, hw, N), hw])
+    elif chunk.kind == "dw":
+        g, ldg, tg = _image_rows(L, chunk, p.b, p.tb, i, hw, N, K)
+        with b.if_else(b.icmp_signed("==", i, lo)) as (then, other):
+            for blk, acc in ((then, False), (other, True)):
+                with blk:
+                    b.call(gemm_function(L.module, x.dtype, acc),
+                           [flag(0), flag(tg), ckk, N, hw, block, hw, g, ldg, target, N])
+    else:
+        # block[CKK, HW] = op(B)^T @ op(A)[image rows]^T; op(B) is [O, CKK], op(A) rows [HW, O]
+        ga, lda, ta = _image_rows(L, chunk, p.a, p.ta, i, hw, K, M)
+        b.call(gemm_function(L.module, x.dtype), [flag(not p.tb), flag(not ta), ckk, hw, K, L.bufs[p.b],
+                                                  ldb, ga, lda, block, hw])
+        _col2im(L, chunk, i, block)
 
 
 def _rows(L, v, i, rows, width):
@@ -218,10 +249,7 @@ def _combine(L, chunk):
     """A dw's result: the threads' partials added in thread order, each thread a share of it."""
     n = chunk.mm
     t = LLTYPES[n.out.dtype]
-    p = product(L.plan, n)
-    images = L.dim(_dims(chunk)[0].shape[0])
-    e = L.entry
-    split = L._share(e.mul(e.mul(L.size(p.m), L.size(p.k)), L.size(p.n)), images)
+    split = _split(L, chunk)
     count = L.size(n.out.shape)
     part = L.extra[("partial", n)]
     with L.when(split):

@@ -5,7 +5,7 @@ from llvmlite import ir
 
 from ...ops import OPS
 from .blas import gemm_function
-from .conv import emit_chunk
+from .conv import emit_chunks
 from ..element import ONE, ElementLowering, counted_loop
 from ..products import batch_offset, product, unflatten
 from ..layout import ZERO
@@ -78,7 +78,7 @@ class FunctionLowering(ElementLowering):
         n = steps[0].node
         kind = OPS[n.op].kind if n is not None else None
         if steps[0].chunk is not None:
-            emit_chunk(self, steps[0].chunk, part)
+            emit_chunks(self, [s.chunk for s in steps], part)
         elif n is not None and n.op in SCANS:
             self.scan(n)
         elif kind == "matmul":

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...ops import OPS
+from .conv import same_columns
 from .reduce import inner, needs_scratch, reduce_mode
 
 
@@ -143,6 +144,14 @@ def _fuse(phase):
                 continue
             by_space[s.space] = [s]
             groups.append((by_space[s.space], 0))
+        elif part == 0 and s.chunk is not None:
+            # a convolution's products over the same columns share one pass over the images
+            mate = next((g for g, q in groups if q == 0 and g[0].chunk is not None and
+                         same_columns(g[0].chunk, s.chunk)), None)
+            if mate is not None:
+                mate.append(s)
+            else:
+                groups.append(([s], part))
         else:
             groups.append(([s], part))
     return [(tuple(g), part) for g, part in groups]
