@@ -155,8 +155,9 @@ def _image_rows(L, chunk, v, transposed, i, rows, width, total):
 
 
 def _rows_of_block(L, chunk, body):
-    """body(flat row, position of each outer spatial axis or None where outside, k offsets, c) for
-    each row of the block: loops over c, the kernel offsets and the outer output axes."""
+    """body(flat row, whether the row's outer input positions are inside the input, those
+    positions, the last kernel offset, the channel) for each row of the block: loops over the
+    channels, the kernel offsets and the outer output axes."""
     x, c, kernel, out, stride, padding, dilation = _dims(chunk)
     space = x.shape[2:]
     r = len(kernel)
