@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from ...ops import OPS
 from .conv import same_columns
+from .function import SCANS
 from .reduce import inner, needs_scratch, reduce_mode
 
 
@@ -136,7 +137,7 @@ def _fuse(phase):
     groups, by_space = [], {}
     for s, part in phase:
         kind = OPS[s.node.op].kind if s.node is not None else None
-        scan = s.node is not None and s.node.op in ("cumsum", "cumprod")    # function.py SCANS
+        scan = s.node is not None and s.node.op in SCANS
         if part == 0 and s.chunk is None and not scan and (kind not in ("reduce", "matmul") or
                                                            (kind == "reduce" and inner(s.node))):
             if s.space in by_space:
