@@ -282,6 +282,14 @@ fn loss1(x: f64[N, 16, 160], w: f64[16, 16, 5], g: f64[N, 16, 80]) -> f64 {
     return sum(conv1d(x, w, stride=2, padding=2) * g)
 }
 let step1 = value_and_grad(loss1, wrt=(x, w))
+fn loss2(x: f64[N, 6, 9, 12], w: f64[16, 6, 3, 2], g: f64[N, 16, 9, 12]) -> f64 {
+    return sum(conv2d(x, w, padding=(2, 1), dilation=(2, 2)) * g)
+}
+let step2 = value_and_grad(loss2, wrt=(x, w))
+fn loss3(x: f64[N, 6, 9, 12], w: f64[16, 6, 3, 2], g: f64[N, 16, 7, 12]) -> f64 {
+    return sum(conv2d(x, w, padding=(0, 1), dilation=(1, 2)) * g)
+}
+let step3 = value_and_grad(loss3, wrt=(x, w))
 """
 
 
@@ -310,6 +318,14 @@ def test_conv_image_by_image_on_threads(threads):
             np.testing.assert_allclose(got[0], np.sum(conv_np(x1, w1, stride=2, padding=2) * g1), rtol=1e-10)
             for a, e in zip(got[1:], want[1:]):
                 np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-10)
+            for name, pad, dil, h in (("step2", (2, 1), (2, 2), 9), ("step3", (0, 1), (1, 2), 7)):
+                # stride 1 and the output as wide as the input: each block row a whole plane
+                x2, g2 = rng.normal(size=(n, 6, 9, 12)), rng.normal(size=(n, 16, h, 12))
+                got, want = getattr(m, name)(x2, w, g2), getattr(ref, name)(x2, w, g2)
+                np.testing.assert_allclose(got[0], np.sum(conv_np(x2, w, padding=pad, dilation=dil) * g2),
+                                           rtol=1e-10)
+                for a, e in zip(got[1:], want[1:]):
+                    np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-10)
         empty = m.step(np.zeros((0, 6, 14, 12)), w, b, np.zeros((0, 16, 7, 12)))
         assert empty[0] == 0.0 and empty[1].shape == (0, 6, 14, 12)
         assert not np.any(empty[2]) and not np.any(empty[3])
@@ -328,6 +344,11 @@ def test_conv_columns_are_never_stored_whole():
     assert not any(n.op == "im2col" for n in plan.roots)
     plain = make_plan(g)            # the other backends' plan stores the columns
     assert any(n.op == "im2col" for n in plain.roots)
+    from gradc.compiler.codegen.cpu.conv import _planar
+    assert not any(_planar(c) for c in plan.chunked.values())          # stride (2, 1)
+    for name in ("step2", "step3"):                                    # "same" along the width
+        chunks = make_plan(optimize(lower(CHUNKED).graphs[name]), chunk=True).chunked.values()
+        assert sorted(c.kind for c in chunks) == ["dw", "dx", "fwd"] and all(_planar(c) for c in chunks)
 
 
 # ---- errors

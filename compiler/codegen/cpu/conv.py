@@ -9,7 +9,8 @@ the batch's columns never exist at once.
 
 The block holds one image's columns as rows (c, kernel offsets) by columns (output positions),
 so that a row is a shifted, strided copy of one input row: the copies and the col2im sums are
-contiguous loops. The products read the block with BLAS's transpose flags:
+contiguous loops; where a whole plane of a row is one shifted run of the input (_planar),
+one loop per plane. The products read the block with BLAS's transpose flags:
 
   fwd  out[n] (HW x O)   = cols_n^T @ B
   dw   out (CKK x O)    += cols_n @ G[n]      (a thread's images into its own partial, then summed)
@@ -180,13 +181,13 @@ def _c(v):
     return ir.Constant(I64, v)
 
 
-def _last_range(L, chunk, k):
-    """[lo, hi) of the last output axis whose input position o*s + k*d - p is inside the input,
-    and the position at o = 0."""
+def _last_range(L, chunk, k, axis=-1):
+    """[lo, hi) of the output axis (the last by default) whose input position o*s + k*d - p is
+    inside the input, the position at o = 0, and the axis's length."""
     x, c, kernel, out, stride, padding, dilation = _dims(chunk)
     b = L.b
-    s, d, p = stride[-1], dilation[-1], padding[-1]
-    o_n, size = L.dim(out[-1]), L.dim(x.shape[-1])
+    s, d, p = stride[axis], dilation[axis], padding[axis]
+    o_n, size = L.dim(out[axis]), L.dim(x.shape[axis])
     base = b.sub(b.mul(k, _c(d)), _c(p))                   # the position at o = 0
     neg = b.sub(ZERO, base)                                  # o >= ceil(-base / s)
     lo = b.select(b.icmp_signed("<=", neg, ZERO), ZERO, b.sdiv(b.add(neg, _c(s - 1)), _c(s)))
@@ -198,8 +199,85 @@ def _last_range(L, chunk, k):
     return lo, hi, base, o_n
 
 
+def _planar(chunk) -> bool:
+    """Whether a row of the block over the last two output axes is one contiguous run of the
+    input plane, shifted: stride 1 on both and the output as wide as the input (a "same"
+    convolution). The rows then copy (and col2im adds) a whole plane at once, and only the
+    positions outside the input are set to zero one by one."""
+    x, c, kernel, out, stride, *_ = _dims(chunk)
+    return len(kernel) >= 2 and stride[-1] == 1 and stride[-2] == 1 and out[-1] == x.shape[-1]
+
+
+def _planes_of_block(L, chunk, body):
+    """body(plane, channel, pos, source shift, [jlo, jhi), (row lo, row hi, col lo, col hi, width))
+    for each plane of the block (a channel and kernel offset, outer output positions): the
+    plane's elements [jlo, jhi) are input elements at j + shift of the input plane at pos (an
+    empty run where the plane is all outside); within that run, the columns outside [col lo,
+    col hi) of rows [row lo, row hi) are not."""
+    x, c, kernel, out, stride, padding, dilation = _dims(chunk)
+    space = x.shape[2:]
+    r = len(kernel)
+
+    def plane(idx):
+        ch, ks, os = idx[0], idx[1:1 + r], idx[1 + r:]
+        b = L.b
+        flat = L.offset((c,) + tuple(kernel) + tuple(out[:-2]), idx)
+        inside = ir.Constant(ir.IntType(1), 1)
+        pos = []
+        for a in range(r - 2):
+            v = b.sub(b.add(b.mul(os[a], _c(stride[a])), b.mul(ks[a], _c(dilation[a]))), _c(padding[a]))
+            inside = b.and_(inside, b.and_(b.icmp_signed(">=", v, ZERO), b.icmp_signed("<", v, L.dim(space[a]))))
+            pos.append(v)
+        hlo, hhi, hbase, _ = _last_range(L, chunk, ks[-2], -2)
+        wlo, whi, wbase, width = _last_range(L, chunk, ks[-1], -1)
+        b = L.b
+        inside = b.and_(inside, b.and_(b.icmp_signed("<", hlo, hhi), b.icmp_signed("<", wlo, whi)))
+        jlo = b.select(inside, b.add(b.mul(hlo, width), wlo), ZERO)
+        jhi = b.select(inside, b.add(b.mul(b.sub(hhi, ONE), width), whi), ZERO)
+        shift = b.add(b.mul(hbase, width), wbase)
+        body(flat, ch, pos, shift, (jlo, jhi), (hlo, hhi, wlo, whi, width))
+    L.nest((c,) + tuple(kernel) + tuple(out[:-2]), plane)
+
+
+def _zero_columns(L, dst, t, rows):
+    """dst's columns outside [col lo, col hi) set to zero in rows [row lo, row hi): a strided
+    store down each such column (the few positions of a run that fall outside the input)."""
+    hlo, hhi, wlo, whi, width = rows
+    zero = ir.Constant(t, 0.0)
+    for start, stop in ((ZERO, wlo), (whi, width)):
+        with L.loop(stop, start) as col:
+            with L.loop(hhi, hlo) as row:
+                b = L.b
+                b.store(zero, b.gep(dst, [b.add(b.mul(row, width), col)], source_etype=t))
+
+
+def _fill_planes(L, chunk, i, block):
+    """_fill for a _planar chunk: each plane one contiguous copy, then its outside zeroed."""
+    x, c, kernel, out, *_ = _dims(chunk)
+    t = LLTYPES[x.dtype]
+    zero = ir.Constant(t, 0.0)
+    area = L.size(out[-2:])
+
+    def body(flat, ch, pos, shift, run, rows):
+        b = L.b
+        jlo, jhi = run
+        dst = b.gep(block, [b.mul(flat, area)], source_etype=t)
+        src = b.gep(L.bufs[x], [b.add(L.offset(x.shape, (i, ch) + tuple(pos) + (ZERO, ZERO)), shift)],
+                    source_etype=t)
+        with L.loop(jlo) as j:
+            L.b.store(zero, L.b.gep(dst, [j], source_etype=t))
+        with L.loop(jhi, jlo) as j:
+            L.b.store(L.b.load(L.b.gep(src, [j], source_etype=t), typ=t), L.b.gep(dst, [j], source_etype=t))
+        with L.loop(area, jhi) as j:
+            L.b.store(zero, L.b.gep(dst, [j], source_etype=t))
+        _zero_columns(L, dst, t, rows)
+    _planes_of_block(L, chunk, body)
+
+
 def _fill(L, chunk, i, block):
     """Image i's columns into the block: each row a strided copy of an input row, zeros outside."""
+    if _planar(chunk):
+        return _fill_planes(L, chunk, i, block)
     x, c, kernel, out, stride, *_ = _dims(chunk)
     t = LLTYPES[x.dtype]
     zero = ir.Constant(t, 0.0)
@@ -232,6 +310,8 @@ def _col2im(L, chunk, i, block):
     dst0 = b.gep(L.bufs[dx], [b.mul(i, img)], source_etype=t)
     with L.loop(img) as j:
         L.b.store(ir.Constant(t, 0.0), L.b.gep(dst0, [j], source_etype=t))
+    if _planar(chunk):
+        return _col2im_planes(L, chunk, i, block)
 
     def body(flat, inside, pos, k, ch):
         b = L.b
@@ -244,6 +324,26 @@ def _col2im(L, chunk, i, block):
             v = L.b.load(L.b.gep(src, [o], source_etype=t), typ=t)
             L.b.store(L.b.fadd(L.b.load(p, typ=t), v), p)
     _rows_of_block(L, chunk, body)
+
+
+def _col2im_planes(L, chunk, i, block):
+    """_col2im for a _planar chunk: the positions of each plane's run that are outside the
+    input set to zero in the block (the block is scratch), then the run added back at once."""
+    dx, c, kernel, out, *_ = _dims(chunk)
+    t = LLTYPES[dx.dtype]
+    area = L.size(out[-2:])
+
+    def body(flat, ch, pos, shift, run, rows):
+        b = L.b
+        jlo, jhi = run
+        src = b.gep(block, [b.mul(flat, area)], source_etype=t)
+        _zero_columns(L, src, t, rows)
+        dst = L.b.gep(L.bufs[dx], [L.b.add(L.offset(dx.shape, (i, ch) + tuple(pos) + (ZERO, ZERO)), shift)],
+                      source_etype=t)
+        with L.loop(jhi, jlo) as j:
+            p = L.b.gep(dst, [j], source_etype=t)
+            L.b.store(L.b.fadd(L.b.load(p, typ=t), L.b.load(L.b.gep(src, [j], source_etype=t), typ=t)), p)
+    _planes_of_block(L, chunk, body)
 
 
 def _combine(L, chunk):
