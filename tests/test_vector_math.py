@@ -29,3 +29,26 @@ def test_integer_arithmetic_on_both_targets():
         got = gradc.compile(src, target=target).f(a, b)
         assert got.dtype == np.int32
         np.testing.assert_array_equal(got, want)
+
+
+def test_float32_exp_written_out_within_2_ulp_everywhere():
+    """float32 exp on cpu is inline arithmetic (codegen/cpu/mathlib.py), not a call: within 2
+    ulp of float64 NumPy over its whole range, subnormal results and the overflow edge included,
+    and exact at the specials (inf, -inf, NaN, 0, the limits beyond which it is inf or 0)."""
+    m = gradc.compile("fn e(x: f32[N]) -> f32[N] { return exp(x) }", cache=False)
+    assert "@expf" not in gradc.api.emit_llvm("fn e(x: f32[N]) -> f32[N] { return exp(x) }")
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-104, 89, 200_000), rng.uniform(-1e-6, 1e-6, 1000),
+                        np.linspace(-104, -87, 20_001), np.linspace(87, 88.8, 20_001)]).astype(np.float32)
+    got, want = m.e(x).astype(np.float64), np.exp(x.astype(np.float64))
+    tiny = np.finfo(np.float32).tiny
+    with np.errstate(over="ignore"):
+        w32 = want.astype(np.float32)
+    normal = np.isfinite(w32) & (w32 >= tiny)
+    ulp = np.spacing(w32[normal]).astype(np.float64)
+    assert np.max(np.abs(got[normal] - want[normal]) / ulp) <= 2.0
+    sub = w32 < tiny                        # subnormal results: within one step of 2^-149
+    assert np.max(np.abs(got[sub] - want[sub])) <= 2.0 ** -149
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 89.0, 1e30, -104.0, -1e30, 88.72283], np.float32)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(m.e(special), np.exp(special))

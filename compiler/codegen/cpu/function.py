@@ -10,7 +10,8 @@ from ..element import ONE, ElementLowering, counted_loop
 from ..products import batch_offset, product, unflatten
 from ..layout import ZERO
 from .reduce import emit_reduce, inner, inner_reduction, split_axis
-from ..scalar import I64, STORE_TYPES, Scalar, builder
+from ..scalar import I64, STORE_TYPES, builder
+from .mathlib import CpuScalar
 
 PTR = ir.PointerType()
 I32 = ir.IntType(32)
@@ -34,7 +35,7 @@ class FunctionLowering(ElementLowering):
         self.entry_block = fn.append_basic_block("entry")
         self.start = fn.append_basic_block("start")
         b = builder(self.start, fast_math)       # fast-math: flags on every floating-point instruction
-        self.setup(module, g, plan, fn, b, ir.IRBuilder(self.entry_block), Scalar(module, b), syms, bufs)
+        self.setup(module, g, plan, fn, b, ir.IRBuilder(self.entry_block), CpuScalar(module, b), syms, bufs)
         self.outs = list(outs)
         self.tid = tid if tid is not None else ZERO
         self.nth = nth if nth is not None else ONE
