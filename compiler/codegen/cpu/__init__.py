@@ -20,6 +20,7 @@ from .link import link_shared
 from .driver import lower_program_graph
 from .parallel import OMP_GLOBALS, THREADS_GLOBAL, lower_graph
 from .vecmath import add_vector_variants
+from .mathlib import attach_far_variants, inline_far_variants
 
 # what the loader patches (runtime/libs.py), in every module's copy
 LOADER_GLOBALS = (*OMP_GLOBALS, THREADS_GLOBAL, *BLAS_GLOBALS.values(), *GEMV_GLOBALS.values(), ILP64_GLOBAL,
@@ -81,6 +82,7 @@ def optimize_ir(text: str, tm, speed: int = 3, context=None, features=None):
     """Parse LLVM IR and run the -O3 pipeline (loop and SLP vectorization on); features: those of
     the target machine (this machine's by default), which pick libmvec's vector variants."""
     init_llvm()
+    text = attach_far_variants(text)
     if vector_math_library():
         text = add_vector_variants(text, features if features is not None else host_cpu()[2])
     mod = llvm.parse_assembly(text, context=context)
@@ -95,6 +97,7 @@ def optimize_ir(text: str, tm, speed: int = 3, context=None, features=None):
     pto.loop_unrolling = False
     pb = llvm.create_pass_builder(tm, pto)
     _unlocked("LLVMPY_RunNewModulePassManager")(pb.getModulePassManager(), mod, pb)
+    inline_far_variants(mod, tm, pto)
     return mod
 
 
