@@ -21,6 +21,8 @@ class Plan:
     reads: dict = field(default_factory=dict)   # root value -> buffer values its loop reads
     syms: tuple = ()                            # the dims array: symbol names, sorted
     chunked: dict = field(default_factory=dict)  # root node -> Chunk: a product done image by image
+    keys: dict = field(default_factory=dict)    # root value -> its nest's key (make_plan's nests)
+    levels: dict = field(default_factory=dict)  # root value -> its nest's depth in barriers
 
 
 @dataclass
@@ -117,8 +119,9 @@ def _nchw_source(prod, v, r, outputs):
     return p.ins[0] if v not in outputs and _to_channels_last(p, r) else None
 
 
-def make_plan(g: Graph, chunk: bool = False) -> Plan:
-    """chunk: convolutions' products image by image (a backend that lowers Chunk steps)."""
+def make_plan(g: Graph, chunk: bool = False, nests: bool = False) -> Plan:
+    """chunk: convolutions' products image by image (a backend that lowers Chunk steps);
+    nests: roots with the same key share one loop nest (a backend whose schedule fuses them)."""
     prod = {n.out: n for n in g.nodes}
     params = set(g.params)
     outputs = set(g.outputs)
@@ -152,7 +155,34 @@ def make_plan(g: Graph, chunk: bool = False) -> Plan:
     # stored once: its consumers (the windows of a pooling adjoint, say) may read each element
     # several times
     reread = {n.out for n in g.nodes if OPS[n.op].kind == "layout" and OPS[n.op].cheap is None}
-    owners = {}              # value -> roots whose loops compute it inline
+    ctx = (g, prod, params, outputs, cheap, reread, per_image, by_mm, roots_of)
+    mat, operands = _materialize(ctx, lambda v: v)
+    reads, pointwise = _reads(g, params | mat, mat, operands, per_image)
+    keys, levels = {}, {}
+    if nests:
+        # roots over one iteration space that depend on each other only element by element
+        # share a loop nest (a key): what several of them need is computed there once, for all
+        keys, levels = _nest_keys(g, prod, mat, reads, pointwise, chunked)
+        mat, operands = _materialize(ctx, lambda v: keys.get(v, v))
+        reads, pointwise = _reads(g, params | mat, mat, operands, per_image)
+    roots = [n for n in g.nodes if n.out in mat]
+    buffers = params | mat
+    syms = set()
+    for v in g.params:
+        syms |= symbols(v.shape)
+    for n in g.nodes:
+        syms |= symbols(n.out.shape)
+    return Plan(prod, roots, buffers, operands, reads, tuple(sorted(syms)), chunked,
+                {v: keys[v] for v in mat if v in keys}, levels)
+
+
+def _materialize(ctx, key_of):
+    """(values that get a buffer, matmul node -> its operands as read): walking back from the
+    outputs, a value is stored where it must be (outputs, reductions, products and what they
+    read) or where loop nests of several keys (key_of(root)) would each compute it again and it
+    is not cheap."""
+    g, prod, params, outputs, cheap, reread, per_image, by_mm, roots_of = ctx
+    owners = {}              # value -> keys of the roots whose loops compute it inline
     need_buffer = set()
     mat = set()
     operands = {}
@@ -167,7 +197,7 @@ def make_plan(g: Graph, chunk: bool = False) -> Plan:
         elif v in outputs or v in need_buffer or kind in ("reduce", "matmul", "scatter") or \
                 (len(own) > 1 and v not in cheap) or v in reread or v in roots_of:
             mat.add(v)
-            own = {v}
+            own = {key_of(v)}
         if kind == "matmul":
             ops = []
             for x, blocks in zip(n.ins, operand_blocks(n)):
@@ -201,32 +231,87 @@ def make_plan(g: Graph, chunk: bool = False) -> Plan:
     for n in g.nodes:
         if n.out in need_buffer:
             mat.add(n.out)
+    return mat, operands
 
-    roots = [n for n in g.nodes if n.out in mat]
-    buffers = params | mat
-    reads = {}
-    via = {}                 # non-buffer value -> buffers its computation reads
+
+def _pointwise(n, x) -> bool:
+    """Whether n reads x's element at n's own index (an elementwise op, no broadcast)."""
+    d = OPS[n.op]
+    return d.kind == "elementwise" and d.index_map is None and x.shape == n.out.shape
+
+
+def _reads(g, buffers, mat, operands, per_image):
+    """(root value -> buffers its loop reads, root value -> those it reads only at its own index).
+    An output that is not a buffer is a key ("out", value)."""
+    reads, pointwise = {}, {}
+    via, via_pw = {}, {}     # non-buffer value -> buffers its computation reads (only at its index)
     for n in g.nodes:
         if n in operands:
-            r = set()
+            r, pw = set(), set()
             for x, _ in operands[n]:
                 r |= via.get(x, set()) if x in per_image else {x}
         elif OPS[n.op].kind == "source":
-            r = set()
+            r, pw = set(), set()
         else:
-            r = set()
+            r, pw, other = set(), set(), set()
             for i in n.ins:
-                r |= {i} if i in buffers else via.get(i, set())
+                here = {i} if i in buffers else via.get(i, set())
+                r |= here
+                if _pointwise(n, i):
+                    pw |= {i} if i in buffers else via_pw.get(i, set())
+                    other |= set() if i in buffers else here - via_pw.get(i, set())
+                else:
+                    other |= here
+            pw -= other
         if n.out in mat:
-            reads[n.out] = r
+            reads[n.out], pointwise[n.out] = r, pw
         else:
-            via[n.out] = r
+            via[n.out], via_pw[n.out] = r, pw
     for o in g.outputs:
         if o not in buffers:
             reads.setdefault(("out", o), via.get(o, set()))
-    syms = set()
-    for v in g.params:
-        syms |= symbols(v.shape)
+    return reads, pointwise
+
+
+def nest_space(n):
+    """The shape a root's loop nest runs over: a reduction's input, else the root's own."""
+    return n.ins[0].shape if OPS[n.op].kind == "reduce" else n.out.shape
+
+
+def _nests(n, chunked) -> bool:
+    """Whether a root is computed by a fused loop nest (elementwise, layout, a reduction over its
+    innermost axes) rather than a step of its own (products, scans, scatters, other reductions)."""
+    kind = OPS[n.op].kind
+    if n in chunked or (kind == "layout" and OPS[n.op].cheap is None):
+        return False                      # a scan (a pass of its own), col2im
+    if kind == "reduce":
+        kept = [a for a in range(len(n.ins[0].shape)) if a not in n.attr("axes")]
+        return kept == list(range(len(kept)))
+    return kind in ("elementwise", "layout", "source")
+
+
+def _nest_keys(g, prod, mat, reads, pointwise, chunked):
+    """(root value -> key, root value -> level) for the roots of a fused loop nest.
+
+    A root's level counts the barriers below it: reading a buffer raises it by one, unless the
+    buffer is written by a fused root over the same space and read only at the loop's own index
+    (then the element was computed earlier in the same iteration). Roots of one space and one
+    level share a key: they depend on each other only element by element, and between keys
+    every dependence raises the level, so keys ordered by level can be scheduled."""
+    keys, levels = {}, {}
     for n in g.nodes:
-        syms |= symbols(n.out.shape)
-    return Plan(prod, roots, buffers, operands, reads, tuple(sorted(syms)), chunked)
+        v = n.out
+        if v not in mat:
+            continue
+        space, fused = nest_space(n), _nests(n, chunked)
+        lv = 0
+        for r in reads[v]:
+            if r not in levels:
+                continue                      # an input of the graph
+            p = prod[r]
+            same = fused and r in pointwise[v] and keys[r][0] == "nest" and keys[r][1] == space and \
+                OPS[p.op].kind != "reduce"
+            lv = max(lv, levels[r] + (0 if same else 1))
+        levels[v] = lv
+        keys[v] = ("nest", space, lv) if fused else ("step", v.id)
+    return keys, levels

@@ -103,7 +103,7 @@ class FunctionLowering(ElementLowering):
                 parts.append(inner_reduction(self, n, split, hooks))
                 continue
             dest = self.bufs[v] if n is not None else self.outs[s.out]
-            elem = (lambda idx, n=n: self.node_elem(n, idx)) if n is not None else \
+            elem = (lambda idx, n=n: self.root_elem(n, idx)) if n is not None else \
                 (lambda idx, v=v: self.elem(v, idx))
             parts.append(lambda idx, v=v, dest=dest, elem=elem: self.store(
                 v, idx, elem(idx), self.b.gep(dest, [self.offset(v.shape, idx)], source_etype=STORE_TYPES[v.dtype])))
@@ -120,6 +120,12 @@ class FunctionLowering(ElementLowering):
                 self.nest(shape, body, hooks=hooks, inner=inner)
             return
         self.nest(shape, body, bounds={a: self.chunk(shape, a, split)}, hooks=hooks, inner=inner)
+
+    def root_elem(self, n, idx):
+        """A root's element in its nest; the roots after it in the nest read it from here."""
+        x = self.node_elem(n, idx)
+        self.memo[-1][(n.out, tuple(map(id, idx)))] = x
+        return x
 
     def _interior(self, roots, shape, steps):
         # the steps' own values are being computed, not read: their buffers do not stop the walk

@@ -61,7 +61,7 @@ def lower_graph(module: ir.Module, g: Graph, fast_math: bool = False, cached_are
     cached_arena: the entry takes a fifth argument, a {ptr, i64 capacity} pair its caller owns:
     the arena is taken from there, grown when too small, and left for the next call (a loop's
     driver calls its body once per iteration; the caller frees it). No direct entries then."""
-    plan = make_plan(g, chunk=True)
+    plan = make_plan(g, chunk=True, nests=True)
     sched = make_schedule(g, plan)
     gvs = _globals(module)
     n_in, n_out = len(g.params), len(g.outputs)
