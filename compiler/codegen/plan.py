@@ -9,6 +9,11 @@ from ..ops_nn import is_block_swap, mkn_of, operand_blocks
 
 # a value made of at most this many cheap instructions (OpDef.cheap) is recomputed where needed
 RECOMPUTE_MAX = 8
+# a loop nest's body is cut into segments of about this many instructions (a call to a math
+# function counts CALL_COST), each a loop of its own over a tile of elements: LLVM's vectorizer
+# and register allocator take time quadratic in the length of a loop's body
+SEGMENT_MAX = 160
+CALL_COST = 8
 
 
 @dataclass
@@ -23,6 +28,7 @@ class Plan:
     chunked: dict = field(default_factory=dict)  # root node -> Chunk: a product done image by image
     keys: dict = field(default_factory=dict)    # root value -> its nest's key (make_plan's nests)
     levels: dict = field(default_factory=dict)  # root value -> its nest's depth in barriers
+    tiles: dict = field(default_factory=dict)   # nest (key[:3]) -> Tiles: values kept per tile
 
 
 @dataclass
@@ -43,6 +49,20 @@ class Chunk:
     mm: object
     root: object
     nchw: object = None
+
+
+@dataclass
+class Tiles:
+    """The values a segmented nest keeps for one tile of its innermost axis (tile elements long,
+    in a per-thread scratch block), read back by its later segments."""
+    tile: int
+    values: list
+
+
+def tile_length(count: int) -> int:
+    """Elements per tile: a divisor of the threads' split alignment, smaller when many values
+    are kept, so that a tile's values stay in the core's caches."""
+    return 256 if count <= 64 else 128 if count <= 128 else 64
 
 
 def _to_channels_last(n, r):
@@ -156,15 +176,26 @@ def make_plan(g: Graph, chunk: bool = False, nests: bool = False) -> Plan:
     # several times
     reread = {n.out for n in g.nodes if OPS[n.op].kind == "layout" and OPS[n.op].cheap is None}
     ctx = (g, prod, params, outputs, cheap, reread, per_image, by_mm, roots_of)
-    mat, operands = _materialize(ctx, lambda v: v)
-    reads, pointwise = _reads(g, params | mat, mat, operands, per_image)
-    keys, levels = {}, {}
+    mat, operands, _ = _materialize(ctx, lambda v: v)
+    reads, pointwise = _reads(g, params | mat, mat, operands, per_image, chunked)
+    keys, levels, tiles = {}, {}, {}
     if nests:
         # roots over one iteration space that depend on each other only element by element
         # share a loop nest (a key): what several of them need is computed there once, for all
         keys, levels = _nest_keys(g, prod, mat, reads, pointwise, chunked)
-        mat, operands = _materialize(ctx, lambda v: keys.get(v, v))
-        reads, pointwise = _reads(g, params | mat, mat, operands, per_image)
+        mat, operands, owners = _materialize(ctx, lambda v: keys.get(v, v))
+        reads, pointwise = _reads(g, params | mat, mat, operands, per_image, chunked)
+        seg, cuts = _segments(g, mat, keys, owners, cheap, chunked)
+        if any(k[3] for k in seg.values()):
+            # a long body in segments: what a later segment reads from an earlier one is stored
+            # for the tile, unless it is cheap to compute again
+            mat, operands, _ = _materialize(ctx, lambda v: seg.get(v, keys.get(v, v)),
+                                            {v: k for v, k in seg.items() if v in cuts})
+            reads, pointwise = _reads(g, params | mat, mat, operands, per_image, chunked)
+            keys = {v: seg.get(v, keys.get(v)) for v in mat if v in seg or v in keys}
+            for v, k in keys.items():
+                levels.setdefault(v, k[2] if k[0] == "nest" else 0)
+            tiles = _tiles(g, mat, keys, reads, outputs, operands)
     roots = [n for n in g.nodes if n.out in mat]
     buffers = params | mat
     syms = set()
@@ -173,14 +204,15 @@ def make_plan(g: Graph, chunk: bool = False, nests: bool = False) -> Plan:
     for n in g.nodes:
         syms |= symbols(n.out.shape)
     return Plan(prod, roots, buffers, operands, reads, tuple(sorted(syms)), chunked,
-                {v: keys[v] for v in mat if v in keys}, levels)
+                {v: keys[v] for v in mat if v in keys}, levels, tiles)
 
 
-def _materialize(ctx, key_of):
-    """(values that get a buffer, matmul node -> its operands as read): walking back from the
-    outputs, a value is stored where it must be (outputs, reductions, products and what they
-    read) or where loop nests of several keys (key_of(root)) would each compute it again and it
-    is not cheap."""
+def _materialize(ctx, key_of, cut=None):
+    """(values that get a buffer, matmul node -> its operands as read, value -> keys of the
+    nests computing it inline): walking back from the outputs, a value is stored where it must
+    be (outputs, reductions, products and what they read) or where loop nests of several keys
+    (key_of(root)) would each compute it again and it is not cheap. cut: value -> its segment's
+    key; a value not cheap that a later segment reads is stored too."""
     g, prod, params, outputs, cheap, reread, per_image, by_mm, roots_of = ctx
     owners = {}              # value -> keys of the roots whose loops compute it inline
     need_buffer = set()
@@ -195,7 +227,8 @@ def _materialize(ctx, key_of):
         if v in per_image:
             pass                                  # computed inside a Chunk step, image by image
         elif v in outputs or v in need_buffer or kind in ("reduce", "matmul", "scatter") or \
-                (len(own) > 1 and v not in cheap) or v in reread or v in roots_of:
+                (len({_nest_of(k) for k in own}) > 1 and v not in cheap) or v in reread or v in roots_of or \
+                (cut is not None and v in cut and v not in cheap and own != {cut[v]}):
             mat.add(v)
             own = {key_of(v)}
         if kind == "matmul":
@@ -231,16 +264,24 @@ def _materialize(ctx, key_of):
     for n in g.nodes:
         if n.out in need_buffer:
             mat.add(n.out)
-    return mat, operands
+    return mat, operands, owners
 
 
-def _pointwise(n, x) -> bool:
-    """Whether n reads x's element at n's own index (an elementwise op, no broadcast)."""
+def _nest_of(key):
+    """The nest of a key: a segment's key without its segment."""
+    return key[:3] if isinstance(key, tuple) and key[0] == "nest" else key
+
+
+def _pointwise(n, x, chunked=None) -> bool:
+    """Whether n reads x's element at the index of the loop computing n: an elementwise op
+    without broadcast, or a reduction over x's innermost axes (its nest runs over x)."""
     d = OPS[n.op]
+    if d.kind == "reduce":
+        return chunked is not None and _nests(n, chunked)
     return d.kind == "elementwise" and d.index_map is None and x.shape == n.out.shape
 
 
-def _reads(g, buffers, mat, operands, per_image):
+def _reads(g, buffers, mat, operands, per_image, chunked):
     """(root value -> buffers its loop reads, root value -> those it reads only at its own index).
     An output that is not a buffer is a key ("out", value)."""
     reads, pointwise = {}, {}
@@ -257,7 +298,7 @@ def _reads(g, buffers, mat, operands, per_image):
             for i in n.ins:
                 here = {i} if i in buffers else via.get(i, set())
                 r |= here
-                if _pointwise(n, i):
+                if _pointwise(n, i, chunked):
                     pw |= {i} if i in buffers else via_pw.get(i, set())
                     other |= set() if i in buffers else here - via_pw.get(i, set())
                 else:
@@ -315,3 +356,67 @@ def _nest_keys(g, prod, mat, reads, pointwise, chunked):
         levels[v] = lv
         keys[v] = ("nest", space, lv) if fused else ("step", v.id)
     return keys, levels
+
+
+def _weight(n) -> int:
+    """About how many instructions an element of n costs in a loop body."""
+    d = OPS[n.op]
+    if d.kind == "source":
+        return 0
+    return CALL_COST if d.cheap is None else max(1, d.cheap)
+
+
+def _segments(g, mat, keys, owners, cheap, chunked) -> tuple:
+    """(value -> (*its nest's key, segment), the values that may end a segment): the values each nest computes (its roots, and what
+    only it computes inline), in program order, cut into segments of about SEGMENT_MAX. Only a
+    value that every root reaches at the nest's own index (through elementwise ops) closes a
+    segment: a later segment reads it back at the same index, from the tile."""
+    users = {}
+    for n in g.nodes:
+        for x in n.ins:
+            users.setdefault(x, []).append(n)
+    # reached only at the loop's own index, from every root that needs it
+    at_index = set()
+    for n in reversed(g.nodes):
+        v = n.out
+        us = users.get(v, [])
+        if us and v not in g.outputs and all(_pointwise(u, v, chunked) and (u.out in mat or u.out in at_index)
+                                             for u in us):
+            at_index.add(v)
+    seg, weight, current = {}, {}, {}
+    for n in g.nodes:
+        v = n.out
+        own = owners.get(v, set())
+        k = keys.get(v) if v in mat else (next(iter(own)) if len(own) == 1 else None)
+        if not isinstance(k, tuple) or k[0] != "nest" or not k[1] or k[1][-1] == 1:
+            continue
+        w = weight.get(k, 0) + _weight(n)
+        if w > SEGMENT_MAX and (v in at_index or v in mat):
+            current[k] = current.get(k, 0) + 1
+            w = _weight(n)
+        weight[k] = w
+        seg[v] = k + (current.get(k, 0),)
+    return seg, at_index
+
+
+def _tiles(g, mat, keys, reads, outputs, operands) -> dict:
+    """nest (key[:3]) -> Tiles: the values of a segmented nest that only its own later segments
+    read (not outputs, not read by another step): kept for one tile, never stored whole."""
+    readers = {}
+    for v, r in reads.items():
+        for x in r:
+            readers.setdefault(x, []).append(v)
+    for ops in operands.values():
+        for x, _ in ops:
+            readers.setdefault(x, []).append(None)
+    groups = {}
+    for n in g.nodes:
+        v = n.out
+        k = keys.get(v)
+        if v not in mat or v in outputs or k is None or k[0] != "nest" or OPS[n.op].kind == "reduce":
+            continue
+        rs = readers.get(v, [])
+        if rs and all(r is not None and not isinstance(r, tuple) and keys.get(r, ())[:3] == k[:3] and
+                      keys[r][3] >= k[3] for r in rs):
+            groups.setdefault(k[:3], []).append(v)
+    return {k: Tiles(tile_length(len(vs)), vs) for k, vs in groups.items()}

@@ -9,7 +9,7 @@ from ..element import acc_dtype, counted_loop
 from .blas import BLAS_THREAD_GLOBALS, _Callee
 from .conv import per_thread
 from .direct import add_direct_entries
-from .function import ONE, PARALLEL_MIN, PTR, FunctionLowering
+from .function import ONE, PARALLEL_MIN, PTR, FunctionLowering, tile_bytes
 from ..plan import make_plan
 from ..scalar import I64, LLTYPES, SIZES
 from .schedule import make_schedule
@@ -104,6 +104,7 @@ def lower_graph(module: ir.Module, g: Graph, fast_math: bool = False, cached_are
         for j, w in enumerate(used):
             args[w] = fn.args[j]
         L = lowering(fn, args + list(fn.args[len(used):]), fn.args[-2], fn.args[-1])
+        L.segments(phase)
         for steps, part in phase:
             L.step(steps, part)
         L.finish()
@@ -166,6 +167,9 @@ def _phase_words(plan, sched, phase, g, n_in, n_out) -> list:
                 add(s.value)
                 for kind in ("partial", "acc", "chunk"):
                     add((kind, s.node))
+                key = plan.keys.get(s.value)
+                if key is not None:
+                    add(("tile", key[:3]))
             for r in (plan.reads[s.value] if s.node is not None else
                       ({s.value} if s.value in plan.buffers else plan.reads.get(("out", s.value), set()))):
                 add(r)
@@ -247,6 +251,8 @@ def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_o
                 if isinstance(key, tuple) and key[0] == "chunk":
                     c = plan.chunked[key[1]]
                     s = e.mul(e.mul(per_thread(L, c), ir.Constant(I64, SIZES[c.mm.out.dtype])), nth)
+                elif isinstance(key, tuple) and key[0] == "tile":
+                    s = e.mul(ir.Constant(I64, tile_bytes(plan.tiles[key[1]])), nth)
                 elif isinstance(key, tuple):
                     n = key[1]
                     s = e.mul(L.size(n.out.shape), ir.Constant(I64, SIZES[acc_dtype(n)]))

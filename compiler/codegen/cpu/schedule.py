@@ -108,8 +108,11 @@ def make_schedule(g, plan) -> Schedule:
 
     # lifetimes in phases: a block may be reused once every thread is past a barrier
     life = {}
+    tiled = {v: k for k, t in plan.tiles.items() for v in t.values}
     for s, p in placed:
-        if s.node is not None and s.value not in storage and s.value not in g.params:
+        if s.value in tiled:
+            life[("tile", tiled[s.value])] = [p, p]   # one scratch block for the nest's tiles
+        elif s.node is not None and s.value not in storage and s.value not in g.params:
             life[s.value] = [p, p]
         if s.partials:
             life[("partial", s.node)] = [p, p + 1]
@@ -171,6 +174,7 @@ def _units(plan, steps):
         key = plan.keys.get(s.value) if s.node is not None else None
         if key is None or key[0] != "nest":
             key = ("one", i)
+        key = key[:3]                             # a nest's segments go together
         if key not in groups:
             groups[key] = []
             level = plan.levels.get(s.value, 0) if s.node is not None else float("inf")
