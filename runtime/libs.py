@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import glob
 import os
-import subprocess
 import sys
 import threading
 
@@ -22,7 +20,7 @@ def _init():
             # find_library runs ldconfig or a compiler, tens of milliseconds of every load
             _state["math"] = []
             for soname, name in (("libm.so.6", "m"), ("libmvec.so.1", "mvec")):
-                lib = _dlopenable(soname) or ctypes.util.find_library(name)
+                lib = _dlopenable(soname) or _find_library(name)
                 if lib:
                     try:
                         ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
@@ -124,6 +122,12 @@ def _find_gomp():
     return None
 
 
+def _find_library(name):
+    """ctypes.util.find_library, imported when first needed (it imports subprocess)."""
+    import ctypes.util
+    return ctypes.util.find_library(name)
+
+
 def _system_gomp() -> list:
     """Full paths of the system's libgomp: a bare soname would return a copy already loaded."""
     found = []
@@ -131,6 +135,7 @@ def _system_gomp() -> list:
               "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib64"):
         found += sorted(glob.glob(os.path.join(d, "libgomp.so.1")))
     if not found:
+        import subprocess              # only here: importing it is a fifth of a module's load
         try:
             out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=5).stdout
             found = [line.split("=>")[-1].strip() for line in out.splitlines()
@@ -174,7 +179,7 @@ def _find_blas():
                 "scipy_openblas64/lib/*openblas*", "scipy_openblas32/lib/*openblas*"):
         candidates += sorted(glob.glob(os.path.join(base, pat)))
     for name in ("openblas", "blas") if not candidates else ():
-        found = ctypes.util.find_library(name)
+        found = _find_library(name)
         if found:
             candidates.append(found)
     names = [("scipy_cblas_{}gemm64_", True), ("cblas_{}gemm64_", True), ("scipy_cblas_{}gemm", False),

@@ -251,9 +251,10 @@ class Module:
     def __init__(self, name, functions: dict, target: str):
         self.__name__ = name
         self.target = target
-        from .records import RecordFunction
-        functions = {k: RecordFunction(f) if f.sig.records is not None and not isinstance(f, RecordFunction)
-                     else f for k, f in functions.items()}
+        if any(f.sig.records is not None for f in functions.values()):
+            from .records import RecordFunction       # imported only for programs with records
+            functions = {k: RecordFunction(f) if f.sig.records is not None and not isinstance(f, RecordFunction)
+                         else f for k, f in functions.items()}
         self._functions = dict(functions)
         self._records = {}
         for k, f in functions.items():

@@ -21,8 +21,9 @@ ONE = ir.Constant(I64, 1)
 
 
 @contextmanager
-def counted_loop(b, count, start=ZERO, prefix=""):
-    """for (i = start; i < count; i++) around the body emitted inside the with block."""
+def counted_loop(b, count, start=ZERO, prefix="", hint=None):
+    """for (i = start; i < count; i++) around the body emitted inside the with block; hint:
+    metadata for the loop's back edge (!llvm.loop)."""
     pre = b.block
     head, body, done = (b.append_basic_block(prefix + s) for s in ("loop", "body", "done"))
     b.branch(head)
@@ -33,7 +34,9 @@ def counted_loop(b, count, start=ZERO, prefix=""):
     b.position_at_end(body)
     yield i
     i.add_incoming(b.add(i, ONE), b.block)
-    b.branch(head)
+    br = b.branch(head)
+    if hint is not None:
+        br.set_metadata("llvm.loop", hint)
     b.position_at_end(done)
 
 
@@ -120,8 +123,8 @@ class ElementLowering:
     # ---- control flow
 
     @contextmanager
-    def loop(self, count, start=ZERO):
-        with counted_loop(self.b, count, start) as i:
+    def loop(self, count, start=ZERO, hint=None):
+        with counted_loop(self.b, count, start, hint=hint) as i:
             self.memo.append({})          # element values computed in the body stay in it
             yield i
             self.memo.pop()

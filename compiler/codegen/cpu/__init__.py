@@ -155,10 +155,25 @@ def _split(graphs: dict, order: list, name: str, describe=None, fast_math=False)
         module, entries = build_ir({fname: graphs[fname]}, f"{name}.{fname}", fast_math)
         if describe is not None:
             _add_constant(module, entries[fname][0] + ".desc", describe(fname, entries[fname]))
-        text = str(module)
+        text = loop_metadata(str(module))
         if i:
             text = _LOADER_NAME.sub(lambda m: f'@"{copy_name(m.group(1), i)}"', text)
         yield fname, text, entries[fname]
+
+
+_HINT = re.compile(r'^(!\d+) = !\{\s*!"gradc\.interleave\.\d+"\s*\}$', re.M)
+
+
+def loop_metadata(text: str) -> str:
+    """The module's text with each loop hint (function.interleave_hint) made a loop ID:
+    distinct, referring to itself, with the interleave count, and the loop's tail done by the
+    vector body under a mask (no scalar copy of a long body for the last few elements)."""
+    from .function import SEGMENT_INTERLEAVE
+    if "gradc.interleave." not in text:
+        return text
+    text = _HINT.sub(lambda m: f"{m.group(1)} = distinct !{{{m.group(1)}, !{10 ** 9}, !{10 ** 9 + 1}}}", text)
+    return text + f'\n!{10 ** 9} = !{{!"llvm.loop.interleave.count", i32 {SEGMENT_INTERLEAVE}}}\n' \
+        f'!{10 ** 9 + 1} = !{{!"llvm.loop.vectorize.predicate.enable", i1 true}}\n'
 
 
 def _add_constant(module, name: str, data: bytes):
@@ -202,11 +217,11 @@ def emit_llvm(graphs: dict, name: str = "gradc", optimized: bool = True, fast_ma
               cpu=None, features=None) -> str:
     module, _ = build_ir(graphs, name, fast_math)
     if not optimized:
-        return str(module)
-    return str(optimize_ir(str(module), target_machine(cpu, features), features=features))
+        return loop_metadata(str(module))
+    return str(optimize_ir(loop_metadata(str(module)), target_machine(cpu, features), features=features))
 
 
 def emit_asm(graphs: dict, name: str = "gradc", fast_math: bool = False, cpu=None, features=None) -> str:
     tm = target_machine(cpu, features)
     module, _ = build_ir(graphs, name, fast_math)
-    return tm.emit_assembly(optimize_ir(str(module), tm, features=features))
+    return tm.emit_assembly(optimize_ir(loop_metadata(str(module)), tm, features=features))

@@ -10,7 +10,7 @@ from ..element import ONE, ElementLowering, counted_loop
 from ..products import batch_offset, product, unflatten
 from ..layout import ZERO
 from .reduce import emit_reduce, inner, inner_reduction, split_axis
-from ..scalar import I64, STORE_TYPES, builder
+from ..scalar import I64, SIZES, STORE_TYPES, builder
 from .mathlib import CpuScalar
 
 PTR = ir.PointerType()
@@ -27,6 +27,52 @@ MATMUL_SPLIT_MIN = 1 << 18
 SCANS = {"cumsum": "add", "cumprod": "mul"}
 
 
+# a segment's loop is long (LLVM then interleaves nothing) and often one chain of dependent
+# calls: copies of the body for consecutive vectors hide the calls' latency
+SEGMENT_INTERLEAVE = 2
+
+
+def interleave_hint(module):
+    """Loop metadata asking for SEGMENT_INTERLEAVE vectors at a time; a placeholder that
+    loop_metadata (cpu/__init__.py) makes the distinct, self-referring node LLVM wants."""
+    return module.add_metadata([ir.MetaDataString(module, f"gradc.interleave.{len(module.metadata)}")])
+
+
+def _serial_calls(L, parts) -> bool:
+    """Whether most of the math calls of a segment's body depend on one another (a chain: the
+    loop then runs at the calls' latency unless it is interleaved); independent calls overlap
+    without, and interleaving them only adds register pressure."""
+    depth, calls = {}, set()
+    for p in parts:
+        s = p.step
+        if s.node is None:
+            continue
+        todo = [(s.node.ins[0] if OPS[s.node.op].kind == "reduce" else s.value, False)]
+        while todo:
+            v, ready = todo.pop()
+            if v in depth:
+                continue
+            n = L.plan.producers.get(v)
+            if n is None or (v in L.bufs and v is not s.value):
+                depth[v] = 0
+                continue
+            if not ready:
+                todo.append((v, True))
+                todo.extend((x, False) for x in n.ins if x not in depth)
+                continue
+            call = OPS[n.op].cheap is None and OPS[n.op].kind == "elementwise"
+            if call:
+                calls.add(v)
+            depth[v] = int(call) + max((depth.get(x, 0) for x in n.ins), default=0)
+    return bool(calls) and 2 * max(depth.values()) >= len(calls)
+
+
+def tile_bytes(tiles) -> int:
+    """Bytes of one thread's block for a segmented nest's tile (plan.Tiles), whole cache lines."""
+    n = sum(tiles.tile * SIZES[v.dtype] for v in tiles.values)
+    return (n + 63) // 64 * 64
+
+
 class FunctionLowering(ElementLowering):
     """Builds one function; bufs: value -> pointer, syms: dim name -> i64, tid/nth: this thread."""
 
@@ -35,12 +81,15 @@ class FunctionLowering(ElementLowering):
         self.entry_block = fn.append_basic_block("entry")
         self.start = fn.append_basic_block("start")
         b = builder(self.start, fast_math)       # fast-math: flags on every floating-point instruction
+        self.fast_math = fast_math
         self.setup(module, g, plan, fn, b, ir.IRBuilder(self.entry_block), CpuScalar(module, b), syms, bufs)
         self.outs = list(outs)
         self.tid = tid if tid is not None else ZERO
         self.nth = nth if nth is not None else ONE
         self.is_first = self.entry.icmp_signed("==", self.tid, ZERO)
-        self.extra = extra or {}            # ("partial" | "acc", node) -> scratch pointer
+        self.extra = extra or {}            # ("partial" | "acc" | "tile", ...) -> scratch pointer
+        self.tile = {}                      # value kept per tile -> its block (segmented nests)
+        self.tile_start = None
 
     def finish(self, ret=None):
         self.b.ret(ret) if ret is not None else self.b.ret_void()
@@ -97,17 +146,21 @@ class FunctionLowering(ElementLowering):
         shape = steps[0].space
         a = split_axis(shape)
         split = self.split_cond(shape, a)
-        hooks, parts = {}, []
+        hooks, parts, segs = {}, [], []
         for s in steps:
-            v, n = s.value, s.node
-            if n is not None and OPS[n.op].kind == "reduce":
-                parts.append(inner_reduction(self, n, split, hooks))
-                continue
-            dest = self.bufs[v] if n is not None else self.outs[s.out]
-            elem = (lambda idx, n=n: self.node_elem(n, idx)) if n is not None else \
-                (lambda idx, v=v: self.elem(v, idx))
-            parts.append(lambda idx, v=v, dest=dest, elem=elem: self.store(
-                v, idx, elem(idx), self.b.gep(dest, [self.offset(v.shape, idx)], source_etype=STORE_TYPES[v.dtype])))
+            key = self.plan.keys.get(s.value) if s.node is not None else None
+            segs.append(key[3] if key is not None and len(key) > 3 else (0 if s.node is not None else float("inf")))
+            parts.append(self._nest_part(s, split, hooks))
+        last = max([x for x in segs if x != float("inf")], default=0)
+        segs = [last if x == float("inf") else x for x in segs]      # copies in the last segment
+        if len(set(segs)) > 1 and shape and shape[-1] != 1:
+            groups = {}
+            for i in sorted(range(len(parts)), key=lambda i: segs[i]):
+                groups.setdefault(segs[i], []).append(parts[i])
+            nests = {self.plan.keys[s.value][:3] for s in steps if s.value in self.plan.keys}
+            t = min([self.plan.tiles[k].tile for k in nests if k in self.plan.tiles] + [256])
+            self.segmented(shape, a, split, hooks, list(groups.values()), t, nests)
+            return
 
         def body(idx):
             for f in parts:
@@ -121,6 +174,144 @@ class FunctionLowering(ElementLowering):
                 self.nest(shape, body, hooks=hooks, inner=inner)
             return
         self.nest(shape, body, bounds={a: self.chunk(shape, a, split)}, hooks=hooks, inner=inner)
+
+    def _nest_part(self, s, split, hooks):
+        """What the body of s's nest does for one element: part(idx, L) with L the lowering of
+        the function the loop is in (self, or a segment's function); part.acc: a reduction's
+        accumulator, which a segment's function gets as a pointer."""
+        v, n = s.value, s.node
+        if n is not None and OPS[n.op].kind == "reduce":
+            update = inner_reduction(self, n, split, hooks)
+
+            def part(idx, L=self, acc=None):
+                update(idx, L, acc if acc is not None else update.acc)
+            part.acc, part.step = update.acc, s
+            return part
+        if n is not None and v in self.plan.keys and any(v in t.values for t in self.plan.tiles.values()):
+            def part(idx, L=self, acc=None):
+                L.store(v, idx, L.root_elem(n, idx))
+        elif n is not None:
+            def part(idx, L=self, acc=None):
+                L.store(v, idx, L.root_elem(n, idx), L.b.gep(L.bufs[v], [L.offset(v.shape, idx)],
+                                                              source_etype=STORE_TYPES[v.dtype]))
+        else:
+            def part(idx, L=self, acc=None):
+                L.store(v, idx, L.elem(v, idx), L.b.gep(L.outs[s.out], [L.offset(v.shape, idx)],
+                                                        source_etype=STORE_TYPES[v.dtype]))
+        part.acc, part.step = None, s
+        return part
+
+    def root_elem(self, n, idx):
+        """A root's element in its nest; the roots after it in the nest read it from here."""
+        x = self.node_elem(n, idx)
+        self.memo[-1][(n.out, tuple(map(id, idx)))] = x
+        return x
+
+    def segments(self, phase):
+        """Before a phase's steps (schedule.py): the blocks its segmented nests keep per tile."""
+        self.tile_blocks({self.plan.keys[s.value][:3] for steps, _ in phase for s in steps
+                          if s.value in self.plan.keys})
+
+    def tile_blocks(self, nests):
+        for k in sorted(nests, key=str):
+            t = self.plan.tiles.get(k)
+            if t is None or ("tile", k) not in self.extra:
+                continue
+            e = self.entry
+            block = e.gep(self.extra[("tile", k)], [e.mul(self.tid, ir.Constant(I64, tile_bytes(t)))],
+                          source_etype=ir.IntType(8))
+            off = 0
+            for v in t.values:
+                self.tile[v] = (block, off)
+                self.bufs[v] = block
+                off += t.tile * SIZES[v.dtype]
+
+    def ptr(self, v, idx):
+        at = self.tile.get(v)
+        if at is None:
+            return super().ptr(v, idx)
+        # kept for the current tile of the innermost axis, at the element's place in it
+        b = self.b
+        i = b.add(b.mul(b.sub(idx[-1], self.tile_start), ir.Constant(I64, SIZES[v.dtype])), ir.Constant(I64, at[1]))
+        return b.gep(at[0], [i], inbounds=True, source_etype=ir.IntType(8))
+
+    def segmented(self, shape, a, split, hooks, groups, t, nests):
+        """A nest whose body is cut in segments: the innermost axis in tiles, and each tile
+        runs each segment's loop in turn, each segment a function of its own (LLVM's loop passes
+        take time that grows with the size of the function around a loop); what a later segment
+        reads of an earlier one is in the tile's block (self.tile), still in cache."""
+        tile = ir.Constant(I64, t)
+        last = len(shape) - 1
+        bounds = {a: self.chunk(shape, a, split)} if a is not None else {}
+        lo, hi = bounds.get(last, (ZERO, self.dim(shape[last])))
+        fns = [self._segment_function(parts, last, nests) for parts in groups]
+
+        def run(oidx):
+            b = self.b
+            count = b.sdiv(b.add(b.sub(hi, lo), ir.Constant(I64, t - 1)), tile)
+            with self.loop(count) as j:
+                t0 = b.add(lo, b.mul(j, tile))
+                end = b.add(t0, tile)
+                t1 = b.select(b.icmp_signed("<", end, hi), end, hi)
+                for fn, accs in fns:
+                    b.call(fn, self._words() + [t0, t1] + list(oidx) + accs)
+        outer = {k: r for k, r in bounds.items() if k != last}
+        if a is None:
+            with self.when(self.is_first):
+                self.nest(shape[:-1], run, hooks=hooks)
+            return
+        self.nest(shape[:-1], run, bounds=outer, hooks=hooks)
+
+    def _words(self):
+        """This function's arguments as a segment's function takes them."""
+        return list(self.fn.args)
+
+    def _segment_function(self, parts, rank, nests):
+        """(function, its arguments after this function's own) for one segment: a loop over
+        [t0, t1) of the innermost axis at the outer index it is given, the steps' parts in its
+        body. Each value kept per tile that it reads or writes comes as a pointer of its own, so
+        LLVM sees that they do not overlap (one block at offsets would keep it from
+        interleaving the loop)."""
+        accs = [p.acc for p in parts if p.acc is not None]
+        kept = set()
+        for p in parts:
+            s = p.step
+            if s.node is not None:
+                kept |= ({s.value} | self.plan.reads[s.value]) & self.tile.keys()
+        kept = sorted(kept, key=lambda v: v.id)
+        own = list(self.fn.args)
+        ty = ir.FunctionType(ir.VoidType(), [a.type for a in own] + [I64] * (2 + rank) +
+                             [PTR] * (len(accs) + len(kept)))
+        fn = ir.Function(self.module, ty, self.module.get_unique_name(self.fn.name + ".segment"))
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        for x in fn.args:
+            if x.type == PTR:
+                x.add_attribute("noalias")
+        args = {a: x for a, x in zip(own, fn.args)}
+        sub = lambda p: args.get(p, p)
+        bufs = {v: sub(p) for v, p in self.bufs.items() if v not in self.tile}
+        extra = {k: sub(p) for k, p in self.extra.items()}
+        syms = {k: sub(p) for k, p in self.syms.items()}
+        L = FunctionLowering(self.module, self.g, self.plan, fn, bufs, syms, [sub(p) for p in self.outs],
+                             sub(self.tid), sub(self.nth), extra, self.fast_math)
+        rest = fn.args[len(own):]
+        t0, t1, oidx = rest[0], rest[1], tuple(rest[2:2 + rank])
+        acc_args, tile_args = rest[2 + rank:2 + rank + len(accs)], rest[2 + rank + len(accs):]
+        for v, x in zip(kept, tile_args):
+            L.tile[v] = (x, 0)
+            L.bufs[v] = x
+        L.tile_start = t0
+        acc_of = dict(zip(map(id, accs), acc_args))
+        with L.loop(t1, t0, hint=interleave_hint(self.module) if _serial_calls(L, parts) else None) as i:
+            idx = oidx + (i,)
+            for p in parts:
+                p(idx, L, acc_of.get(id(p.acc)) if p.acc is not None else None)
+        L.finish()
+        e = self.entry
+        ptrs = [e.gep(self.tile[v][0], [ir.Constant(I64, self.tile[v][1])], source_etype=ir.IntType(8))
+                for v in kept]
+        return fn, accs + ptrs
 
     def _interior(self, roots, shape, steps):
         # the steps' own values are being computed, not read: their buffers do not stop the walk

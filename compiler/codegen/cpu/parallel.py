@@ -9,7 +9,7 @@ from ..element import acc_dtype, counted_loop
 from .blas import BLAS_THREAD_GLOBALS, _Callee
 from .conv import per_thread
 from .direct import add_direct_entries
-from .function import ONE, PARALLEL_MIN, PTR, FunctionLowering
+from .function import ONE, PARALLEL_MIN, PTR, FunctionLowering, tile_bytes
 from ..plan import make_plan
 from ..scalar import I64, LLTYPES, SIZES
 from .schedule import make_schedule
@@ -61,7 +61,7 @@ def lower_graph(module: ir.Module, g: Graph, fast_math: bool = False, cached_are
     cached_arena: the entry takes a fifth argument, a {ptr, i64 capacity} pair its caller owns:
     the arena is taken from there, grown when too small, and left for the next call (a loop's
     driver calls its body once per iteration; the caller frees it). No direct entries then."""
-    plan = make_plan(g, chunk=True)
+    plan = make_plan(g, chunk=True, nests=True)
     sched = make_schedule(g, plan)
     gvs = _globals(module)
     n_in, n_out = len(g.params), len(g.outputs)
@@ -81,24 +81,35 @@ def lower_graph(module: ir.Module, g: Graph, fast_math: bool = False, cached_are
         return FunctionLowering(module, g, plan, fn, bufs, dict(zip(plan.syms, args[n_ptr:n_words])), outs,
                                 tid, nth, extra, fast_math)
 
-    # every phase takes all buffers, the dims, then (thread id, thread count)
-    phase_ty = ir.FunctionType(VOID, [PTR] * n_ptr + [I64] * (len(plan.syms) + 2))
-    phase_fns = []
+    # a phase takes the buffers its steps read and write (as words of the context), all dims,
+    # then (thread id, thread count): a phase with every buffer of a long program as an
+    # argument made LLVM's interprocedural passes quadratic in the program's length
+    absent = _absent(module)
+    phase_words, phase_fns = [], []
     for k, phase in enumerate(sched.phases):
-        fn = ir.Function(module, phase_ty, f"{name}.phase{k}")
+        used = _phase_words(plan, sched, phase, g, n_in, n_out)
+        fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * len(used) + [I64] * (len(plan.syms) + 2)),
+                         f"{name}.phase{k}")
         fn.linkage = "internal"
         # called from a parallel region and from the one-thread path: inlined, each phase's
         # loops would be vectorized twice, doubling compile time for nothing
         fn.attributes.add("noinline")
-        for a in fn.args[:n_ptr]:
+        for a in fn.args[:len(used)]:
             # the runtime never passes overlapping buffers; blocks sharing a slot live in
             # different phases, and threads write disjoint parts within one phase
             a.add_attribute("noalias")
-        L = lowering(fn, fn.args, fn.args[-2], fn.args[-1])
+        # a word the phase does not take stands for a symbol no object defines: a use of it
+        # (a buffer the phase was thought not to need) fails when the module loads
+        args = [absent] * n_ptr
+        for j, w in enumerate(used):
+            args[w] = fn.args[j]
+        L = lowering(fn, args + list(fn.args[len(used):]), fn.args[-2], fn.args[-1])
+        L.segments(phase)
         for steps, part in phase:
             L.step(steps, part)
         L.finish()
         phase_fns.append(fn)
+        phase_words.append(used)
 
     # a region's body as libgomp runs it on each thread: unpack the context, phases, barriers
     regions = {}
@@ -116,16 +127,53 @@ def lower_graph(module: ir.Module, g: Graph, fast_math: bool = False, cached_are
         for j, i in enumerate(idxs):
             if j:
                 _call_ptr(b, gvs["gradc_gomp_barrier"], VOID, [], [])
-            b.call(phase_fns[i], words + [tid, nth])
+            b.call(phase_fns[i], [words[w] for w in phase_words[i]] + words[n_ptr:] + [tid, nth])
         b.ret_void()
         regions[r] = fn
 
     entry = ir.Function(module, ir.FunctionType(I32, [PTR] * (5 if cached_arena else 4)), name)
     checks = [n for n in g.nodes if OPS[n.op].kind == "check"]
-    _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_out, n_ptr, n_words, checks)
+    _emit_entry(entry, lowering, sched, plan, gvs, list(zip(phase_fns, phase_words)), regions, n_in, n_out, n_ptr,
+                n_words, checks)
     if not cached_arena:
         add_direct_entries(module, g, entry, plan.syms)
     return name, plan.syms, [{"error": n.attr("error"), "message": n.attr("message")} for n in checks]
+
+
+def _absent(module):
+    gv = module.globals.get("gradc.absent")
+    if gv is None:
+        gv = ir.GlobalVariable(module, I64, "gradc.absent")
+    return gv
+
+
+def _phase_words(plan, sched, phase, g, n_in, n_out) -> list:
+    """The context words (buffers: inputs, outputs, arena slots) a phase's steps read or write."""
+    params = {v: i for i, v in enumerate(g.params)}
+    words = set()
+
+    def add(v):
+        if v in params:
+            words.add(params[v])
+        elif v in sched.storage:
+            words.add(n_in + sched.storage[v])
+        elif v in sched.slot_of:
+            words.add(n_in + n_out + sched.slot_of[v])
+    for steps, _ in phase:
+        for s in steps:
+            if s.node is None:
+                words.add(n_in + s.out)
+            else:
+                add(s.value)
+                for kind in ("partial", "acc", "chunk"):
+                    add((kind, s.node))
+                key = plan.keys.get(s.value)
+                if key is not None:
+                    add(("tile", key[:3]))
+            for r in (plan.reads[s.value] if s.node is not None else
+                      ({s.value} if s.value in plan.buffers else plan.reads.get(("out", s.value), set()))):
+                add(r)
+    return sorted(words)
 
 
 # the entry's status (runtime/cpu.py reads it)
@@ -203,6 +251,8 @@ def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_o
                 if isinstance(key, tuple) and key[0] == "chunk":
                     c = plan.chunked[key[1]]
                     s = e.mul(e.mul(per_thread(L, c), ir.Constant(I64, SIZES[c.mm.out.dtype])), nth)
+                elif isinstance(key, tuple) and key[0] == "tile":
+                    s = e.mul(ir.Constant(I64, tile_bytes(plan.tiles[key[1]])), nth)
                 elif isinstance(key, tuple):
                     n = key[1]
                     s = e.mul(L.size(n.out.shape), ir.Constant(I64, SIZES[acc_dtype(n)]))
@@ -241,7 +291,8 @@ def _emit_entry(entry, lowering, sched, plan, gvs, phase_fns, regions, n_in, n_o
     if regions:
         for i, v in enumerate(args):
             b.store(v if v.type == PTR else b.inttoptr(v, PTR), b.gep(ctx, [ir.Constant(I64, i)], source_etype=PTR))
-    serial = lambda idxs: [b.call(phase_fns[i], args + [ir.Constant(I64, 0), ONE]) for i in idxs]
+    serial = lambda idxs: [b.call(phase_fns[i][0], [args[w] for w in phase_fns[i][1]] + args[n_ptr:] +
+                                  [ir.Constant(I64, 0), ONE]) for i in idxs]
 
     def free():
         if sched.slots and cache is None:

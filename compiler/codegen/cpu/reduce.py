@@ -82,7 +82,13 @@ def inner_reduction(L, n, split, hooks):
     before, afters = hooks.setdefault(len(kept), ([], []))
     before.append(lambda oidx: L.b.store(_identity(n.op, acc_dt), acc))
     afters.append(after)
-    return lambda idx: L.b.store(_combine(L.cg, n.op, L.b.load(acc, typ=t), _value(L, n, idx), True), acc)
+
+    def update(idx, at=L, into=acc):
+        """The element at idx added in; at, into: another function's lowering and its pointer to
+        the accumulator (a segment of a nest, cpu/function.py)."""
+        at.b.store(_combine(at.cg, n.op, at.b.load(into, typ=t), _value(at, n, idx), True), into)
+    update.acc = acc
+    return update
 
 
 def emit_reduce(L, n, part):

@@ -72,10 +72,13 @@ def make_schedule(g, plan) -> Schedule:
 
     # a value under a check is tested between regions: what reads it starts a new region
     checked = {n.ins[0] for n in g.nodes if OPS[n.op].kind == "check"}
-    for s in steps:
-        if first < len(phases) and any(written.get(r, -1) >= first for r in _reads(plan, s) & checked):
+    for unit in _units(plan, steps):
+        own = {s.value for s in unit if s.node is not None}
+        reads = set().union(*(_reads(plan, s) for s in unit)) - own
+        if first < len(phases) and any(written.get(r, -1) >= first for r in reads & checked):
             close()
             first = len(phases)
+        s = unit[0]
         if s.alone:
             close()
             phases.append([(s, 0)])
@@ -84,14 +87,16 @@ def make_schedule(g, plan) -> Schedule:
             placed.append((s, len(phases) - 1))
             first = len(phases)
             continue
-        # the earliest phase after everything it reads was written in this region
-        p = max([first] + [written[r] + 1 for r in _reads(plan, s) if written.get(r, -1) >= first])
-        for q in range(p, p + 1 + s.partials):
-            if q == len(phases):
-                phases.append([])
-            phases[q].append((s, q - p))
-        written[s.value] = p + s.partials
-        placed.append((s, p))
+        # the earliest phase after everything it reads was written in this region; the roots
+        # of one nest read each other element by element, in the same iteration
+        p = max([first] + [written[r] + 1 for r in reads if written.get(r, -1) >= first])
+        for s in unit:
+            for q in range(p, p + 1 + s.partials):
+                if q == len(phases):
+                    phases.append([])
+                phases[q].append((s, q - p))
+            written[s.value] = p + s.partials
+            placed.append((s, p))
     close()
     phases = [_fuse(p) for p in phases]
     segment_of = {i: r for r, (_, idxs) in enumerate(segments) for i in idxs}
@@ -103,8 +108,11 @@ def make_schedule(g, plan) -> Schedule:
 
     # lifetimes in phases: a block may be reused once every thread is past a barrier
     life = {}
+    tiled = {v: k for k, t in plan.tiles.items() for v in t.values}
     for s, p in placed:
-        if s.node is not None and s.value not in storage and s.value not in g.params:
+        if s.value in tiled:
+            life[("tile", tiled[s.value])] = [p, p]   # one scratch block for the nest's tiles
+        elif s.node is not None and s.value not in storage and s.value not in g.params:
             life[s.value] = [p, p]
         if s.partials:
             life[("partial", s.node)] = [p, p + 1]
@@ -156,6 +164,23 @@ def _fuse(phase):
         else:
             groups.append(([s], part))
     return [(tuple(g), part) for g, part in groups]
+
+
+def _units(plan, steps):
+    """The steps in groups placed together: the roots of one nest key (plan.keys), each other
+    step alone; by level, so that everything a group reads is placed before it."""
+    groups, order = {}, []
+    for i, s in enumerate(steps):
+        key = plan.keys.get(s.value) if s.node is not None else None
+        if key is None or key[0] != "nest":
+            key = ("one", i)
+        key = key[:3]                             # a nest's segments go together
+        if key not in groups:
+            groups[key] = []
+            level = plan.levels.get(s.value, 0) if s.node is not None else float("inf")
+            order.append((level, i, key))
+        groups[key].append(s)
+    return [groups[k] for _, _, k in sorted(order)]
 
 
 def _reads(plan, s):
