@@ -155,24 +155,33 @@ def _image_rows(L, chunk, v, transposed, i, rows, width, total):
     return _rows(L, v, i, rows, width), width, False
 
 
+def _outer(L, chunk, idx, inner):
+    """(flat index, channel, kernel offsets, whether the outer input positions are inside the
+    input, those positions) of idx over (C, *kernel, *out[:-inner]): the output axes before the
+    last `inner` ones are the block's outer loops."""
+    x, c, kernel, out, stride, padding, dilation = _dims(chunk)
+    space = x.shape[2:]
+    r = len(kernel)
+    ch, ks, os = idx[0], idx[1:1 + r], idx[1 + r:]
+    b = L.b
+    flat = L.offset((c,) + tuple(kernel) + tuple(out[:-inner]), idx)
+    inside = ir.Constant(ir.IntType(1), 1)
+    pos = []
+    for a in range(r - inner):
+        v = b.sub(b.add(b.mul(os[a], _c(stride[a])), b.mul(ks[a], _c(dilation[a]))), _c(padding[a]))
+        inside = b.and_(inside, b.and_(b.icmp_signed(">=", v, ZERO), b.icmp_signed("<", v, L.dim(space[a]))))
+        pos.append(v)
+    return flat, ch, ks, inside, pos
+
+
 def _rows_of_block(L, chunk, body):
     """body(flat row, whether the row's outer input positions are inside the input, those
     positions, the last kernel offset, the channel) for each row of the block: loops over the
     channels, the kernel offsets and the outer output axes."""
-    x, c, kernel, out, stride, padding, dilation = _dims(chunk)
-    space = x.shape[2:]
-    r = len(kernel)
+    _, c, kernel, out, *_ = _dims(chunk)
 
     def row(idx):
-        ch, ks, os = idx[0], idx[1:1 + r], idx[1 + r:]
-        b = L.b
-        flat = L.offset((c,) + tuple(kernel) + tuple(out[:-1]), idx)
-        inside = ir.Constant(ir.IntType(1), 1)
-        pos = []
-        for a in range(r - 1):
-            v = b.sub(b.add(b.mul(os[a], _c(stride[a])), b.mul(ks[a], _c(dilation[a]))), _c(padding[a]))
-            inside = b.and_(inside, b.and_(b.icmp_signed(">=", v, ZERO), b.icmp_signed("<", v, L.dim(space[a]))))
-            pos.append(v)
+        flat, ch, ks, inside, pos = _outer(L, chunk, idx, 1)
         body(flat, inside, pos, ks[-1], ch)
     L.nest((c,) + tuple(kernel) + tuple(out[:-1]), row)
 
@@ -214,20 +223,10 @@ def _planes_of_block(L, chunk, body):
     plane's elements [jlo, jhi) are input elements at j + shift of the input plane at pos (an
     empty run where the plane is all outside); within that run, the columns outside [col lo,
     col hi) of rows [row lo, row hi) are not."""
-    x, c, kernel, out, stride, padding, dilation = _dims(chunk)
-    space = x.shape[2:]
-    r = len(kernel)
+    _, c, kernel, out, *_ = _dims(chunk)
 
     def plane(idx):
-        ch, ks, os = idx[0], idx[1:1 + r], idx[1 + r:]
-        b = L.b
-        flat = L.offset((c,) + tuple(kernel) + tuple(out[:-2]), idx)
-        inside = ir.Constant(ir.IntType(1), 1)
-        pos = []
-        for a in range(r - 2):
-            v = b.sub(b.add(b.mul(os[a], _c(stride[a])), b.mul(ks[a], _c(dilation[a]))), _c(padding[a]))
-            inside = b.and_(inside, b.and_(b.icmp_signed(">=", v, ZERO), b.icmp_signed("<", v, L.dim(space[a]))))
-            pos.append(v)
+        flat, ch, ks, inside, pos = _outer(L, chunk, idx, 2)
         hlo, hhi, hbase, _ = _last_range(L, chunk, ks[-2], -2)
         wlo, whi, wbase, width = _last_range(L, chunk, ks[-1], -1)
         b = L.b
