@@ -234,13 +234,6 @@ def _cuda_available():
 
 # ---- iree: upstream MLIR compiled by IREE for the host CPU
 
-IREE_FLAGS = ("--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
-              "--iree-llvmcpu-target-cpu=host",
-              # f64 stays f64 (IREE demotes it by default), and executables link as system
-              # libraries: f64 math (tanh, erf, ...) calls the C library, as NumPy's does
-              "--iree-input-demote-f64-to-f32=false", "--iree-llvmcpu-link-embedded=false")
-
-
 def _iree_host(options, ask_llvm=False):
     from importlib.metadata import version
     from .runtime.host import host
@@ -254,20 +247,20 @@ def _iree_available():
     return iree_available()
 
 
-def _iree_text(graphs, name):
+def _iree_text(graphs, name, f64_math=False):
     from .compiler.codegen.mlir import emit_module
-    return emit_module(graphs, name)
+    return emit_module(graphs, name, f64_math=f64_math)
 
 
 def _iree_compile(graphs, name, options, facts, sigs):
+    from .compiler.codegen.mlir import compile_vmfb
     from .runtime import artifact
-    from .runtime.iree import INSTALL
-    try:
-        from iree.compiler import tools
-    except ImportError:
-        raise TargetUnavailable(INSTALL) from None
-    text, meta = _iree_text(graphs, name)
-    vmfb = tools.compile_str(text, extra_args=list(IREE_FLAGS))
+    from .runtime.iree import iree_available
+    ok, why = iree_available()
+    if not ok:
+        raise TargetUnavailable(why)
+    text, meta = _iree_text(graphs, name, f64_math=True)
+    vmfb = compile_vmfb(text)
     functions = [{"signature": sigs[k]} for k in graphs]
     return functions, artifact.Code((vmfb, json.dumps(meta, sort_keys=True).encode()))
 

@@ -63,14 +63,14 @@ def shared_values(g, plan) -> set:
 class FunctionEmitter(ElementLowering):
     """One exported function: its blocks' roots as linalg.generic ops, its control steps as scf."""
 
-    def __init__(self, g, file):
+    def __init__(self, g, file, f64_math=False):
         self.g, self.file = g, file
         self.names = Names()
         self.names.cells = []
         self.lines = []                      # the region being written
         self.b = Builder(self.names, [])
         self.entry = Builder(self.names, self.lines)
-        self.cg = MScalar(self.b)
+        self.cg = MScalar(self.b, f64_math)
         self.syms, self.dims, self.memo = {}, {}, [{}]
         self.checks = []                     # (error, message) per check_range, in order
         self.module = None
@@ -598,11 +598,14 @@ class FunctionEmitter(ElementLowering):
         return f"func.func @{name}({sig}){res} {{\n{indent(self.lines)}\n}}"
 
 
-def emit_module(graphs: dict, name: str = "module", file: str = "<source>") -> tuple[str, dict]:
-    """(the MLIR text of every function, {function: {"checks": [[error, message], ...]}})."""
+def emit_module(graphs: dict, name: str = "module", file: str = "<source>", f64_math: bool = False) -> tuple[str, dict]:
+    """(the MLIR text of every function, {function: {"checks": [[error, message], ...]}}).
+
+    f64_math: f32 transcendental functions computed in f64 and rounded (what the iree target
+    compiles: IREE's f32 approximations lose digits that NumPy keeps)."""
     funcs, meta = [], {}
     for k, g in graphs.items():
-        fe = FunctionEmitter(g, file)
+        fe = FunctionEmitter(g, file, f64_math)
         funcs.append(fe.function(k))
         meta[k] = {"checks": [list(c) for c in fe.checks]}
     return "module @gradc {\n" + indent(funcs) + "\n}\n", meta

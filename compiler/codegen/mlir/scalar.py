@@ -18,6 +18,7 @@ MATH = {"sin": "math.sin", "cos": "math.cos", "tan": "math.tan", "exp": "math.ex
 FCMP = {"<": "olt", "<=": "ole", ">": "ogt", ">=": "oge", "==": "oeq", "!=": "one"}
 FCMP_U = {"<": "ult", "<=": "ule", ">": "ugt", ">=": "uge", "==": "ueq", "!=": "une"}
 ICMP_S = {"<": "slt", "<=": "sle", ">": "sgt", ">=": "sge", "==": "eq", "!=": "ne"}
+EXACT = {"fabs", "floor", "copysign", "sqrt"}     # correctly rounded in every precision
 ICMP_U = {"<": "ult", "<=": "ule", ">": "ugt", ">=": "uge", "==": "eq", "!=": "ne"}
 
 
@@ -216,14 +217,20 @@ class Cell:
 class MScalar(Scalar):
     """Scalar's NumPy semantics written as arith and math operations."""
 
-    def __init__(self, b: Builder):
+    def __init__(self, b: Builder, f64_math: bool = False):
         self.module = None
         self.b = b
+        self.f64_math = f64_math
 
     def math(self, name, x):
         return name
 
     def call(self, name, *xs):
+        if self.f64_math and str(xs[0].type) == "float" and name not in EXACT:
+            # f32 math through the f64 function, rounded once: the C library's accuracy where a
+            # compiler's own f32 approximations lose digits (IREE's sin at 4e4 loses three)
+            d = ir.DoubleType()
+            return self.b.fptrunc(self.b.call(name, [self.b.fpext(x, d) for x in xs]), xs[0].type)
         return self.b.call(name, xs)
 
 
