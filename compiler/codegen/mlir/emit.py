@@ -2,6 +2,7 @@
 the fusion plan, scf for loops and branches, dynamic dimensions for symbolic ones."""
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 
 from llvmlite import ir
@@ -33,6 +34,13 @@ def amap(n, exprs) -> str:
 
 def indent(lines, by="  ") -> str:
     return "\n".join(by + ln.replace("\n", "\n" + by) for ln in lines)
+
+
+def symbol(name: str) -> str:
+    """A function name as an MLIR symbol: bare where it is an identifier, else quoted."""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$.]*", name):
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def loc_text(loc) -> str:
@@ -141,6 +149,7 @@ class FunctionEmitter(ElementLowering):
         otype = LLTYPES[odtype] if odtype != "bool" else ir.IntType(8)
         acc = MV(self.names("o"), otype)
         self.memo, self.dims = [{}], {}
+        self.names.cells = []
         try:
             y = body(idx, acc)
             if odtype == "bool":
@@ -595,7 +604,7 @@ class FunctionEmitter(ElementLowering):
         self.lines.append(f"return {', '.join(rets)} : {', '.join(types)}" if rets else "return")
         sig = ", ".join(f"{a}: {ttype(p.shape, p.dtype)}" for a, p in zip(params, g.params))
         res = f" -> ({', '.join(types)})" if types else ""
-        return f"func.func @{name}({sig}){res} {{\n{indent(self.lines)}\n}}"
+        return f"func.func @{symbol(name)}({sig}){res} {{\n{indent(self.lines)}\n}}"
 
 
 def emit_module(graphs: dict, name: str = "module", file: str = "<source>", f64_math: bool = False) -> tuple[str, dict]:
