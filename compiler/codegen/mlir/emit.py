@@ -81,6 +81,7 @@ class FunctionEmitter(ElementLowering):
         self.cg = MScalar(self.b, f64_math)
         self.syms, self.dims, self.memo = {}, {}, [{}]
         self.checks = []                     # (error, message) per check_range, in order
+        self.n_stacks = 0
         self.module = None
 
     # ---- regions
@@ -144,7 +145,7 @@ class FunctionEmitter(ElementLowering):
         for k in range(n):
             i = self.names("i")
             lines.append(f"{i} = linalg.index {k} : index")
-            idx.append(MV(self.names("j"), I64, loop_dim=k))
+            idx.append(self.names.keep(MV(self.names("j"), I64, loop_dim=k)))
             lines.append(f"{idx[-1].name} = arith.index_cast {i} : index to i64")
         otype = LLTYPES[odtype] if odtype != "bool" else ir.IntType(8)
         acc = MV(self.names("o"), otype)
@@ -247,7 +248,7 @@ class FunctionEmitter(ElementLowering):
         lines, saved = [], b.lines
         b.lines = lines
         iv = self.names("k")
-        i = MV(self.names("j"), I64)
+        i = self.names.keep(MV(self.names("j"), I64))
         lines.append(f"{i.name} = arith.index_cast {iv} : index to i64")
         self.memo.append({})
         try:
@@ -487,7 +488,12 @@ class FunctionEmitter(ElementLowering):
         diff = e.sub(t_end, s)
         trip = e.select(e.icmp_signed("<", diff, ZERO), ZERO, diff)
         self.syms[kw["trip"]] = trip
-        stacks = [self.empty((kw["trip"],) + y.shape, y.dtype) for y in ys]
+        # each stack starts from a value of its own: IREE 3.13 gives loop-carried tensors made by
+        # equal (CSE-merged) ops one buffer, and the rows of one stack overwrite another's
+        stacks = []
+        for y in ys:
+            self.n_stacks += 1
+            stacks.append(self.filled((kw["trip"],) + y.shape, y.dtype, self.n_stacks))
         carry_types = [ttype(p.shape, p.dtype) for p in body.params[1:1 + nc]]
         stack_types = [ttype((kw["trip"],) + y.shape, y.dtype) for y in ys]
         types = carry_types + stack_types + ["i64", "i64"]

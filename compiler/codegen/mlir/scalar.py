@@ -57,6 +57,12 @@ class Names:
     def __init__(self):
         self.n = 0
         self.cells = []             # every Cell made, for the loops that must carry them
+        self.alive = []             # every value made: the element memo keys on id(), which a
+        # value that Python freed would hand on to the next one
+
+    def keep(self, v):
+        self.alive.append(v)
+        return v
 
     def __call__(self, prefix="v"):
         self.n += 1
@@ -81,7 +87,7 @@ class Builder:
     def op(self, text, t) -> MV:
         name = self.names()
         self.lines.append(f"{name} = {text}")
-        return MV(name, t)
+        return self.names.keep(MV(name, t))
 
     def _bin(self, opname, x, y):
         return self.op(f"{opname} {self.v(x)}, {self.v(y)} : {mtype(x.type)}", x.type)
