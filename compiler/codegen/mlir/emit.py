@@ -203,6 +203,27 @@ class FunctionEmitter(ElementLowering):
             x = self.b.op(f"tensor.extract {tensor}[{', '.join(ix)}] : {ttype(shape, dtype)}", et)
         return self.b.trunc(x, LLTYPES["bool"]) if dtype == "bool" else x
 
+    # the element memo keys on the index values themselves (held alive by the key), not on
+    # their id(), which Python hands on to a new object once one is freed
+    @staticmethod
+    def _key(v, idx):
+        return v, tuple((str(i.type), i.constant) if isinstance(i, ir.Constant) else i for i in idx)
+
+    def _memo(self, v, idx):
+        key = self._key(v, idx)
+        for scope in reversed(self.memo):
+            if key in scope:
+                return scope[key]
+        return None
+
+    def _elem_steps(self, v, idx):
+        x = self._memo(v, idx)
+        if x is not None:
+            return x
+        x = self.load(v, idx) if v in self.bufs else (yield from self._node_steps(self.plan.producers[v], idx))
+        self.memo[-1][self._key(v, idx)] = x
+        return x
+
     def load(self, v, idx):
         return self.load_tensor(self.bufs[v], v.shape, v.dtype, idx)
 
@@ -514,6 +535,11 @@ class FunctionEmitter(ElementLowering):
             outs = self.program(step.programs["body"], [tt] + iters[:nc] + caps)
             new_stacks = []
             for y, yt, st, sty in zip(ys, outs[nc:], iters[nc:nc + len(ys)], stack_types):
+                if not y.shape:
+                    # a scalar row is one element (IREE miscompiles a 0-d insert_slice)
+                    v = self.emit(f"tensor.extract {yt}[] : {ttype((), y.dtype)}", "s")
+                    new_stacks.append(self.emit(f"tensor.insert {v} into {st}[{row}] : {sty}", "ins"))
+                    continue
                 offs = [row] + ["0"] * len(y.shape)
                 sizes = ["1"] + [str(d) if isinstance(d, int) else self.idx_dim(d) for d in y.shape]
                 new_stacks.append(self.emit(
