@@ -178,7 +178,11 @@ def build_bytes(text: str, file: str = "<source>", link: bool = True, fast_math:
     }
     sigs = {k: signature(mod.graphs[k]).to_json() for k in graphs}
     with compiling(file):
-        functions, code = b.compile(graphs, Path(file).stem, opts, facts, sigs)
+        try:
+            functions, code = b.compile(graphs, Path(file).stem, opts, facts, sigs)
+        except CompileError as ex:           # a construct the target cannot run yet
+            ex.args = (ex.render({file: text}),)
+            raise
     header = dict(facts, functions=functions)
     return artifact.pack(header, code)
 

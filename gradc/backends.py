@@ -247,9 +247,9 @@ def _iree_available():
     return iree_available()
 
 
-def _iree_text(graphs, name, f64_math=False):
+def _iree_text(graphs, name, iree=False):
     from .compiler.codegen.mlir import emit_module
-    return emit_module(graphs, name, f64_math=f64_math)
+    return emit_module(graphs, name, iree=iree)
 
 
 def _iree_compile(graphs, name, options, facts, sigs):
@@ -259,7 +259,7 @@ def _iree_compile(graphs, name, options, facts, sigs):
     ok, why = iree_available()
     if not ok:
         raise TargetUnavailable(why)
-    text, meta = _iree_text(graphs, name, f64_math=True)
+    text, meta = _iree_text(graphs, name, iree=True)
     vmfb = compile_vmfb(text)
     functions = [{"signature": sigs[k]} for k in graphs]
     return functions, artifact.Code((vmfb, json.dumps(meta, sort_keys=True).encode()))

@@ -25,7 +25,7 @@ def _modules(dtype, cases):
             graphs[k] = g
             doms[k] = [dom for _, _, dom in params]
     opt = {k: optimize(g) for k, g in graphs.items()}
-    text, meta = emit_module(opt, f"ops_{dtype}", f64_math=True)
+    text, meta = emit_module(opt, f"ops_{dtype}", iree=True)
     verify(text)
     verify(emit_module(opt, f"ops_{dtype}")[0])
     sigs = {k: signature(g) for k, g in graphs.items()}

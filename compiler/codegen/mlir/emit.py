@@ -51,7 +51,16 @@ def loc_text(loc) -> str:
 
 
 class Unsupported(CompileError):
-    """A construct the MLIR output cannot express yet."""
+    """A construct the MLIR output (or the iree target) cannot express yet."""
+    unsupported = True
+
+
+def _iree_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("iree-base-compiler")
+    except PackageNotFoundError:
+        return "3.13"
 
 
 def shared_values(g, plan) -> set:
@@ -71,8 +80,10 @@ def shared_values(g, plan) -> set:
 class FunctionEmitter(ElementLowering):
     """One exported function: its blocks' roots as linalg.generic ops, its control steps as scf."""
 
-    def __init__(self, g, file, f64_math=False):
-        self.g, self.file = g, file
+    def __init__(self, g, file, iree=False):
+        self.g, self.file, self.iree = g, file, iree
+        self.loop_depth = 0
+        f64_math = iree
         self.names = Names()
         self.names.cells = []
         self.lines = []                      # the region being written
@@ -496,8 +507,27 @@ class FunctionEmitter(ElementLowering):
         self.status = MV(f"{res}#{count}", I64)
         self.badval = MV(f"{res}#{count + 1}", I64)
 
+    def nested_loop_check(self, n, carried):
+        """IREE 3.13 loses the sizes of tensors carried by a loop inside a loop when they are
+        symbolic ("dynamic dimensions must have been resolved"): say so before it fails."""
+        if self.iree and self.loop_depth and any(not all(isinstance(d, int) for d in p.shape) for p in carried):
+            raise Unsupported(f"the iree target cannot yet run a loop inside a loop that carries values of "
+                              f"symbolic size (a checkpointed loop, or nested loops over such values); "
+                              f"IREE {_iree_version()} cannot size them", n.loc,
+                              ["use target cpu, or a loop without checkpoint"])
+
+    @contextmanager
+    def loop_body(self):
+        self.loop_depth += 1
+        try:
+            yield
+        finally:
+            self.loop_depth -= 1
+
     def _for(self, n, step, env):
         kw = n.kw
+        nc0 = len(n.ins) - 2 - kw["n_caps"]
+        self.nested_loop_check(n, kw["body"].params[1:1 + nc0])
         start, stop, *rest = [env[v] for v in n.ins]
         nc = len(n.ins) - 2 - kw["n_caps"]
         init, caps = rest[:nc], rest[nc:]
@@ -532,7 +562,8 @@ class FunctionEmitter(ElementLowering):
             tt = self.tensor_of(e.trunc(t, LLTYPES[body.params[0].dtype]) if body.params[0].dtype != "i64" else t,
                                 body.params[0].dtype)
             self.status, self.badval = MV(iters[-2], I64), MV(iters[-1], I64)
-            outs = self.program(step.programs["body"], [tt] + iters[:nc] + caps)
+            with self.loop_body():
+                outs = self.program(step.programs["body"], [tt] + iters[:nc] + caps)
             new_stacks = []
             for y, yt, st, sty in zip(ys, outs[nc:], iters[nc:nc + len(ys)], stack_types):
                 if not y.shape:
@@ -559,6 +590,7 @@ class FunctionEmitter(ElementLowering):
         nc = len(n.ins) - kw["n_caps"]
         init, caps = vals[:nc], vals[nc:]
         body = kw["body"]
+        self.nested_loop_check(n, body.params[:nc])
         e = self.entry
         types = [ttype(p.shape, p.dtype) for p in body.params[:nc]] + ["i64", "i64", "i64"]
         init = init + [e.v(ir.Constant(I64, 0))] + [e.v(x) for x in self._state()]
@@ -566,7 +598,8 @@ class FunctionEmitter(ElementLowering):
         before = []
         with self.region(before):
             self.status, self.badval = MV(before_args[-2], I64), MV(before_args[-1], I64)
-            (c,) = self.program(step.programs["cond"], before_args[:nc] + caps)
+            with self.loop_body():
+                (c,) = self.program(step.programs["cond"], before_args[:nc] + caps)
             cv = self.scalar_of(c, "bool")
             carried = before_args[:nc + 1] + [e.v(x) for x in self._state()]
             before.append(f"scf.condition({cv.name}) {', '.join(carried)} : {', '.join(types)}")
@@ -574,7 +607,8 @@ class FunctionEmitter(ElementLowering):
         after = []
         with self.region(after):
             self.status, self.badval = MV(after_args[-2], I64), MV(after_args[-1], I64)
-            outs = self.program(step.programs["body"], after_args[:nc] + caps)
+            with self.loop_body():
+                outs = self.program(step.programs["body"], after_args[:nc] + caps)
             count = e.add(MV(after_args[nc], I64), ir.Constant(I64, 1))
             yields = outs + [count.name] + [e.v(x) for x in self._state()]
             after.append(f"scf.yield {', '.join(yields)} : {', '.join(types)}")
@@ -639,14 +673,15 @@ class FunctionEmitter(ElementLowering):
         return f"func.func @{symbol(name)}({sig}){res} {{\n{indent(self.lines)}\n}}"
 
 
-def emit_module(graphs: dict, name: str = "module", file: str = "<source>", f64_math: bool = False) -> tuple[str, dict]:
+def emit_module(graphs: dict, name: str = "module", file: str = "<source>", iree: bool = False) -> tuple[str, dict]:
     """(the MLIR text of every function, {function: {"checks": [[error, message], ...]}}).
 
-    f64_math: f32 transcendental functions computed in f64 and rounded (what the iree target
-    compiles: IREE's f32 approximations lose digits that NumPy keeps)."""
+    iree: the text the iree target compiles: f32 transcendental functions computed in f64 and
+    rounded (IREE's f32 approximations lose digits that NumPy keeps), and an Unsupported error
+    for what IREE 3.13 cannot compile."""
     funcs, meta = [], {}
     for k, g in graphs.items():
-        fe = FunctionEmitter(g, file, f64_math)
+        fe = FunctionEmitter(g, file, iree)
         funcs.append(fe.function(k))
         meta[k] = {"checks": [list(c) for c in fe.checks]}
     return "module @gradc {\n" + indent(funcs) + "\n}\n", meta
