@@ -5,6 +5,7 @@ import pytest
 
 import gradc
 from gradc.frontend.diagnostics import CompileError
+from conftest import with_iree
 
 RNG = np.random.default_rng(42)
 EPS = 1e-6
@@ -111,7 +112,7 @@ fn count(xs: f64[N]) -> f64 {
 """
 
 
-@pytest.fixture(scope="module", params=["cpu", "reference", "cuda-sim"])
+@pytest.fixture(scope="module", params=with_iree(["cpu", "reference", "cuda-sim"]))
 def m(request):
     return gradc.compile(PROGRAM, target=request.param)
 
