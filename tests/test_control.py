@@ -114,7 +114,13 @@ fn count(xs: f64[N]) -> f64 {
 
 @pytest.fixture(scope="module", params=with_iree(["cpu", "reference", "cuda-sim"]))
 def m(request):
-    return gradc.compile(PROGRAM, target=request.param)
+    try:
+        return gradc.compile(PROGRAM, target=request.param)
+    except CompileError as ex:
+        if not getattr(ex, "unsupported", False):
+            raise
+        # iree: the nested loops here carry values of symbolic size (docs/mlir.md)
+        pytest.skip(f"not yet on target {request.param}: {ex.message}")
 
 
 @pytest.fixture(scope="module")

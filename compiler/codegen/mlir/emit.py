@@ -151,7 +151,7 @@ class FunctionEmitter(ElementLowering):
         lines = []
         saved = self.b.lines
         self.b.lines = lines
-        self.inputs, self.in_keys, self.n_loops = [], {}, n
+        self.inputs, self.in_keys, self.loop_shape = [], {}, tuple(loops)
         idx = []
         for k in range(n):
             i = self.names("i")
@@ -193,10 +193,12 @@ class FunctionEmitter(ElementLowering):
         """The element of a tensor at idx, inside the generic being written."""
         et = ir.IntType(8) if dtype == "bool" else LLTYPES[dtype]
         exprs = []
-        for i in idx:
-            if isinstance(i, MV) and i.loop_dim is not None:
+        # an input with an indexing map where its axes run with the loops (a broadcast axis of
+        # size 1 at 0); any other read (a window, a padded or clamped index) is a tensor.extract
+        for i, d in zip(idx, shape):
+            if isinstance(i, MV) and i.loop_dim is not None and self.loop_shape[i.loop_dim] == d:
                 exprs.append(f"d{i.loop_dim}")
-            elif isinstance(i, ir.Constant) and i.constant == 0:
+            elif isinstance(i, ir.Constant) and i.constant == 0 and d == 1:
                 exprs.append("0")
             else:
                 exprs = None
