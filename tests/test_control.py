@@ -119,7 +119,7 @@ def m(request):
     except CompileError as ex:
         if not getattr(ex, "unsupported", False):
             raise
-        # iree: the nested loops here carry values of symbolic size (docs/mlir.md)
+        # iree: a loop inside a loop here carries values of symbolic size (docs/mlir.md)
         pytest.skip(f"not yet on target {request.param}: {ex.message}")
 
 

@@ -22,6 +22,35 @@ def verify(text: str) -> None:
 
 
 def compile_vmfb(text: str) -> bytes:
-    """An IREE module (vmfb) for the host CPU from MLIR text."""
+    """An IREE module (vmfb) for the host CPU from MLIR text; Unsupported, at the source position
+    IREE names, for what IREE cannot compile yet (any other failure is gradc's own)."""
     from iree.compiler import tools
-    return tools.compile_str(text, extra_args=list(IREE_FLAGS))
+    try:
+        return tools.compile_str(text, extra_args=list(IREE_FLAGS))
+    except tools.CompilerToolError as ex:
+        refused = refusal(str(ex))
+        if refused is None:
+            raise
+        raise refused from None
+
+
+# what IREE cannot compile yet: (a phrase of its diagnostic, what gradc says)
+LIMITS = [
+    ("dynamic dimensions must have been resolved",
+     "the iree target cannot yet run this loop inside a loop: IREE {version} loses the sizes of the "
+     "values of symbolic size it carries (a checkpointed loop's reverse pass, say)"),
+]
+
+
+def refusal(diagnostics: str):
+    """The Unsupported error for IREE diagnostics that show a known limit, else None."""
+    import re
+    from importlib.metadata import version
+    from ....vocab import Loc
+    for phrase, message in LIMITS:
+        if phrase in diagnostics:
+            at = re.search(r'^(?:\s*)([^\s<>:][^:\n]*\.ad):(\d+):(\d+): error', diagnostics, re.M)
+            loc = Loc(at.group(1), int(at.group(2)), int(at.group(3))) if at else None
+            return Unsupported(message.format(version=version("iree-base-compiler")), loc,
+                               ["target cpu runs it; docs/mlir.md lists what iree cannot run yet"])
+    return None

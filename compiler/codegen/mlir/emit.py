@@ -55,14 +55,6 @@ class Unsupported(CompileError):
     unsupported = True
 
 
-def _iree_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("iree-base-compiler")
-    except PackageNotFoundError:
-        return "3.13"
-
-
 def shared_values(g, plan) -> set:
     """Values the plan recomputes in several places that get a tensor of their own here: text
     is no register, and a value recomputed in each branch of a concat would double per level
@@ -82,7 +74,6 @@ class FunctionEmitter(ElementLowering):
 
     def __init__(self, g, file, iree=False):
         self.g, self.file, self.iree = g, file, iree
-        self.loop_depth = 0
         f64_math = iree
         self.names = Names()
         self.names.cells = []
@@ -126,9 +117,10 @@ class FunctionEmitter(ElementLowering):
 
     def filled(self, shape, dtype, value) -> str:
         e = self.empty(shape, dtype)
-        c = self.entry.v(ir.Constant(LLTYPES[dtype] if dtype != "bool" else ir.IntType(8), value))
+        et = LLTYPES[dtype] if dtype != "bool" else ir.IntType(8)
+        c = self.entry.v(ir.Constant(et, value))
         t = ttype(shape, dtype)
-        return self.emit(f"linalg.fill ins({c} : {mtype(LLTYPES[dtype])}) outs({e} : {t}) -> {t}", "f")
+        return self.emit(f"linalg.fill ins({c} : {mtype(et)}) outs({e} : {t}) -> {t}", "f")
 
     def scalar_of(self, tensor, dtype) -> MV:
         """The element of a 0-d tensor (a bool as i1)."""
@@ -509,27 +501,8 @@ class FunctionEmitter(ElementLowering):
         self.status = MV(f"{res}#{count}", I64)
         self.badval = MV(f"{res}#{count + 1}", I64)
 
-    def nested_loop_check(self, n, carried):
-        """IREE 3.13 loses the sizes of tensors carried by a loop inside a loop when they are
-        symbolic ("dynamic dimensions must have been resolved"): say so before it fails."""
-        if self.iree and self.loop_depth and any(not all(isinstance(d, int) for d in p.shape) for p in carried):
-            raise Unsupported(f"the iree target cannot yet run a loop inside a loop that carries values of "
-                              f"symbolic size (a checkpointed loop, or nested loops over such values); "
-                              f"IREE {_iree_version()} cannot size them", n.loc,
-                              ["use target cpu, or a loop without checkpoint"])
-
-    @contextmanager
-    def loop_body(self):
-        self.loop_depth += 1
-        try:
-            yield
-        finally:
-            self.loop_depth -= 1
-
     def _for(self, n, step, env):
         kw = n.kw
-        nc0 = len(n.ins) - 2 - kw["n_caps"]
-        self.nested_loop_check(n, kw["body"].params[1:1 + nc0])
         start, stop, *rest = [env[v] for v in n.ins]
         nc = len(n.ins) - 2 - kw["n_caps"]
         init, caps = rest[:nc], rest[nc:]
@@ -564,8 +537,7 @@ class FunctionEmitter(ElementLowering):
             tt = self.tensor_of(e.trunc(t, LLTYPES[body.params[0].dtype]) if body.params[0].dtype != "i64" else t,
                                 body.params[0].dtype)
             self.status, self.badval = MV(iters[-2], I64), MV(iters[-1], I64)
-            with self.loop_body():
-                outs = self.program(step.programs["body"], [tt] + iters[:nc] + caps)
+            outs = self.program(step.programs["body"], [tt] + iters[:nc] + caps)
             new_stacks = []
             for y, yt, st, sty in zip(ys, outs[nc:], iters[nc:nc + len(ys)], stack_types):
                 if not y.shape:
@@ -592,7 +564,6 @@ class FunctionEmitter(ElementLowering):
         nc = len(n.ins) - kw["n_caps"]
         init, caps = vals[:nc], vals[nc:]
         body = kw["body"]
-        self.nested_loop_check(n, body.params[:nc])
         e = self.entry
         types = [ttype(p.shape, p.dtype) for p in body.params[:nc]] + ["i64", "i64", "i64"]
         init = init + [e.v(ir.Constant(I64, 0))] + [e.v(x) for x in self._state()]
@@ -600,8 +571,7 @@ class FunctionEmitter(ElementLowering):
         before = []
         with self.region(before):
             self.status, self.badval = MV(before_args[-2], I64), MV(before_args[-1], I64)
-            with self.loop_body():
-                (c,) = self.program(step.programs["cond"], before_args[:nc] + caps)
+            (c,) = self.program(step.programs["cond"], before_args[:nc] + caps)
             cv = self.scalar_of(c, "bool")
             carried = before_args[:nc + 1] + [e.v(x) for x in self._state()]
             before.append(f"scf.condition({cv.name}) {', '.join(carried)} : {', '.join(types)}")
@@ -609,8 +579,7 @@ class FunctionEmitter(ElementLowering):
         after = []
         with self.region(after):
             self.status, self.badval = MV(after_args[-2], I64), MV(after_args[-1], I64)
-            with self.loop_body():
-                outs = self.program(step.programs["body"], after_args[:nc] + caps)
+            outs = self.program(step.programs["body"], after_args[:nc] + caps)
             count = e.add(MV(after_args[nc], I64), ir.Constant(I64, 1))
             yields = outs + [count.name] + [e.v(x) for x in self._state()]
             after.append(f"scf.yield {', '.join(yields)} : {', '.join(types)}")
@@ -679,8 +648,7 @@ def emit_module(graphs: dict, name: str = "module", file: str = "<source>", iree
     """(the MLIR text of every function, {function: {"checks": [[error, message], ...]}}).
 
     iree: the text the iree target compiles: f32 transcendental functions computed in f64 and
-    rounded (IREE's f32 approximations lose digits that NumPy keeps), and an Unsupported error
-    for what IREE 3.13 cannot compile."""
+    rounded (IREE's f32 approximations lose digits that NumPy keeps)."""
     funcs, meta = [], {}
     for k, g in graphs.items():
         fe = FunctionEmitter(g, file, iree)
