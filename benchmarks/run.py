@@ -3,7 +3,8 @@
     python benchmarks/run.py [--threads N] [--only W1,W3] [--quick]
 
 Prints one table: median time per call, each peer's ratio to gradc (above 1: gradc is faster)
-and the machine's lower bound for the workload, measured in the same run.
+and the machine's lower bound for the workload, measured in the same run. With the extra `mlir`
+installed, W2-W5 also get a row "gradc iree": the same program compiled by IREE.
 """
 from __future__ import annotations
 
@@ -173,6 +174,12 @@ def systems(name, args, np):
         f = getattr(gradc.compile(str(HERE / "workloads" / f"{src}.ad"), target=TARGET[0], **CPU), fname)
         return (lambda: f(*args)), flat
     out.append(("gradc", gradc_factory))
+    if key != "W1" and TARGET[0] != "iree" and gradc.api.target_available("iree")[0]:
+        # the same program as upstream MLIR compiled by IREE (the extra `mlir`)
+        def iree_factory():
+            f = getattr(gradc.compile(str(HERE / "workloads" / f"{src}.ad"), target="iree"), fname)
+            return (lambda: f(*args)), flat
+        out.append(("gradc iree", iree_factory))
     import peers
     hand = getattr(peers, f"numpy_{key.lower()}")
     out.append(("numpy by hand", lambda: ((lambda: hand(*args)), flat)))

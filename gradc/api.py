@@ -178,7 +178,11 @@ def build_bytes(text: str, file: str = "<source>", link: bool = True, fast_math:
     }
     sigs = {k: signature(mod.graphs[k]).to_json() for k in graphs}
     with compiling(file):
-        functions, code = b.compile(graphs, Path(file).stem, opts, facts, sigs)
+        try:
+            functions, code = b.compile(graphs, Path(file).stem, opts, facts, sigs)
+        except CompileError as ex:           # a construct the target cannot run yet
+            ex.args = (ex.render({file: text}),)
+            raise
     header = dict(facts, functions=functions)
     return artifact.pack(header, code)
 
@@ -236,7 +240,8 @@ def emit(src, stage: str, target: str = "cpu", optimized: bool = True, fast_math
     """A printable stage of a program's code for target: `gradc build --target T --emit STAGE`.
 
     cpu: llvm (after -O3 unless optimized=False), asm; cuda: llvm (the NVPTX module), ptx;
-    cuda-sim: llvm (the simulator's kernels), ptx (the same PTX as cuda). Needs no GPU.
+    cuda-sim: llvm (the simulator's kernels), ptx (the same PTX as cuda); iree: mlir (upstream
+    MLIR, emitted without IREE installed). Needs no GPU.
     """
     b = backend(target, need_available=False)
     if stage not in b.stages:
@@ -283,6 +288,12 @@ def emit_asm(src, fast_math: bool = False) -> str:
 def emit_ptx(src, gpu_arch: str = "sm_80") -> str:
     """The PTX of a program's kernels: `gradc build --target cuda --emit ptx`."""
     return emit(src, "ptx", "cuda", gpu_arch=gpu_arch)
+
+
+def emit_mlir(src) -> str:
+    """The optimized graphs of every function, derivatives included, as one module of upstream
+    MLIR (func, arith, math, tensor, linalg, scf): `gradc build --emit mlir`. Needs no IREE."""
+    return emit(src, "mlir", "iree")
 
 
 def _host(refresh: bool = False):

@@ -232,6 +232,50 @@ def _cuda_available():
     return cuda_available()
 
 
+# ---- iree: upstream MLIR compiled by IREE for the host CPU
+
+def _iree_host(options, ask_llvm=False):
+    from importlib.metadata import version
+    from .runtime.host import host
+    h = host()
+    return {"triple": h["triple"], "cpu": h["cpu"], "features": h["features"],
+            "iree_version": version("iree-base-compiler")}
+
+
+def _iree_available():
+    from .runtime.iree import iree_available
+    return iree_available()
+
+
+def _iree_text(graphs, name, iree=False):
+    from .compiler.codegen.mlir import emit_module
+    return emit_module(graphs, name, iree=iree)
+
+
+def _iree_compile(graphs, name, options, facts, sigs):
+    from .compiler.codegen.mlir import compile_vmfb
+    from .runtime import artifact
+    from .runtime.iree import iree_available
+    ok, why = iree_available()
+    if not ok:
+        raise TargetUnavailable(why)
+    text, meta = _iree_text(graphs, name, iree=True)
+    vmfb = compile_vmfb(text)
+    functions = [{"signature": sigs[k]} for k in graphs]
+    return functions, artifact.Code((vmfb, json.dumps(meta, sort_keys=True).encode()))
+
+
+def _iree_load(name, header, code, file):
+    from .runtime import iree
+    from .runtime.module import Signature
+    sigs = {f["signature"]["name"]: Signature.from_json(f["signature"]) for f in header["functions"]}
+    return iree.load(code.objects[0], json.loads(code.objects[1]), sigs, name)
+
+
+def _iree_emit(stage, graphs, name, options):
+    return _iree_text(graphs, name)[0]
+
+
 BACKENDS = {
     "reference": Backend("reference", "the CPU, NumPy (the optimized graphs interpreted)", native=False),
     "cpu": Backend("cpu", "the host CPU: LLVM machine code", ("llvm", "asm"),
@@ -244,6 +288,8 @@ BACKENDS = {
                         ("llvm", "ptx"), option_fields=("opt_level", "gpu_arch"), host=_cuda_host,
                         compile=_cuda_compile(True), load=_cuda_load("cuda-sim"),
                         emit=lambda stage, *a: (_sim_emit if stage == "llvm" else _cuda_emit)(stage, *a)),
+    "iree": Backend("iree", "the host CPU: upstream MLIR compiled by IREE", ("mlir",), host=_iree_host,
+                    available=_iree_available, compile=_iree_compile, load=_iree_load, emit=_iree_emit),
 }
 
 

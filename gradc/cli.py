@@ -14,7 +14,7 @@ import numpy as np
 from .backends import ARCHS, CPUS, Options
 from .frontend.diagnostics import CompileError, InternalError, internal_error
 
-STAGES = ("ast", "ir", "grad-ir", "opt-ir", "llvm", "asm", "ptx", "memory")
+STAGES = ("ast", "ir", "grad-ir", "opt-ir", "mlir", "llvm", "asm", "ptx", "memory")
 
 
 class UserError(Exception):
@@ -69,7 +69,7 @@ def cmd_build(args):
         except CompileError as ex:
             raise CompileError(ex.render({file: text})) from None
         return 0
-    if args.emit in ("llvm", "asm", "ptx"):
+    if args.emit in ("mlir", "llvm", "asm", "ptx"):
         return _emit_native(args, text, file)
     mod = _lower(text, file)
     from .compiler.pipeline import optimize
@@ -113,6 +113,8 @@ def _emit_native(args, text, file):
     target = args.target
     if args.emit == "ptx" and target == "cpu" and not args.target_given:
         target = "cuda"                 # PTX is the cuda target's: no need to name it
+    if args.emit == "mlir" and not args.target_given:
+        target = "iree"                 # upstream MLIR, which the iree target compiles
     try:
         print(api.emit(file, args.emit, target, fast_math=args.fast_math, gpu_arch=args.gpu_arch,
                        **_cpu_options(args)))

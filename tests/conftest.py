@@ -17,6 +17,12 @@ def fd_grad(f, args, i, step=1e-6):
     return out
 
 
+def with_iree(targets):
+    """targets and, where the extra `mlir` is installed, iree (its tests skip cleanly without it)."""
+    from gradc.api import target_available
+    return tuple(targets) + (("iree",) if target_available("iree")[0] else ())
+
+
 def compile_error(src):
     """The CompileError that compiling src (for the reference target) raises."""
     from gradc.frontend.diagnostics import CompileError

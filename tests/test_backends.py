@@ -14,13 +14,22 @@ SRC = "fn f(x: f32[N]) -> f32 { return sum(sin(x) * x) }\nlet g = grad(f)\n"
 
 
 def test_the_table_lists_every_backend_with_its_stages():
-    assert list(BACKENDS) == ["reference", "cpu", "cuda", "cuda-sim"]
+    assert list(BACKENDS) == ["reference", "cpu", "cuda", "cuda-sim", "iree"]
     assert BACKENDS["cpu"].stages == ("llvm", "asm")
+    assert BACKENDS["iree"].stages == ("mlir",)
     assert BACKENDS["cuda"].stages == ("llvm", "ptx") == BACKENDS["cuda-sim"].stages
     assert not BACKENDS["reference"].native and all(BACKENDS[t].native for t in ("cpu", "cuda", "cuda-sim"))
     host = BACKENDS["cpu"].host_facts(Options())
     assert set(host) == {"triple", "cpu", "features", "python"} and host["triple"].startswith(("x86_64", "aarch64"))
     assert BACKENDS["cuda"].host_facts(Options(gpu_arch="sm_90"))["gpu_arch"] == "sm_90"
+
+
+def test_iree_without_the_extra_says_how_to_install_it(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "iree.runtime", None)      # as if iree-base-runtime were absent
+    with pytest.raises(TargetUnavailable, match=r"pip install 'gradc\[mlir\]'"):
+        gradc.compile(SRC, target="iree", cache=False)
+    assert "func.func @g(" in gradc.emit_mlir(SRC)             # the text needs no IREE
 
 
 def test_options_are_frozen_checked_and_make_the_cache_key():

@@ -5,6 +5,7 @@ import pytest
 
 import gradc
 from gradc.frontend.diagnostics import CompileError
+from conftest import with_iree
 
 RNG = np.random.default_rng(42)
 EPS = 1e-6
@@ -111,9 +112,15 @@ fn count(xs: f64[N]) -> f64 {
 """
 
 
-@pytest.fixture(scope="module", params=["cpu", "reference", "cuda-sim"])
+@pytest.fixture(scope="module", params=with_iree(["cpu", "reference", "cuda-sim"]))
 def m(request):
-    return gradc.compile(PROGRAM, target=request.param)
+    try:
+        return gradc.compile(PROGRAM, target=request.param)
+    except CompileError as ex:
+        if not getattr(ex, "unsupported", False):
+            raise
+        # iree: a loop inside a loop here carries values of symbolic size (docs/mlir.md)
+        pytest.skip(f"not yet on target {request.param}: {ex.message}")
 
 
 @pytest.fixture(scope="module")

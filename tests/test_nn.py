@@ -7,7 +7,9 @@ import pytest
 import gradc
 from numpy.lib.stride_tricks import sliding_window_view
 
-TARGETS = ["reference", "cpu", "cuda-sim"]
+from conftest import with_iree
+
+TARGETS = list(with_iree(["reference", "cpu", "cuda-sim"]))
 
 
 # ---- NumPy, written without gradc's composites

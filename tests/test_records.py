@@ -11,9 +11,9 @@ import pytest
 
 import gradc
 from gradc import cli
-from conftest import compile_error
+from conftest import compile_error, with_iree
 
-TARGETS = ("reference", "cpu", "cuda-sim")
+TARGETS = with_iree(("reference", "cpu", "cuda-sim"))
 
 PROGRAM = """
 struct Mlp { W1: f64[D, H], b1: f64[H], W2: f64[H, C], b2: f64[C] }

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import gradc
-from conftest import compile_error
+from conftest import compile_error, with_iree
 
-TARGETS = ("reference", "cpu", "cuda-sim")
+TARGETS = with_iree(("reference", "cpu", "cuda-sim"))
 RNG = np.random.default_rng(7)
 
 # ste: round in the forward pass, the identity's derivative in both modes (straight-through)

@@ -1,0 +1,55 @@
+"""The iree target's runtime: a compiled IREE module (vmfb) loaded into iree.runtime and its
+functions called on NumPy arrays behind the same interface as every other target."""
+from __future__ import annotations
+
+import numpy as np
+
+from .module import Function, Signature, check_failed
+
+INSTALL = "the iree target needs IREE's compiler and runtime: pip install 'gradc[mlir]'"
+
+
+def iree_available() -> tuple:
+    try:
+        import iree.compiler  # noqa: F401
+        import iree.runtime  # noqa: F401
+    except ImportError:
+        return False, INSTALL
+    return True, ""
+
+
+class IreeFunction(Function):
+    """One function of the module: arrays in (a bool as a byte), arrays out, then the call's status
+    (the first failed run-time check and its offending value) where the function has checks."""
+
+    def __init__(self, sig: Signature, invoke, checks, module_name):
+        super().__init__(sig, self._run, module_name)
+        self._invoke = invoke
+        self._checks = [tuple(c) for c in checks]
+        self._bools = [dt == "bool" for dt, _ in sig.outputs]
+
+    def _run(self, arrays, dims):
+        args = [a.view(np.int8) if a.dtype == np.bool_ else np.require(a, requirements="C") for a in arrays]
+        res = self._invoke(*args)
+        res = list(res) if isinstance(res, (tuple, list)) else [res]
+        outs = [np.asarray(r) for r in res]
+        if self._checks:
+            status, value = int(outs[-2]), int(outs[-1])
+            outs = outs[:-2]
+            if status:
+                error, message = self._checks[status - 1]
+                raise check_failed(self.sig.name, error, message, value)
+        return [o.astype(np.bool_) if b else o for o, b in zip(outs, self._bools)]
+
+
+def load(vmfb: bytes, meta: dict, signatures: dict, module_name: str) -> dict:
+    """{function name: IreeFunction} of a compiled module."""
+    ok, why = iree_available()
+    if not ok:
+        raise RuntimeError(why)
+    import iree.runtime as rt
+    config = rt.Config("local-task")
+    ctx = rt.SystemContext(config=config)
+    ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb))
+    mod = ctx.modules.gradc
+    return {k: IreeFunction(sig, mod[k], meta[k]["checks"], module_name) for k, sig in signatures.items()}
