@@ -139,3 +139,14 @@ def test_perceptron_matches_reference_and_finite_differences():
         xm[p].flat[2] -= eps
         fd = (m.f(*xp) - m.f(*xm)) / (2 * eps)
         assert abs(fd - got[1 + p].flat[2]) < 1e-7
+
+
+def test_reshaped_output_written_in_place():
+    # a layer's bias gradient, sum(g, axis=0) reshaped: the sum writes the output, no copy step
+    g = graph(perceptron(3))
+    plan = make_plan(g, chunk=True, nests=True)
+    assert len(plan.aliases) == 3
+    sched = make_schedule(g, plan)
+    copies = [s for steps, _ in sched.phases for s in steps if s.node is None]
+    reshapes = [s for steps, _ in sched.phases for s in steps if s.node is not None and s.node.op == "reshape"]
+    assert not copies and not reshapes
