@@ -147,6 +147,6 @@ def test_reshaped_output_written_in_place():
     plan = make_plan(g, chunk=True, nests=True)
     assert len(plan.aliases) == 3
     sched = make_schedule(g, plan)
-    copies = [s for steps, _ in sched.phases for s in steps if s.node is None]
-    reshapes = [s for steps, _ in sched.phases for s in steps if s.node is not None and s.node.op == "reshape"]
+    copies = [s for ph in sched.phases for steps, _ in ph for s in steps if s.node is None]
+    reshapes = [s for ph in sched.phases for steps, _ in ph for s in steps if s.node is not None and s.node.op == "reshape"]
     assert not copies and not reshapes
