@@ -150,3 +150,16 @@ def test_reshaped_output_written_in_place():
     copies = [s for ph in sched.phases for steps, _ in ph for s in steps if s.node is None]
     reshapes = [s for ph in sched.phases for steps, _ in ph for s in steps if s.node is not None and s.node.op == "reshape"]
     assert not copies and not reshapes
+
+
+def test_chains_of_calls_interleaved():
+    # a segment's loop, and a whole nest's, whose calls form a chain get an interleave count
+    # (LLVM gives a long body none); independent calls and short bodies keep LLVM's choice
+    text = emit_llvm({"vg": graph(chain(200))}, optimized=False)
+    ids = re.findall(r"^(!\d+) = distinct !\{(!\d+), ", text, re.M)
+    assert ids and all(a == b for a, b in ids)
+    assert 'llvm.loop.interleave.count", i32 4' in text
+    assert "llvm.loop.vectorize.predicate.enable" in text
+    w2 = "fn f(x: f32[N]) -> f32 { return sum(1 / exp(sin(x ** 2))) }\nlet vg = value_and_grad(f)\n"
+    assert "llvm.loop" not in emit_llvm({"vg": graph(w2)}, optimized=False)
+    emit_llvm({"vg": graph(chain(12))})         # the hints parse and optimize
