@@ -30,6 +30,7 @@ class Plan:
     levels: dict = field(default_factory=dict)  # root value -> its nest's depth in barriers
     tiles: dict = field(default_factory=dict)   # nest (key[:3]) -> Tiles: values kept per tile
     aliases: dict = field(default_factory=dict)  # output -> the root whose elements it reshapes
+    kept: set = field(default_factory=set)      # the values of all tiles
 
 
 @dataclass
@@ -209,7 +210,8 @@ def make_plan(g: Graph, chunk: bool = False, nests: bool = False) -> Plan:
     for n in g.nodes:
         syms |= symbols(n.out.shape)
     return Plan(prod, roots, buffers, operands, reads, tuple(sorted(syms)), chunked,
-                {v: keys[v] for v in mat if v in keys}, levels, tiles, aliases)
+                {v: keys[v] for v in mat if v in keys}, levels, tiles, aliases,
+                {v for t in tiles.values() for v in t.values})
 
 
 def _materialize(ctx, key_of, cut=None):

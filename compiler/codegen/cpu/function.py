@@ -108,6 +108,7 @@ class FunctionLowering(ElementLowering):
         self.is_first = self.entry.icmp_signed("==", self.tid, ZERO)
         self.extra = extra or {}            # ("partial" | "acc" | "tile", ...) -> scratch pointer
         self.tile = {}                      # value kept per tile -> its block (segmented nests)
+        self.kept = plan.kept
         self.tile_start = None
 
     def finish(self, ret=None):
@@ -213,7 +214,7 @@ class FunctionLowering(ElementLowering):
                 update(idx, L, acc if acc is not None else update.acc)
             part.acc, part.step = update.acc, s
             return part
-        if n is not None and v in self.plan.keys and any(v in t.values for t in self.plan.tiles.values()):
+        if n is not None and v in self.kept:
             def part(idx, L=self, acc=None):
                 L.store(v, idx, L.root_elem(n, idx))
         elif n is not None:
