@@ -139,3 +139,27 @@ def test_perceptron_matches_reference_and_finite_differences():
         xm[p].flat[2] -= eps
         fd = (m.f(*xp) - m.f(*xm)) / (2 * eps)
         assert abs(fd - got[1 + p].flat[2]) < 1e-7
+
+
+def test_reshaped_output_written_in_place():
+    # a layer's bias gradient, sum(g, axis=0) reshaped: the sum writes the output, no copy step
+    g = graph(perceptron(3))
+    plan = make_plan(g, chunk=True, nests=True)
+    assert len(plan.aliases) == 3
+    sched = make_schedule(g, plan)
+    copies = [s for ph in sched.phases for steps, _ in ph for s in steps if s.node is None]
+    reshapes = [s for ph in sched.phases for steps, _ in ph for s in steps if s.node is not None and s.node.op == "reshape"]
+    assert not copies and not reshapes
+
+
+def test_chains_of_calls_interleaved():
+    # a segment's loop, and a whole nest's, whose calls form a chain get an interleave count
+    # (LLVM gives a long body none); independent calls and short bodies keep LLVM's choice
+    text = emit_llvm({"vg": graph(chain(200))}, optimized=False)
+    ids = re.findall(r"^(!\d+) = distinct !\{(!\d+), ", text, re.M)
+    assert ids and all(a == b for a, b in ids)
+    assert 'llvm.loop.interleave.count", i32 4' in text
+    assert "llvm.loop.vectorize.predicate.enable" in text
+    w2 = "fn f(x: f32[N]) -> f32 { return sum(1 / exp(sin(x ** 2))) }\nlet vg = value_and_grad(f)\n"
+    assert "llvm.loop" not in emit_llvm({"vg": graph(w2)}, optimized=False)
+    emit_llvm({"vg": graph(chain(12))})         # the hints parse and optimize

@@ -130,6 +130,7 @@ class ElementLowering:
             self.memo.pop()
 
     assume_inside = frozenset()       # pad nodes whose innermost index is known to be in range
+    innermost_hint = None             # () -> loop metadata for each innermost loop of a nest, or None
 
     def nest(self, shape, body, idx=(), bounds=None, hooks=None, inner=None):
         """Loops over shape (innermost last, where memory is contiguous) around body(idx).
@@ -154,11 +155,12 @@ class ElementLowering:
                 m1 = b.select(b.icmp_signed("<", z, m0), m0, b.select(b.icmp_signed(">", z, hi), hi, z))
                 for start, stop, inside in ((lo, m0, False), (m0, m1, True), (m1, hi, False)):
                     saved, self.assume_inside = self.assume_inside, (pads if inside else frozenset())
-                    with self.loop(stop, start) as i:
+                    with self.loop(stop, start, hint=self.innermost_hint() if self.innermost_hint else None) as i:
                         self.nest(shape, body, idx + (i,), bounds, hooks)
                     self.assume_inside = saved
             else:
-                with self.loop(hi, lo) as i:
+                last = k == len(shape) - 1 and self.innermost_hint is not None
+                with self.loop(hi, lo, hint=self.innermost_hint() if last else None) as i:
                     self.nest(shape, body, idx + (i,), bounds, hooks, inner)
         for f in after:
             f(idx)

@@ -29,6 +29,8 @@ class Plan:
     keys: dict = field(default_factory=dict)    # root value -> its nest's key (make_plan's nests)
     levels: dict = field(default_factory=dict)  # root value -> its nest's depth in barriers
     tiles: dict = field(default_factory=dict)   # nest (key[:3]) -> Tiles: values kept per tile
+    aliases: dict = field(default_factory=dict)  # output -> the root whose elements it reshapes
+    kept: set = field(default_factory=set)      # the values of all tiles
 
 
 @dataclass
@@ -196,6 +198,10 @@ def make_plan(g: Graph, chunk: bool = False, nests: bool = False) -> Plan:
             for v, k in keys.items():
                 levels.setdefault(v, k[2] if k[0] == "nest" else 0)
             tiles = _tiles(g, mat, keys, reads, outputs, operands)
+    aliases = _aliases(g, prod, mat, params, outputs, chunked) if nests else {}
+    mat -= set(aliases)
+    if aliases:
+        reads, pointwise = _reads(g, params | mat, mat, operands, per_image, chunked)
     roots = [n for n in g.nodes if n.out in mat]
     buffers = params | mat
     syms = set()
@@ -204,7 +210,8 @@ def make_plan(g: Graph, chunk: bool = False, nests: bool = False) -> Plan:
     for n in g.nodes:
         syms |= symbols(n.out.shape)
     return Plan(prod, roots, buffers, operands, reads, tuple(sorted(syms)), chunked,
-                {v: keys[v] for v in mat if v in keys}, levels, tiles)
+                {v: keys[v] for v in mat if v in keys}, levels, tiles, aliases,
+                {v for t in tiles.values() for v in t.values})
 
 
 def _materialize(ctx, key_of, cut=None):
@@ -265,6 +272,26 @@ def _materialize(ctx, key_of, cut=None):
         if n.out in need_buffer:
             mat.add(n.out)
     return mat, operands, owners
+
+
+def _aliases(g, prod, mat, params, outputs, chunked) -> dict:
+    """output -> root: an output that only reshapes a root read by nothing else is that root's
+    elements in row-major order; the root's step writes the output directly (no copy, no loop
+    of its own: a layer's bias gradient, sum(g, axis=0) reshaped to [H])."""
+    uses = {}
+    for n in g.nodes:
+        for x in n.ins:
+            uses[x] = uses.get(x, 0) + 1
+    out = {}
+    for o in dict.fromkeys(g.outputs):
+        n = prod.get(o)
+        if n is None or n.op != "reshape" or o in params or g.outputs.count(o) != 1:
+            continue
+        x = n.ins[0]
+        if x in mat and x not in outputs and x not in params and uses.get(x) == 1 and \
+                prod[x] not in chunked and x not in out.values():
+            out[o] = x
+    return out
 
 
 def _nest_of(key):

@@ -162,18 +162,21 @@ def _split(graphs: dict, order: list, name: str, describe=None, fast_math=False)
 
 
 _HINT = re.compile(r'^(!\d+) = !\{\s*!"gradc\.interleave\.\d+"\s*\}$', re.M)
+_HINT_NOMASK = re.compile(r'^(!\d+) = !\{\s*!"gradc\.interleave\.nomask\.\d+"\s*\}$', re.M)
 
 
 def loop_metadata(text: str) -> str:
     """The module's text with each loop hint (function.interleave_hint) made a loop ID:
     distinct, referring to itself, with the interleave count, and the loop's tail done by the
     vector body under a mask (no scalar copy of a long body for the last few elements)."""
-    from .function import SEGMENT_INTERLEAVE
+    from .function import NEST_INTERLEAVE, SEGMENT_INTERLEAVE
     if "gradc.interleave." not in text:
         return text
     text = _HINT.sub(lambda m: f"{m.group(1)} = distinct !{{{m.group(1)}, !{10 ** 9}, !{10 ** 9 + 1}}}", text)
+    text = _HINT_NOMASK.sub(lambda m: f"{m.group(1)} = distinct !{{{m.group(1)}, !{10 ** 9 + 2}}}", text)
     return text + f'\n!{10 ** 9} = !{{!"llvm.loop.interleave.count", i32 {SEGMENT_INTERLEAVE}}}\n' \
-        f'!{10 ** 9 + 1} = !{{!"llvm.loop.vectorize.predicate.enable", i1 true}}\n'
+        f'!{10 ** 9 + 1} = !{{!"llvm.loop.vectorize.predicate.enable", i1 true}}\n' \
+        f'!{10 ** 9 + 2} = !{{!"llvm.loop.interleave.count", i32 {NEST_INTERLEAVE}}}\n'
 
 
 def _add_constant(module, name: str, data: bytes):

@@ -29,19 +29,39 @@ SCANS = {"cumsum": "add", "cumprod": "mul"}
 
 # a segment's loop is long (LLVM then interleaves nothing) and often one chain of dependent
 # calls: copies of the body for consecutive vectors hide the calls' latency
-SEGMENT_INTERLEAVE = 2
+SEGMENT_INTERLEAVE = 4
+# a whole nest's loop whose calls form a chain (short enough not to be cut in segments): as
+# many vectors at a time as LLVM takes for a short chain
+NEST_INTERLEAVE = 4
 
 
-def interleave_hint(module):
-    """Loop metadata asking for SEGMENT_INTERLEAVE vectors at a time; a placeholder that
-    loop_metadata (cpu/__init__.py) makes the distinct, self-referring node LLVM wants."""
-    return module.add_metadata([ir.MetaDataString(module, f"gradc.interleave.{len(module.metadata)}")])
+def interleave_hint(module, masked=True):
+    """Loop metadata asking for SEGMENT_INTERLEAVE vectors at a time (masked: and the tail done
+    by the vector body under a mask); a placeholder that loop_metadata (cpu/__init__.py) makes
+    the distinct, self-referring node LLVM wants."""
+    kind = "interleave" if masked else "interleave.nomask"
+    return module.add_metadata([ir.MetaDataString(module, f"gradc.{kind}.{len(module.metadata)}")])
+
+
+# a fused nest with at least this many math calls gets the interleave hint where they form a
+# chain (fewer: LLVM's own choice is kept)
+SERIAL_CALLS_MIN = 6
+
+
+def _calls(L, parts) -> int:
+    return _call_chain(L, parts)[1]
 
 
 def _serial_calls(L, parts) -> bool:
-    """Whether most of the math calls of a segment's body depend on one another (a chain: the
+    """Whether most of the math calls of a loop's body depend on one another (a chain: the
     loop then runs at the calls' latency unless it is interleaved); independent calls overlap
     without, and interleaving them only adds register pressure."""
+    depth, calls = _call_chain(L, parts)
+    return calls > 0 and 2 * depth >= calls
+
+
+def _call_chain(L, parts):
+    """(the longest chain of dependent math calls, the calls) in the body of parts."""
     depth, calls = {}, set()
     for p in parts:
         s = p.step
@@ -64,7 +84,7 @@ def _serial_calls(L, parts) -> bool:
             if call:
                 calls.add(v)
             depth[v] = int(call) + max((depth.get(x, 0) for x in n.ins), default=0)
-    return bool(calls) and 2 * max(depth.values()) >= len(calls)
+    return max(depth.values(), default=0), len(calls)
 
 
 def tile_bytes(tiles) -> int:
@@ -89,6 +109,7 @@ class FunctionLowering(ElementLowering):
         self.is_first = self.entry.icmp_signed("==", self.tid, ZERO)
         self.extra = extra or {}            # ("partial" | "acc" | "tile", ...) -> scratch pointer
         self.tile = {}                      # value kept per tile -> its block (segmented nests)
+        self.kept = plan.kept
         self.tile_start = None
 
     def finish(self, ret=None):
@@ -169,11 +190,18 @@ class FunctionLowering(ElementLowering):
         roots = [s.node.ins[0] if s.node is not None and OPS[s.node.op].kind == "reduce" else
                  (s.node.out if s.node is not None else s.value) for s in steps]
         inner = self._interior(roots, shape, steps)
-        if a is None:
-            with self.when(self.is_first):
-                self.nest(shape, body, hooks=hooks, inner=inner)
-            return
-        self.nest(shape, body, bounds={a: self.chunk(shape, a, split)}, hooks=hooks, inner=inner)
+        # a chain of calls (a long elementwise chain's gradient) runs at their latency unless
+        # the loop is interleaved, which LLVM does not do for a long body by itself
+        if _serial_calls(self, parts) and _calls(self, parts) >= SERIAL_CALLS_MIN:
+            self.innermost_hint = lambda: interleave_hint(self.module, masked=False)
+        try:
+            if a is None:
+                with self.when(self.is_first):
+                    self.nest(shape, body, hooks=hooks, inner=inner)
+                return
+            self.nest(shape, body, bounds={a: self.chunk(shape, a, split)}, hooks=hooks, inner=inner)
+        finally:
+            self.innermost_hint = None
 
     def _nest_part(self, s, split, hooks):
         """What the body of s's nest does for one element: part(idx, L) with L the lowering of
@@ -187,7 +215,7 @@ class FunctionLowering(ElementLowering):
                 update(idx, L, acc if acc is not None else update.acc)
             part.acc, part.step = update.acc, s
             return part
-        if n is not None and v in self.plan.keys and any(v in t.values for t in self.plan.tiles.values()):
+        if n is not None and v in self.kept:
             def part(idx, L=self, acc=None):
                 L.store(v, idx, L.root_elem(n, idx))
         elif n is not None:

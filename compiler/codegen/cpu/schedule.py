@@ -55,13 +55,14 @@ class Schedule:
 def make_schedule(g, plan) -> Schedule:
     storage = {}
     for i, v in enumerate(g.outputs):
+        v = plan.aliases.get(v, v)           # a reshaped root is written into the output itself
         if v not in g.params and v not in storage:
             storage[v] = i
     steps = [Step(n, n.out, partials=OPS[n.op].kind == "reduce" and reduce_mode(n)[0] == "partials")
              if n not in plan.chunked else Step(n, n.out, partials=plan.chunked[n].kind == "dw",
                                                 chunk=plan.chunked[n])
              for n in plan.roots]
-    steps += [Step(None, v, out=i) for i, v in enumerate(g.outputs) if storage.get(v) != i]
+    steps += [Step(None, v, out=i) for i, v in enumerate(g.outputs) if storage.get(plan.aliases.get(v, v)) != i]
 
     phases, segments, written, first = [], [], {}, 0
     placed = []                                   # (step, phase of part 0)
