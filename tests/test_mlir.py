@@ -7,8 +7,6 @@ import pytest
 
 import gradc
 from gradc.api import signature
-from gradc.compiler.interp import run
-from gradc.compiler.ir import concrete
 from gradc.compiler.pipeline import optimize
 
 pytest.importorskip("iree.compiler", reason="the iree target needs the extra: pip install 'gradc[mlir]'")
