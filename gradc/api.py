@@ -85,7 +85,7 @@ def compiling(file):
     """Any exception but a CompileError while gradc compiles is gradc's fault: an InternalError."""
     try:
         yield
-    except (CompileError, InternalError):
+    except (CompileError, InternalError, TargetUnavailable):   # iree without its extra, say
         raise
     except Exception as ex:
         raise internal_error(ex, Path(file).name, VERSION) from ex
