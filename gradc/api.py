@@ -85,7 +85,7 @@ def compiling(file):
     """Any exception but a CompileError while gradc compiles is gradc's fault: an InternalError."""
     try:
         yield
-    except (CompileError, InternalError):
+    except (CompileError, InternalError, TargetUnavailable):   # iree without its extra, say
         raise
     except Exception as ex:
         raise internal_error(ex, Path(file).name, VERSION) from ex
@@ -221,8 +221,9 @@ def load(path, key=None) -> Module:
     if b is None or not b.native:
         raise artifact.ArtifactMismatch(f"{path}: built for target {target!r}, which this gradc does not load")
     # a GPU module depends on nothing of this host (the driver compiles its PTX): only the
-    # version and the target are checked, and no LLVM is loaded to do it
-    facts = {} if target != "cpu" else _host()
+    # version and the target are checked, and no LLVM is loaded to do it; an iree module is
+    # machine code for this CPU and IREE's version
+    facts = _host() if target == "cpu" else b.host_facts(Options()) if target == "iree" else {}
     try:
         artifact.check_compatible(header, target, facts, VERSION, str(path))
     except artifact.ArtifactMismatch:

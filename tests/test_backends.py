@@ -24,11 +24,13 @@ def test_the_table_lists_every_backend_with_its_stages():
     assert BACKENDS["cuda"].host_facts(Options(gpu_arch="sm_90"))["gpu_arch"] == "sm_90"
 
 
-def test_iree_without_the_extra_says_how_to_install_it(monkeypatch):
+def test_iree_without_the_extra_says_how_to_install_it(monkeypatch, tmp_path):
     import sys
     monkeypatch.setitem(sys.modules, "iree.runtime", None)      # as if iree-base-runtime were absent
     with pytest.raises(TargetUnavailable, match=r"pip install 'gradc\[mlir\]'"):
         gradc.compile(SRC, target="iree", cache=False)
+    with pytest.raises(TargetUnavailable, match=r"pip install 'gradc\[mlir\]'"):
+        gradc.build(SRC, tmp_path / "m.gcm", target="iree")
     assert "func.func @g(" in gradc.emit_mlir(SRC)             # the text needs no IREE
 
 

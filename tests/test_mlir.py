@@ -1,12 +1,12 @@
 """The MLIR output and the iree target against the NumPy reference: every op forward and every
 derivative rule (the cpu tests' cases), transforms to third order, and every module verifies."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import gradc
 from gradc.api import signature
-from gradc.compiler.interp import run
-from gradc.compiler.ir import concrete
 from gradc.compiler.pipeline import optimize
 
 pytest.importorskip("iree.compiler", reason="the iree target needs the extra: pip install 'gradc[mlir]'")
@@ -104,6 +104,15 @@ def test_control_flow_becomes_scf():
     assert "scf.for" in text
 
 
+SAMPLES = sorted(p for p in Path(__file__).parent.parent.joinpath("samples").glob("*.ad")
+                 if "# ERROR" not in p.read_text())
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[p.name for p in SAMPLES])
+def test_every_sample_emits_verified_mlir(path):
+    verify(gradc.emit_mlir(str(path)))
+
+
 def test_checks_raise_as_on_every_target():
     src = "fn f(x: f64[N], i: i64) -> f64 { return x[i] }\n"
     m = gradc.compile(src, target="iree", cache=False)
@@ -125,3 +134,5 @@ def test_module_files_and_cache(tmp_path, monkeypatch):
     b = gradc.compile(src, target="iree")         # from the disk cache
     np.testing.assert_allclose(b.g(np.ones(2, np.float32), np.ones(2, np.float32)), [2, 2])
     assert a.f.sig.name == "f"
+    header, _ = gradc.runtime.artifact.read(out)
+    assert header["target"] == "iree" and header["iree_version"] == "3.13.0" and header["cpu"]

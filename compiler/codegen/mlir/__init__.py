@@ -1,6 +1,7 @@
 """MLIR output: optimized graphs as upstream MLIR (func, arith, math, tensor, linalg, scf), and
 IREE's compiler run on it for the iree target."""
-from .emit import Unsupported, emit_module  # noqa: F401
+from .emit import emit_module  # noqa: F401
+from .text import Unsupported
 
 IREE_FLAGS = ("--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
               "--iree-llvmcpu-target-cpu=host",
