@@ -67,9 +67,11 @@ def target_machine(cpu=None, features=None, opt=3):
                                         opt=opt, reloc="pic", codemodel="jitdefault")
 
 
-def build_ir(graphs: dict, name: str = "gradc", fast_math: bool = False) -> tuple:
-    """(llvmlite ir.Module, {function name: (symbol, dim names)}) of optimized graphs."""
+def build_ir(graphs: dict, name: str = "gradc", fast_math: bool = False, inline_math: bool = True) -> tuple:
+    """(llvmlite ir.Module, {function name: (symbol, dim names)}) of optimized graphs.
+    inline_math: float32 exp, sin and cos written out in the loops (mathlib.py), else libm's."""
     module = ir.Module(name=name)
+    module.inline_math = inline_math
     entries = {}
     for fname, g in graphs.items():
         # a function with loops or branches gets a driver that runs its blocks (driver.py)
@@ -143,7 +145,14 @@ def copy_name(name: str, i: int) -> str:
     return name if i == 0 else f"{name}.{i}"
 
 
-def _split(graphs: dict, order: list, name: str, describe=None, fast_math=False):
+def inline_math(features: str) -> bool:
+    """Whether the written-out float32 functions (mathlib.py) pay on this feature set: with
+    AVX-512 they beat libmvec's; with AVX2 alone the vectorizer gives their loops half-width
+    vectors (the float64 sums beside them) and libmvec's are faster (docs/native.md)."""
+    return "+avx512f" in features.split(",")
+
+
+def _split(graphs: dict, order: list, name: str, describe=None, fast_math=False, inline=True):
     """One LLVM module per function, as text, yielded as built: (function name, text, entry).
 
     Each keeps its own copy of the globals the loader patches, renamed apart, so every object
@@ -152,7 +161,7 @@ def _split(graphs: dict, order: list, name: str, describe=None, fast_math=False)
     given, gives bytes the object carries as the constant SYMBOL.desc (runtime/trust.py).
     """
     for i, fname in enumerate(order):
-        module, entries = build_ir({fname: graphs[fname]}, f"{name}.{fname}", fast_math)
+        module, entries = build_ir({fname: graphs[fname]}, f"{name}.{fname}", fast_math, inline)
         if describe is not None:
             _add_constant(module, entries[fname][0] + ".desc", describe(fname, entries[fname]))
         text = loop_metadata(str(module))
@@ -205,7 +214,8 @@ def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool =
     workers = max(1, min(len(order), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures, entries = {}, {}
-        for fname, text, entry in _split(graphs, order, name, describe, fast_math):
+        inline = inline_math(features if features is not None else feats)
+        for fname, text, entry in _split(graphs, order, name, describe, fast_math, inline):
             entries[fname] = entry
             futures[fname] = pool.submit(_compile_one, text, opt, cpu, features)
         objects = [futures[k].result() for k in order]
@@ -218,7 +228,7 @@ def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool =
 
 def emit_llvm(graphs: dict, name: str = "gradc", optimized: bool = True, fast_math: bool = False,
               cpu=None, features=None) -> str:
-    module, _ = build_ir(graphs, name, fast_math)
+    module, _ = build_ir(graphs, name, fast_math, inline_math(features if features is not None else host_cpu()[2]))
     if not optimized:
         return loop_metadata(str(module))
     return str(optimize_ir(loop_metadata(str(module)), target_machine(cpu, features), features=features))
@@ -226,5 +236,5 @@ def emit_llvm(graphs: dict, name: str = "gradc", optimized: bool = True, fast_ma
 
 def emit_asm(graphs: dict, name: str = "gradc", fast_math: bool = False, cpu=None, features=None) -> str:
     tm = target_machine(cpu, features)
-    module, _ = build_ir(graphs, name, fast_math)
+    module, _ = build_ir(graphs, name, fast_math, inline_math(features if features is not None else host_cpu()[2]))
     return tm.emit_assembly(optimize_ir(loop_metadata(str(module)), tm, features=features))
