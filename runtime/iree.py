@@ -2,6 +2,12 @@
 functions called on NumPy arrays behind the same interface as every other target."""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+import threading
+
 import numpy as np
 
 from .module import Function, Signature, check_failed
@@ -50,6 +56,32 @@ def load(vmfb: bytes, meta: dict, signatures: dict, module_name: str) -> dict:
     import iree.runtime as rt
     config = rt.Config("local-task")
     ctx = rt.SystemContext(config=config)
-    ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb))
+    with _private_tmpdir():
+        ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb))
     mod = ctx.modules.gradc
     return {k: IreeFunction(sig, mod[k], meta[k]["checks"], module_name) for k, sig in signatures.items()}
+
+
+_TMP = {}
+_TMP_LOCK = threading.Lock()
+
+
+class _private_tmpdir:
+    """TMPDIR pointed at a folder of this process's own while IREE loads a module: its loader
+    writes each module's code to a temporary file there and leaves the file behind (one per
+    load); the folder goes when the process exits."""
+
+    def __enter__(self):
+        _TMP_LOCK.acquire()
+        if "dir" not in _TMP:
+            _TMP["dir"] = tempfile.mkdtemp(prefix="gradc-iree-")
+            atexit.register(shutil.rmtree, _TMP["dir"], True)
+        self.before = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = _TMP["dir"]
+
+    def __exit__(self, *exc):
+        if self.before is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = self.before
+        _TMP_LOCK.release()

@@ -136,3 +136,18 @@ def test_module_files_and_cache(tmp_path, monkeypatch):
     assert a.f.sig.name == "f"
     header, _ = gradc.runtime.artifact.read(out)
     assert header["target"] == "iree" and header["iree_version"] == "3.13.0" and header["cpu"]
+
+
+def test_loading_leaves_no_temporary_files(tmp_path):
+    """IREE's loader writes a module's code to a temporary file and leaves it behind; gradc points
+    it at a folder of its own, removed when the process exits: nothing stays in TMPDIR."""
+    import os
+    import subprocess
+    import sys
+    code = ("import gradc, numpy as np\n"
+            "m = gradc.compile('fn f(x: f64[N]) -> f64 { return sum(tanh(x)) }', target='iree', cache=False)\n"
+            "assert abs(m.f(np.ones(3)) - 3 * np.tanh(1.0)) < 1e-12\n")
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    left = [p.name for p in tmp_path.iterdir() if "iree" in p.name]      # (Lark keeps its cache there)
+    assert left == []
