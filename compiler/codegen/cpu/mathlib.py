@@ -5,8 +5,8 @@ libmvec's variants are calls: each vector of lanes leaves the loop, saves and re
 registers and checks for special cases. Inline, exp costs a handful of FMAs and shares the
 loop with the code around it, and sin and cos of one value share their reduction. Accuracy
 (tests/test_vector_math.py measures it against float64 NumPy, specials included): within 2
-ulp, like libmvec's 4-ulp variants or better. Only the cpu target uses them: the reference
-target and the GPU keep their own functions.
+ulp, like libmvec's 4-ulp variants or better. Only the cpu target uses them, and only for
+CPUs with AVX-512 (cpu.inline_math): the reference target and the GPU keep their own functions.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ SIN_P = (-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1)
 COS_P = (2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2)
 TRIG_LIMIT = 8192.0
 FAR_LANES = (2, 4, 8, 16, 32)
+
 
 class CpuScalar(Scalar):
     """Scalar with exp, sin and cos written out for float32."""
