@@ -11,23 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
+from compile_scaling import median_time  # a script beside this one
+
 HERE = Path(__file__).parent
-
-
-def median_time(fn, min_time=0.2, reps=3):
-    fn()
-    times, total = [], 0.0
-    while total < min_time or len(times) < reps:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        total += times[-1]
-    return statistics.median(times)
 
 
 def workload_args(np, key, n):
@@ -84,7 +73,7 @@ def main(argv=None):
             row = []
             for name, call in systems(key, args):
                 try:
-                    t = median_time(call, 0.2 if n < 10 ** 7 else 0.5)
+                    t = median_time(call, 0.2 if n < 10 ** 7 else 0.5, reps=3)
                 except Exception as ex:             # a peer that cannot run this size is reported
                     print(f"# {key} {name} at {n}: {type(ex).__name__}: {str(ex)[:80]}")
                     t = float("nan")

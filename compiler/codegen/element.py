@@ -259,8 +259,13 @@ class ElementLowering:
                 stack.append(self._elem_steps(*want))
         return sent
 
+    @staticmethod
+    def _key(v, idx):
+        """The element memo's key of value v at index idx (LLVM values: their identity)."""
+        return v, tuple(map(id, idx))
+
     def _memo(self, v, idx):
-        key = (v, tuple(map(id, idx)))
+        key = self._key(v, idx)
         for scope in reversed(self.memo):
             if key in scope:
                 return scope[key]
@@ -271,7 +276,7 @@ class ElementLowering:
         if x is not None:
             return x
         x = self.load(v, idx) if v in self.bufs else (yield from self._node_steps(self.plan.producers[v], idx))
-        self.memo[-1][(v, tuple(map(id, idx)))] = x
+        self.memo[-1][self._key(v, idx)] = x
         return x
 
     def _node_steps(self, n, idx):

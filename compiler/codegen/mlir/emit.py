@@ -165,21 +165,6 @@ class FunctionEmitter(ControlFlow, ElementLowering):
     def _key(v, idx):
         return v, tuple((str(i.type), i.constant) if isinstance(i, ir.Constant) else i for i in idx)
 
-    def _memo(self, v, idx):
-        key = self._key(v, idx)
-        for scope in reversed(self.memo):
-            if key in scope:
-                return scope[key]
-        return None
-
-    def _elem_steps(self, v, idx):
-        x = self._memo(v, idx)
-        if x is not None:
-            return x
-        x = self.load(v, idx) if v in self.bufs else (yield from self._node_steps(self.plan.producers[v], idx))
-        self.memo[-1][self._key(v, idx)] = x
-        return x
-
     def load(self, v, idx):
         return self.load_tensor(self.bufs[v], v.shape, v.dtype, idx)
 
