@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 
+import llvmlite.binding as llvm
 from llvmlite import ir
 
 from ..scalar import Scalar
@@ -173,6 +174,8 @@ _FAR_DEF = re.compile(r'^(define internal float @"?(gradc_\w+_far)"?\(float [^)]
 def attach_far_variants(text: str) -> str:
     """The module text with the masked vector variants of each _far function named on it
     (an attribute llvmlite does not write), kept alive until the vectorizer has seen them."""
+    if "_far(" not in text:                 # most modules: no scan of their text
+        return text
     groups, kept = [], []
 
     def attach(m):
@@ -194,7 +197,6 @@ def inline_far_variants(mod, tm, pto):
     costs a compare and a branch there, not a call that spills the loop's vector registers)."""
     if not any(f.name.startswith("gradc_") and f.name.endswith("_far") for f in mod.functions):
         return
-    import llvmlite.binding as llvm
     pm = llvm.create_new_module_pass_manager()
     pm.add_always_inliner_pass()
     pm.add_simplify_cfg_pass()

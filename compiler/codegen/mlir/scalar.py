@@ -97,59 +97,14 @@ class Builder:
             return x
         return self.op(f"{opname} {self.v(x)} : {mtype(x.type)} to {mtype(t)}", t)
 
-    # integers
-    def add(self, x, y, **_):
-        return self._bin("arith.addi", x, y)
-
-    def sub(self, x, y, **_):
-        return self._bin("arith.subi", x, y)
-
-    def mul(self, x, y, **_):
-        return self._bin("arith.muli", x, y)
-
-    def sdiv(self, x, y):
-        return self._bin("arith.divsi", x, y)
-
-    def srem(self, x, y):
-        return self._bin("arith.remsi", x, y)
-
-    def udiv(self, x, y):
-        return self._bin("arith.divui", x, y)
-
-    def urem(self, x, y):
-        return self._bin("arith.remui", x, y)
-
+    # integers (those of two operands: BINARY, after the class)
     def neg(self, x):
         return self.sub(ir.Constant(x.type, 0), x)
-
-    def and_(self, x, y):
-        return self._bin("arith.andi", x, y)
-
-    def or_(self, x, y):
-        return self._bin("arith.ori", x, y)
-
-    def xor(self, x, y):
-        return self._bin("arith.xori", x, y)
 
     def not_(self, x):
         return self.xor(x, ir.Constant(x.type, -1 if x.type.width > 1 else 1))
 
-    # floats
-    def fadd(self, x, y, **_):
-        return self._bin("arith.addf", x, y)
-
-    def fsub(self, x, y, **_):
-        return self._bin("arith.subf", x, y)
-
-    def fmul(self, x, y, **_):
-        return self._bin("arith.mulf", x, y)
-
-    def fdiv(self, x, y, **_):
-        return self._bin("arith.divf", x, y)
-
-    def frem(self, x, y, **_):
-        return self._bin("arith.remf", x, y)
-
+    # floats (those of two operands: BINARY)
     def fneg(self, x, **_):
         return self.op(f"arith.negf {self.v(x)} : {mtype(x.type)}", x.type)
 
@@ -215,6 +170,37 @@ class Builder:
 
     def load(self, cell, typ=None):
         return cell.value
+
+
+# the arithmetic that is one MLIR operation on two operands of one type: Builder.NAME(x, y)
+BINARY = {
+    "add": "arith.addi",
+    "sub": "arith.subi",
+    "mul": "arith.muli",
+    "sdiv": "arith.divsi",
+    "srem": "arith.remsi",
+    "udiv": "arith.divui",
+    "urem": "arith.remui",
+    "and_": "arith.andi",
+    "or_": "arith.ori",
+    "xor": "arith.xori",
+    "fadd": "arith.addf",
+    "fsub": "arith.subf",
+    "fmul": "arith.mulf",
+    "fdiv": "arith.divf",
+    "frem": "arith.remf",
+}
+
+
+def _binary(name, opname):
+    def op(self, x, y, **_):
+        return self._bin(opname, x, y)
+    op.__name__ = name
+    return op
+
+
+for _name, _opname in BINARY.items():
+    setattr(Builder, _name, _binary(_name, _opname))
 
 
 class Cell:
