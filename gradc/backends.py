@@ -235,11 +235,14 @@ def _cuda_available():
 # ---- iree: upstream MLIR compiled by IREE for the host CPU
 
 def _iree_host(options, ask_llvm=False):
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
     from .runtime.host import host
     h = host()
-    return {"triple": h["triple"], "cpu": h["cpu"], "features": h["features"],
-            "iree_version": version("iree-base-compiler")}
+    try:
+        iree_version = version("iree-base-compiler")
+    except PackageNotFoundError:          # without the extra: compiling then says what to install
+        iree_version = None
+    return {"triple": h["triple"], "cpu": h["cpu"], "features": h["features"], "iree_version": iree_version}
 
 
 def _iree_available():
