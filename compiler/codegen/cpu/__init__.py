@@ -21,6 +21,7 @@ from .driver import lower_program_graph
 from .parallel import OMP_GLOBALS, THREADS_GLOBAL, lower_graph
 from .vecmath import add_vector_variants
 from .mathlib import attach_far_variants, inline_far_variants
+from .merge import merge_identical
 
 # what the loader patches (runtime/libs.py), in every module's copy
 LOADER_GLOBALS = (*OMP_GLOBALS, THREADS_GLOBAL, *BLAS_GLOBALS.values(), *GEMV_GLOBALS.values(), ILP64_GLOBAL,
@@ -164,7 +165,7 @@ def _split(graphs: dict, order: list, name: str, describe=None, fast_math=False,
         module, entries = build_ir({fname: graphs[fname]}, f"{name}.{fname}", fast_math, inline)
         if describe is not None:
             _add_constant(module, entries[fname][0] + ".desc", describe(fname, entries[fname]))
-        text = loop_metadata(str(module))
+        text = merge_identical(loop_metadata(str(module)))
         if i:
             text = _LOADER_NAME.sub(lambda m: f'@"{copy_name(m.group(1), i)}"', text)
         yield fname, text, entries[fname]
@@ -229,12 +230,13 @@ def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool =
 def emit_llvm(graphs: dict, name: str = "gradc", optimized: bool = True, fast_math: bool = False,
               cpu=None, features=None) -> str:
     module, _ = build_ir(graphs, name, fast_math, inline_math(features if features is not None else host_cpu()[2]))
+    text = merge_identical(loop_metadata(str(module)))
     if not optimized:
-        return loop_metadata(str(module))
-    return str(optimize_ir(loop_metadata(str(module)), target_machine(cpu, features), features=features))
+        return text
+    return str(optimize_ir(text, target_machine(cpu, features), features=features))
 
 
 def emit_asm(graphs: dict, name: str = "gradc", fast_math: bool = False, cpu=None, features=None) -> str:
     tm = target_machine(cpu, features)
     module, _ = build_ir(graphs, name, fast_math, inline_math(features if features is not None else host_cpu()[2]))
-    return tm.emit_assembly(optimize_ir(loop_metadata(str(module)), tm, features=features))
+    return tm.emit_assembly(optimize_ir(merge_identical(loop_metadata(str(module))), tm, features=features))
