@@ -68,7 +68,12 @@ class SampleItem(pytest.Item):
             assert any(s in str(w.message) for w in caught), f"no warning says {s!r}"
         assert ex.calls, "a sample without errors must carry example calls"
         for c in ex.calls:
-            out = getattr(module, c.func)(**c.args)
+            try:
+                out = getattr(module, c.func)(**c.args)
+            except RuntimeError as err:
+                if not getattr(err, "unsupported", False):       # a target's known limit at run time
+                    raise
+                pytest.skip(f"not yet on target {self.target}: {err}")
             outs = list(out) if isinstance(out, tuple) and not hasattr(out, "_fields") else [out]
             bad = mismatch(outs, c)
             assert bad is None, f"{self.path.name}:{c.line}: {c.func}: {bad}"

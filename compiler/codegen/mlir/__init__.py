@@ -38,8 +38,8 @@ def compile_vmfb(text: str) -> bytes:
 # what IREE cannot compile yet: (a phrase of its diagnostic, what gradc says)
 LIMITS = [
     ("dynamic dimensions must have been resolved",
-     "the iree target cannot yet run this loop inside a loop: IREE {version} loses the sizes of the "
-     "values of symbolic size it carries (a checkpointed loop's reverse pass, say)"),
+     "the iree target cannot yet run this loop: IREE {version} loses the sizes of the "
+     "values of symbolic size it carries"),
 ]
 
 

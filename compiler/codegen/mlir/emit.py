@@ -36,6 +36,7 @@ class FunctionEmitter(ControlFlow, ElementLowering):
         self.checks = []                     # (error, message) per check_range, in order
         self.n_stacks = 0
         self.module = None
+        self.sourceless = {}                 # tensors made from no tensor: name -> (shape, dtype)
 
     # ---- regions
 
@@ -71,7 +72,20 @@ class FunctionEmitter(ControlFlow, ElementLowering):
         et = LLTYPES[dtype] if dtype != "bool" else ir.IntType(8)
         c = self.entry.v(ir.Constant(et, value))
         t = ttype(shape, dtype)
-        return self.emit(f"linalg.fill ins({c} : {mtype(et)}) outs({e} : {t}) -> {t}", "f")
+        out = self.emit(f"linalg.fill ins({c} : {mtype(et)}) outs({e} : {t}) -> {t}", "f")
+        self.sourceless[out] = (shape, dtype)
+        return out
+
+    def opaque(self, tensor) -> str:
+        """For the iree target, a tensor made from no tensor (a splat, a fill) behind
+        util.optimization_barrier, where a reduction reads it: IREE 3.13 folds a contraction of
+        two such tensors to a single product of their elements, as if nothing were summed."""
+        shape, dtype = self.sourceless[tensor]
+        t = ttype(shape, dtype)
+        out = self.emit(f"util.optimization_barrier {tensor} : {t}", "b")
+        dyn = [self.idx_dim(d) for d in shape if not isinstance(d, int)]
+        # the barrier hides the sizes too: tied again, as IREE needs them
+        return self.emit(f"flow.tensor.tie_shape {out} : {t}{{{', '.join(dyn)}}}", "b") if dyn else out
 
     def scalar_of(self, tensor, dtype) -> MV:
         """The element of a 0-d tensor (a bool as i1)."""
@@ -114,12 +128,27 @@ class FunctionEmitter(ControlFlow, ElementLowering):
         finally:
             self.b.lines = saved
         ins = self.inputs
+        sourceless = not ins
+        if self.iree and "reduction" in iters:
+            ins = [(self.opaque(x[0]),) + x[1:] if x[0] in self.sourceless else x for x in ins]
         covered = {e for _, _, ex, _, _ in ins for e in ex} | set(oexprs)
         if any(f"d{k}" not in covered for k in range(n)):
             # a loop no operand spans (its reads are all tensor.extract): an operand of the loops'
             # shape gives linalg their sizes
-            shape_t = self.empty(loops, "bool")
-            ins.append((shape_t, ttype(loops, "bool"), [f"d{k}" for k in range(n)], self.names("a"), ir.IntType(8)))
+            arg = self.names("a")
+            if self.iree and sourceless and "reduction" in iters:
+                # IREE 3.13 drops an operand the body does not read, and with it the sizes of a
+                # reduction's loops (sum(ones(M, 3) * 0.5) gave 0.5): here the operand is zeros
+                # IREE cannot see, and the body yields its value only where one is read
+                shape_t = self.opaque(self.filled(loops, "bool", 0))
+                zero, hit = self.names("c"), self.names("c")
+                kept = self.names("v")
+                lines += [f"{zero} = arith.constant 0 : i8", f"{hit} = arith.cmpi eq, {arg}, {zero} : i8",
+                          f"{kept} = arith.select {hit}, {yv}, {acc.name} : {mtype(otype)}"]
+                yv = kept
+            else:
+                shape_t = self.empty(loops, "bool")
+            ins.append((shape_t, ttype(loops, "bool"), [f"d{k}" for k in range(n)], arg, ir.IntType(8)))
         maps = [amap(n, e) for _, _, e, _, _ in ins] + [amap(n, oexprs)]
         args = ", ".join(f"{a}: {mtype(t)}" for _, _, _, a, t in ins)
         args = (args + ", " if args else "") + f"{acc.name}: {mtype(otype)}"
@@ -130,7 +159,10 @@ class FunctionEmitter(ControlFlow, ElementLowering):
             head += f" ins({', '.join(t for t, _, _, _, _ in ins)} : {', '.join(tt for _, tt, _, _, _ in ins)})"
         head += f" outs({init} : {ot}) {{\n^bb0({args}):\n"
         text = head + indent(lines + [f"linalg.yield {yv} : {mtype(otype)}"]) + f"\n}} -> {ot}{loc_text(loc)}"
-        return self.emit(text, "r")
+        out = self.emit(text, "r")
+        if sourceless:
+            self.sourceless[out] = (tuple(oshape), odtype)
+        return out
 
     def load_tensor(self, tensor, shape, dtype, idx):
         """The element of a tensor at idx, inside the generic being written."""
