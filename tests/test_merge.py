@@ -10,9 +10,9 @@ import gradc
 from gradc.compiler.codegen.cpu import init_llvm
 from gradc.compiler.codegen.cpu.merge import merge_identical
 
-MODULE = """
-define internal void @"m.phase0"(ptr %".1", i64 %".2") noinline
-{
+LOOP = """
+define internal void @"m.phase{i}"(ptr %".1", i64 %".2") noinline
+{{
 entry:
   br label %loop
 loop:
@@ -21,41 +21,15 @@ loop:
   store double 1.0, ptr %p
   %j = add i64 %i, 1
   %c = icmp slt i64 %j, %".2"
-  br i1 %c, label %loop, label %done, !llvm.loop !1
+  br i1 %c, label %loop, label %done, !llvm.loop !{md}
 done:
   ret void
-}
+}}
+"""
 
-define internal void @"m.phase1"(ptr %".1", i64 %".2") noinline
-{
-entry:
-  br label %loop
-loop:
-  %i = phi i64 [0, %entry], [%j, %loop]
-  %p = getelementptr double, ptr %".1", i64 %i
-  store double 1.0, ptr %p
-  %j = add i64 %i, 1
-  %c = icmp slt i64 %j, %".2"
-  br i1 %c, label %loop, label %done, !llvm.loop !3
-done:
-  ret void
-}
-
-define internal void @"m.phase2"(ptr %".1", i64 %".2") noinline
-{
-entry:
-  br label %loop
-loop:
-  %i = phi i64 [0, %entry], [%j, %loop]
-  %p = getelementptr double, ptr %".1", i64 %i
-  store double 1.0, ptr %p
-  %j = add i64 %i, 1
-  %c = icmp slt i64 %j, %".2"
-  br i1 %c, label %loop, label %done, !llvm.loop !5
-done:
-  ret void
-}
-
+# phase0 and phase1: the same loop with other metadata nodes that say the same (interleave 4);
+# phase2: the same loop with interleave 2; phase3: another body
+MODULE = "".join(LOOP.format(i=i, md=md) for i, md in ((0, 1), (1, 3), (2, 5))) + """
 define internal void @"m.phase3"(ptr %".1", i64 %".2") noinline
 {
 entry:
