@@ -174,7 +174,7 @@ _FAR_DEF = re.compile(r'^(define internal float @"?(gradc_\w+_far)"?\(float [^)]
 def attach_far_variants(text: str) -> str:
     """The module text with the masked vector variants of each _far function named on it
     (an attribute llvmlite does not write), kept alive until the vectorizer has seen them."""
-    if "_far(" not in text:                 # most modules: no scan of their text
+    if "_far" not in text:                  # most modules: no scan of their text
         return text
     groups, kept = [], []
 
