@@ -165,7 +165,7 @@ def _split(graphs: dict, order: list, name: str, describe=None, fast_math=False,
         module, entries = build_ir({fname: graphs[fname]}, f"{name}.{fname}", fast_math, inline)
         if describe is not None:
             _add_constant(module, entries[fname][0] + ".desc", describe(fname, entries[fname]))
-        text = merge_identical(loop_metadata(str(module)))
+        text = module_text(module)
         if i:
             text = _LOADER_NAME.sub(lambda m: f'@"{copy_name(m.group(1), i)}"', text)
         yield fname, text, entries[fname]
@@ -173,6 +173,12 @@ def _split(graphs: dict, order: list, name: str, describe=None, fast_math=False,
 
 _HINT = re.compile(r'^(!\d+) = !\{\s*!"gradc\.interleave\.\d+"\s*\}$', re.M)
 _HINT_NOMASK = re.compile(r'^(!\d+) = !\{\s*!"gradc\.interleave\.nomask\.\d+"\s*\}$', re.M)
+
+
+def module_text(module) -> str:
+    """The LLVM text of a built module as it is compiled: loop hints as loop IDs, functions with
+    the same body merged."""
+    return merge_identical(loop_metadata(str(module)))
 
 
 def loop_metadata(text: str) -> str:
@@ -230,7 +236,7 @@ def compile_graphs(graphs: dict, name: str = "gradc", opt: int = 3, link: bool =
 def emit_llvm(graphs: dict, name: str = "gradc", optimized: bool = True, fast_math: bool = False,
               cpu=None, features=None) -> str:
     module, _ = build_ir(graphs, name, fast_math, inline_math(features if features is not None else host_cpu()[2]))
-    text = merge_identical(loop_metadata(str(module)))
+    text = module_text(module)
     if not optimized:
         return text
     return str(optimize_ir(text, target_machine(cpu, features), features=features))
@@ -239,4 +245,4 @@ def emit_llvm(graphs: dict, name: str = "gradc", optimized: bool = True, fast_ma
 def emit_asm(graphs: dict, name: str = "gradc", fast_math: bool = False, cpu=None, features=None) -> str:
     tm = target_machine(cpu, features)
     module, _ = build_ir(graphs, name, fast_math, inline_math(features if features is not None else host_cpu()[2]))
-    return tm.emit_assembly(optimize_ir(merge_identical(loop_metadata(str(module))), tm, features=features))
+    return tm.emit_assembly(optimize_ir(module_text(module), tm, features=features))

@@ -10,7 +10,7 @@ from ..layout import ZERO
 from ..plan import make_plan
 from ..scalar import I64, LLTYPES
 from ..structured import Block
-from ...ops import OPS
+from ...ops import OPS, numel_of
 from .scalar import MV, index_of, mtype
 from .text import Unsupported, indent, loc_text, ttype
 
@@ -48,7 +48,7 @@ class Stacks:
             for k, y in enumerate(ys):
                 by.setdefault(y.dtype, []).append(k)
             self.groups = list(by.values())
-        self.inits, self.types, self.bases, self.sizes = [], [], {}, {}
+        self.inits, self.types, self.bases, self.sizes, self.runs = [], [], {}, {}, {}
         steps = fe.idx_dim(trip) if shared else None
         for g in self.groups:
             fe.n_stacks += 1
@@ -63,8 +63,8 @@ class Stacks:
             for k in g:
                 self.sizes[k] = self._size(ys[k].shape)
                 self.bases[k] = total
-                run = fe.emit(f"arith.muli {steps}, {self.sizes[k]} : index", "c")
-                total = fe.emit(f"arith.addi {total}, {run} : index", "c")
+                self.runs[k] = fe.emit(f"arith.muli {steps}, {self.sizes[k]} : index", "c")
+                total = fe.emit(f"arith.addi {total}, {self.runs[k]} : index", "c")
             t = ttype((None,), y.dtype)
             e = fe.emit(f"tensor.empty({total}) : {t}", "e")
             et = ir.IntType(8) if y.dtype == "bool" else LLTYPES[y.dtype]
@@ -84,20 +84,19 @@ class Stacks:
         for g, st, sty in zip(self.groups, stacks, self.types):
             for k in g:
                 y, yt = self.ys[k], rows[k]
+                # a scalar row is one element (IREE miscompiles a 0-d insert_slice)
+                v = None if y.shape else fe.emit(f"tensor.extract {yt}[] : {ttype((), y.dtype)}", "s")
                 if self.shared:
                     at = fe.emit(f"arith.muli {row}, {self.sizes[k]} : index", "c")
                     at = fe.emit(f"arith.addi {self.bases[k]}, {at} : index", "c")
-                    if not y.shape:
+                    if v is not None:
                         # (a scalar tensor.insert into a shared stack comes out wrong in IREE 3.13)
-                        v = fe.emit(f"tensor.extract {yt}[] : {ttype((), y.dtype)}", "s")
                         flat, n = fe.emit(f"tensor.from_elements {v} : {ttype((1,), y.dtype)}", "v"), "1"
                         ft = ttype((1,), y.dtype)
                     else:
                         flat, n, ft = self._flat(yt, y), self.sizes[k], ttype((None,), y.dtype)
                     st = fe.emit(f"tensor.insert_slice {flat} into {st}[{at}] [{n}] [1] : {ft} into {sty}", "ins")
-                elif not y.shape:
-                    # a scalar row is one element (IREE miscompiles a 0-d insert_slice)
-                    v = fe.emit(f"tensor.extract {yt}[] : {ttype((), y.dtype)}", "s")
+                elif v is not None:
                     st = fe.emit(f"tensor.insert {v} into {st}[{row}] : {sty}", "ins")
                 else:
                     offs = [row] + ["0"] * len(y.shape)
@@ -111,7 +110,8 @@ class Stacks:
     def _flat(self, yt, y) -> str:
         """A row as a 1-d tensor of dynamic size."""
         fe = self.fe
-        static = _static_size(y.shape)
+        k, syms = numel_of(y.shape)
+        static = None if syms else k
         if len(y.shape) > 1:
             yt = fe.emit(f"tensor.collapse_shape {yt} [[{', '.join(map(str, range(len(y.shape))))}]] : "
                          f"{ttype(y.shape, y.dtype)} into {ttype((static,), y.dtype)}", "v")
@@ -128,8 +128,7 @@ class Stacks:
         for g, st, sty in zip(self.groups, stacks, self.types):
             for k in g:
                 y = self.ys[k]
-                n = fe.emit(f"arith.muli {steps}, {self.sizes[k]} : index", "c")
-                v = fe.emit(f"tensor.extract_slice {st}[{self.bases[k]}] [{n}] [1] : {sty} to {sty}", "v")
+                v = fe.emit(f"tensor.extract_slice {st}[{self.bases[k]}] [{self.runs[k]}] [1] : {sty} to {sty}", "v")
                 if not y.shape:
                     out[k] = v                      # [trip] already
                     continue
@@ -138,16 +137,6 @@ class Stacks:
                 out[k] = fe.emit(f"tensor.expand_shape {v} {grouped} output_shape [{', '.join(dims)}] : "
                                  f"{ttype((None,), y.dtype)} into {ttype((self.trip,) + y.shape, y.dtype)}", "v")
         return out
-
-
-def _static_size(shape):
-    """The number of elements of a shape of constant dimensions, else None."""
-    n = 1
-    for d in shape:
-        if not isinstance(d, int):
-            return None
-        n *= d
-    return n
 
 
 class ControlFlow:
