@@ -12,6 +12,7 @@ from . import autodiff
 from . import records as R
 from .builder import Emitter, fresh
 from .ir import FLOATS, Graph, Value, type_str
+from .passes.simplify import before_derivatives
 from .records import RecordType, RecordValue
 from .values import Derived, FnValue, UserFn, is_const
 
@@ -119,6 +120,7 @@ class Transforms:
         if f.checkpoint:
             from .control import checkpoint_loops
             base = checkpoint_loops(base, f.checkpoint)
+        base = before_derivatives(base)
         wrt = self.wrt_of(f)
         flat, entries = R.expand_wrt(base, wrt)
         warn = lambda msg: self.diag.warn(msg, f.loc)

@@ -97,3 +97,43 @@ def test_sums_read_the_transposed_copy_a_product_stores():
     args = [rng.normal(size=(2, 3, 5, 5)), rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)]
     for a, b in zip(run(g, args), run(opt, args)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+RECIPROCAL_EXP = """
+fn f(x: f64[N]) -> f64 { return sum(3.0 / exp(sin(x) * 2.0)) }
+let g = grad(f)
+fn shared(x: f64[N]) -> f64[N] { let e = exp(x)
+    return 2.0 / e + e }
+fn by_value(x: f64[N], y: f64[N]) -> f64[N] { return y / exp(x) }
+"""
+
+
+def test_reciprocal_of_exp_divides_nowhere():
+    # c / exp(b) -> c * exp(-b): neither the value nor its gradient divides
+    m = lower(RECIPROCAL_EXP, "t.ad")
+    f, g = optimize(m.graphs["f"]), optimize(m.graphs["g"])
+    assert "div" not in ops(f) and "div" not in ops(g)
+    x = np.linspace(-2, 2, 7)
+    np.testing.assert_allclose(run(f, [x])[0], np.sum(3.0 / np.exp(2 * np.sin(x))), rtol=1e-14)
+    # the gradient against central differences of the NumPy function, in float64
+    h = 1e-6
+    fd = [(np.sum(3 / np.exp(2 * np.sin(x + h * e))) - np.sum(3 / np.exp(2 * np.sin(x - h * e)))) / (2 * h)
+          for e in np.eye(7)]
+    np.testing.assert_allclose(run(g, [x])[0], fd, rtol=1e-8, atol=1e-9)
+    # at the edges: exp(b) 0, inf, NaN and subnormal, the same as the quotient (or closer)
+    b = np.array([-np.inf, np.inf, np.nan, -745.0, 745.0, 700.0, 0.0])
+    e = lower("fn q(b: f64[N]) -> f64[N] { return 3.0 / exp(b) }", "t.ad").graphs["q"]
+    with np.errstate(over="ignore", divide="ignore"):
+        want = 3.0 / np.exp(b)
+    got = run(optimize(e), [b])[0]
+    assert "div" not in ops(optimize(e))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[~np.isnan(want)], want[~np.isnan(want)], rtol=1e-15, atol=1e-300)
+
+
+def test_reciprocal_of_exp_kept_where_it_would_cost_or_differ():
+    m = lower(RECIPROCAL_EXP, "t.ad")
+    # the exp used twice: rewriting would compute a second one
+    assert ops(optimize(m.graphs["shared"])).count("exp") == 1
+    # a numerator that is not a non-zero constant: 0 / exp(-800) is 0, 0 * exp(800) NaN
+    assert "div" in ops(optimize(m.graphs["by_value"]))

@@ -1,22 +1,71 @@
-"""Algebraic simplification: identities that hold exactly in IEEE arithmetic."""
+"""Algebraic simplification: identities that hold exactly in IEEE arithmetic, and one that
+rounds no worse (c / exp(b) -> c * exp(-b))."""
 from __future__ import annotations
 
 from ..ir import Graph
 from .rewrite import rewrite
 
 
+def _finite_nonzero(consts, v) -> bool:
+    return v in consts and consts[v] != 0 and abs(consts[v]) != float("inf") and consts[v] == consts[v]
+
+
+def _uses(g: Graph) -> dict:
+    uses = {}
+    for n in g.nodes:
+        for i in n.ins:
+            uses[i] = uses.get(i, 0) + 1
+    for o in g.outputs:
+        uses[o] = uses.get(o, 0) + 1
+    return uses
+
+
+def _reciprocal_exp(n, emit, consts, made, uses):
+    """c / exp(b) -> c * exp(-b) (c / exp(b) alone using that exp) for a finite non-zero constant
+    c: no division, in the value nor in its derivative (-c * exp(-b), where the quotient's is
+    c / exp(b) / exp(b) * exp(b)). The two agree where exp(b) is 0, inf or NaN; elsewhere each
+    rounds twice (once where c is 1), and exp(-b) keeps the subnormals 1 / exp(b) loses to inf."""
+    if n.op != "div" or not _finite_nonzero(consts, n.ins[0]):
+        return None
+    e = made.get(n.ins[1])
+    if e is None or e.op != "exp" or uses.get(e.out, 0) != 1:
+        return None
+    b = e.ins[0]
+    neg = emit("neg", (b,), (), b.shape, b.dtype, n.loc)
+    ex = emit("exp", (neg,), (), b.shape, b.dtype, e.loc)
+    if consts[n.ins[0]] == 1 and b.shape == n.out.shape and b.dtype == n.out.dtype:
+        return ex
+    return emit("mul", (n.ins[0], ex), (), n.out.shape, n.out.dtype, n.loc)
+
+
+def before_derivatives(g: Graph) -> Graph:
+    """The rewrites of simplify that change what differentiation derives (_reciprocal_exp), on a
+    function about to be differentiated: its derivative then gets them too."""
+    consts, made, uses = {}, {}, _uses(g)
+
+    def step(n, emit):
+        made[n.out] = n
+        if n.op == "const":
+            consts[n.out] = n.attr("value")
+            return None
+        return _reciprocal_exp(n, emit, consts, made, uses)
+
+    return rewrite(g, step)
+
+
 def simplify(g: Graph) -> Graph:
     """x+0, x-0, x*1, x/1, x**1, --x, x**2 -> x*x, no-op layout and casts, where(c, a, a),
     where with a constant condition,
-    pad(a) + pad(b) -> pad(a + b)."""
+    pad(a) + pad(b) -> pad(a + b), c / exp(b) -> c * exp(-b)."""
     consts = {}            # value -> scalar of a uniform constant
     made = {}              # value -> node that made it
+    uses = _uses(g)
 
     def is_c(v, k):
         return v in consts and consts[v] == k and not isinstance(consts[v], bool)
 
     def finite_nonzero(v):
-        return v in consts and consts[v] != 0 and abs(consts[v]) != float("inf") and consts[v] == consts[v]
+        return _finite_nonzero(consts, v)
 
     def same(n, v):
         return v if v.shape == n.out.shape and v.dtype == n.out.dtype else None
@@ -52,6 +101,8 @@ def simplify(g: Graph) -> Graph:
                 return emit("neg", ins[:1], (), n.out.shape, n.out.dtype, n.loc) if same(n, ins[0]) else None
         if n.op == "div" and is_c(ins[1], 1):
             return same(n, ins[0])
+        if n.op == "div":
+            return _reciprocal_exp(n, emit, consts, made, uses)
         if n.op == "pow":
             if is_c(ins[1], 1):
                 return same(n, ins[0])

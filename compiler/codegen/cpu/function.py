@@ -44,25 +44,32 @@ def interleave_hint(module, masked=True):
 
 
 # a fused nest with at least this many math calls gets the interleave hint where they form a
-# chain (fewer: LLVM's own choice is kept)
+# chain (fewer: LLVM's own choice is kept); calls written out in the loop (mathlib.py: float32
+# exp, sin, cos) are long chains of FMAs of their own, and two of them in a chain are enough
 SERIAL_CALLS_MIN = 6
-
-
-def _calls(L, parts) -> int:
-    return _call_chain(L, parts)[1]
+WRITTEN_CALLS_MIN = 2
+WRITTEN_OUT = ("exp", "sin", "cos")
 
 
 def _serial_calls(L, parts) -> bool:
     """Whether most of the math calls of a loop's body depend on one another (a chain: the
     loop then runs at the calls' latency unless it is interleaved); independent calls overlap
     without, and interleaving them only adds register pressure."""
-    depth, calls = _call_chain(L, parts)
+    depth, calls, _ = _call_chain(L, parts)
     return calls > 0 and 2 * depth >= calls
 
 
+def _long_chain(L, parts) -> bool:
+    """A chain (_serial_calls) long enough for a whole nest's loop to be interleaved."""
+    depth, calls, written = _call_chain(L, parts)
+    return calls > 0 and 2 * depth >= calls and (
+        calls >= SERIAL_CALLS_MIN or (getattr(L.module, "inline_math", False) and written >= WRITTEN_CALLS_MIN))
+
+
 def _call_chain(L, parts):
-    """(the longest chain of dependent math calls, the calls) in the body of parts."""
-    depth, calls = {}, set()
+    """(the longest chain of dependent math calls, the calls, those of them written out in the
+    loop) in the body of parts."""
+    depth, calls, written = {}, set(), 0
     for p in parts:
         s = p.step
         if s.node is None:
@@ -83,8 +90,9 @@ def _call_chain(L, parts):
             call = OPS[n.op].cheap is None and OPS[n.op].kind == "elementwise"
             if call:
                 calls.add(v)
+                written += n.op in WRITTEN_OUT and v.dtype == "f32"
             depth[v] = int(call) + max((depth.get(x, 0) for x in n.ins), default=0)
-    return max(depth.values(), default=0), len(calls)
+    return max(depth.values(), default=0), len(calls), written
 
 
 def tile_bytes(tiles) -> int:
@@ -192,7 +200,7 @@ class FunctionLowering(ElementLowering):
         inner = self._interior(roots, shape, steps)
         # a chain of calls (a long elementwise chain's gradient) runs at their latency unless
         # the loop is interleaved, which LLVM does not do for a long body by itself
-        if _serial_calls(self, parts) and _calls(self, parts) >= SERIAL_CALLS_MIN:
+        if _long_chain(self, parts):
             self.innermost_hint = lambda: interleave_hint(self.module, masked=False)
         try:
             if a is None:

@@ -38,7 +38,15 @@ PIO2 = (1.5707963705062866, -4.371139000186243e-08, -1.7151245100059144e-15)
 SIN_P = (-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1)
 COS_P = (2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2)
 TRIG_LIMIT = 8192.0
+ROUNDER = 12582912.0              # 1.5 * 2^23: x + ROUNDER - ROUNDER is x rounded to an integer
 FAR_LANES = (2, 4, 8, 16, 32)
+
+
+def _freeze(b, v):
+    """LLVM's `freeze v` (llvmlite's builder has none): v, or where v is poison some fixed value."""
+    inst = ir.instructions.Instruction(b.block, v.type, "freeze", [v])
+    b._insert(inst)
+    return inst
 
 
 class CpuScalar(Scalar):
@@ -63,8 +71,10 @@ class CpuScalar(Scalar):
         b = self.b
         c = lambda v: ir.Constant(F32, v)
         lo, hi = EXP_LIMITS
-        # clamp first (maxnum/minnum drop a NaN, so the integer part is always defined)
-        xc = self._intrinsic("minnum", self._intrinsic("maxnum", x, c(lo)), c(hi))
+        # clamp first, as x < lo ? lo : x (a NaN goes through, as x86's max and min pass their
+        # second operand: no test for it at the end), so the integer part is always defined
+        xc = b.select(b.fcmp_ordered("<", x, c(lo)), c(lo), x)
+        xc = b.select(b.fcmp_ordered(">", xc, c(hi)), c(hi), xc)
         n = self._intrinsic("rint", b.fmul(xc, c(1.0 / math.log(2.0))))
         r = self._fma(n, c(-LN2_HI), xc)
         r = self._fma(n, c(-LN2_LO), r)
@@ -72,13 +82,10 @@ class CpuScalar(Scalar):
         for k in EXP_P[1:]:
             p = self._fma(p, r, c(k))
         y = self._fma(b.fmul(p, r), r, b.fadd(r, c(1.0)))
-        # 2^n in two factors, each a normal number for n in [-150, 128]: y * 2^(n/2) is exact,
-        # the second product rounds once (into the subnormals, or to inf, as exp itself)
-        ni = b.fptosi(n, I32)
-        half = b.ashr(ni, ir.Constant(I32, 1))
-        scale = lambda k: b.bitcast(b.shl(b.add(k, ir.Constant(I32, 127)), ir.Constant(I32, 23)), F32)
-        y = b.fmul(b.fmul(y, scale(half)), scale(b.sub(ni, half)))
-        return b.select(b.fcmp_unordered("uno", x, x), x, y)
+        # y * 2^n rounded once, into the subnormals or to inf as exp itself: AVX-512's vscalefps.
+        # n is NaN where x is: its integer (poison) is frozen, and any scale of NaN is NaN
+        fn = self.func("llvm.ldexp.f32.i32", F32, [F32, I32])
+        return b.call(fn, [y, _freeze(b, b.fptosi(n, I32))])
 
     def _poly(self, z, coeffs):
         p = ir.Constant(F32, coeffs[0])
@@ -89,22 +96,31 @@ class CpuScalar(Scalar):
     def trig_f32(self, name, x):
         b = self.b
         c = lambda v: ir.Constant(F32, v)
-        q = self._intrinsic("rint", b.fmul(x, c(2.0 / math.pi)))
-        r = x
+        i32 = lambda v: ir.Constant(I32, v)
+        # on |x| (cos is even, sin odd: x's sign goes onto sin at the end, which makes
+        # sin(-0) = -0); q = rint(|x| * 2/pi) by adding 1.5 * 2^23, whose low mantissa bits are
+        # then q mod 2^22 (the quadrant with no conversion), valid while |x| * 2/pi < 2^22
+        ax = self._intrinsic("fabs", x)
+        t = self._fma(ax, c(2.0 / math.pi), c(ROUNDER))
+        q = b.fsub(t, c(ROUNDER))
+        r = ax
         for part in PIO2:
             r = self._fma(q, c(-part), r)
         z = b.fmul(r, r)
         sin_r = self._fma(b.fmul(self._poly(z, SIN_P), z), r, r)
         cos_r = self._fma(b.fmul(self._poly(z, COS_P), z), z, self._fma(z, c(-0.5), c(1.0)))
-        small = b.fcmp_ordered("<=", self._intrinsic("fabs", x), c(TRIG_LIMIT))
-        j = b.fptosi(b.select(small, q, c(0.0)), I32)
-        j = b.add(j, ir.Constant(I32, int(name == "cos")))        # cos x = sin(x + pi/2)
-        odd = b.icmp_signed("!=", b.and_(j, ir.Constant(I32, 1)), ir.Constant(I32, 0))
-        neg = b.icmp_signed("!=", b.and_(j, ir.Constant(I32, 2)), ir.Constant(I32, 0))
+        small = b.fcmp_ordered("<=", ax, c(TRIG_LIMIT))
+        j = b.bitcast(t, I32)
+        if name == "cos":                                          # cos x = sin(x + pi/2)
+            j = b.add(j, i32(1))
+        odd = b.icmp_signed("!=", b.and_(j, i32(1)), i32(0))
         y = b.select(odd, cos_r, sin_r)
-        y = b.select(neg, b.fneg(y), y)
-        if name == "sin":                   # sin(-0) = -0 (the reduction made it +0)
-            y = b.select(b.fcmp_ordered("==", x, c(0.0)), x, y)
+        # quadrants 2 and 3 negate (bit 1 of j moved to the sign bit), and sin takes x's sign
+        sign = b.shl(j, i32(30))
+        if name == "sin":
+            sign = b.xor(sign, b.bitcast(x, I32))
+        sign = b.and_(sign, i32(-(1 << 31)))
+        y = b.bitcast(b.xor(b.bitcast(y, I32), sign), F32)
         # the rare far argument in a block of its own: the loop stays vector (see _far)
         before = b.block
         with b.if_then(b.not_(small), likely=False):
