@@ -639,7 +639,9 @@ class Lowering(Transforms):
         """f's graph at argument types (None: the declared ones); plain: a function with rules
         of its own as its body alone, else one `custom` node holding body and rules."""
         plain = plain or f in self.plain or not self.has_rules(f)
-        key = (id(f), tuple(types) if types is not None else None, plain)
+        # keyed on f itself, which the key keeps alive: a function value freed after its call
+        # (grad(l)(x)) must not leave its graph to a later function at the same id()
+        key = (f, tuple(types) if types is not None else None, plain)
         if key in self.cache:
             return self.cache[key]
         if not plain:

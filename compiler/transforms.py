@@ -58,7 +58,7 @@ class Transforms:
 
     def ruled(self, f: UserFn, types, node) -> tuple:
         """(body, vjp rule, jvp rule) graphs of f at argument types; a rule f lacks is None."""
-        key = (id(f), tuple(types) if types is not None else None, "rules")
+        key = (f, tuple(types) if types is not None else None, "rules")   # f, not id(f): see instantiate
         if key in self.cache:
             return self.cache[key]
         primal = self.instantiate(f, types, node, plain=True)
