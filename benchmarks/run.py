@@ -1,6 +1,6 @@
 """Benchmarks: each workload on gradc and on every installed peer, checked for agreement, then timed.
 
-    python benchmarks/run.py [--threads N] [--only W1,W3] [--quick]
+    python benchmarks/run.py [--threads N] [--only W1,W3] [--quick] [--avx2]
 
 Prints one table: median time per call, each peer's ratio to gradc (above 1: gradc is faster)
 and the machine's lower bound for the workload, measured in the same run. With the extra `mlir`
@@ -20,6 +20,24 @@ from pathlib import Path
 HERE = Path(__file__).parent
 TARGET = ["cpu"]
 CPU = {}                 # --cpu, --cpu-features: gradc's code for another CPU than this one
+
+# --avx2: every system held to AVX2 and FMA on an AVX-512 machine, set before any is imported:
+# gradc's code for x86-64-v3, the BLAS everyone calls (NumPy's OpenBLAS: gradc's, NumPy's; MKL
+# and oneDNN: PyTorch's), NumPy's own loops, PyTorch's kernels and torch.compile's (Inductor
+# reads ATEN_CPU_CAPABILITY), XLA's code generator
+AVX2_ENV = {"OPENBLAS_CORETYPE": "Haswell", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL",
+            "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+HELD = [False]
+
+
+def hold_to_avx2():
+    HELD[0] = True
+    os.environ.update(AVX2_ENV)
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip()
+    CPU.update(cpu="x86-64-v3")
 
 
 def set_threads(n: int):
@@ -222,11 +240,15 @@ def main(argv=None):
     p.add_argument("--target", default="cpu", help="gradc's target (cpu, or reference for the NumPy evaluator)")
     p.add_argument("--cpu", help="compile gradc's code for this CPU (e.g. znver3: AVX2 on an AVX-512 machine)")
     p.add_argument("--cpu-features", default="", help="LLVM CPU features to turn on or off for gradc, e.g. -avx512f")
+    p.add_argument("--avx2", action="store_true",
+                   help="hold every system to AVX2 (an AVX2 machine's figures on an AVX-512 one)")
     p.add_argument("--cold", nargs=2, metavar=("WORKLOAD", "SYSTEM"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     TARGET[0] = a.target
     if a.cpu or a.cpu_features:
         CPU.update(cpu=a.cpu, cpu_features=a.cpu_features)
+    if a.avx2:
+        hold_to_avx2()
     set_threads(a.threads)
     sys.path.insert(0, str(HERE))
     if a.cold:
@@ -248,7 +270,8 @@ def main(argv=None):
         host["features"].split(",") else "no AVX2"
     print(f"# gradc benchmarks, {date.today()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, {a.threads} threads for every system; gradc's code for "
-          f"{host['cpu']} ({avx}){' (--cpu)' if CPU else ''}")
+          f"{host['cpu']} ({avx}){' (--cpu)' if CPU and not a.avx2 else ''}"
+          f"{'; every system held to AVX2 (--avx2)' if a.avx2 else ''}")
     print(f"# measured here: memory bandwidth {bw / 1e9:.1f} GB/s, float32 matrix product {flops / 1e9:.1f} GFLOP/s")
     print(f"{'workload':10} {'system':15} {'median':>12} {'vs gradc':>9} {'bound':>10}  note")
     failures = 0
@@ -322,7 +345,7 @@ def cold_start(name, system):
     t0 = time.perf_counter()          # libraries are imported by now: this is compile time
     if system == "gradc":
         src = {"W3": "w3_logistic", "W4": "w4_mlp"}[name]
-        gradc.compile((HERE / "workloads" / f"{src}.ad").read_text(), target=TARGET[0], cache=False)
+        gradc.compile((HERE / "workloads" / f"{src}.ad").read_text(), target=TARGET[0], cache=False, **CPU)
     elif system == "gradc load":
         gradc.load(os.environ["GRADC_BENCH_GCM"])
     else:
@@ -343,8 +366,9 @@ def compile_times(threads):
         env = dict(os.environ, GRADC_BENCH_GCM=gcm)
         runs = [(w, s) for w in ("W3", "W4") for s in ("gradc", "torch.compile", "jax.jit", "pytensor")]
         for name, system in runs + [("W4", "gradc load")]:
+            held = ["--avx2"] if HELD[0] else [f"--{k.replace('_', '-')}={v}" for k, v in CPU.items() if v]
             res = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--target", TARGET[0],
-                                  "--cold", name, system], capture_output=True, text=True, env=env)
+                                  *held, "--cold", name, system], capture_output=True, text=True, env=env)
             t = res.stdout.strip().splitlines()[-1] if res.returncode == 0 and res.stdout.strip() else None
             shown = fmt(float(t)) if t else "failed: " + (res.stderr.strip().splitlines() or ["?"])[-1][:60]
             print(f"{name:14} {system:15} {shown:>10}")

@@ -30,6 +30,15 @@ LOADER_GLOBALS = (*OMP_GLOBALS, THREADS_GLOBAL, *BLAS_GLOBALS.values(), *GEMV_GL
 _init_lock = threading.Lock()
 _initialized = False
 
+# -O3 less three things that cost compile time and bought no speed: on the cold compile of W4's
+# gradient module (0.35 s of LLVM) and every benchmark's calls (docs/native.md), measured one
+# at a time. Non-trivial loop unswitching copied each loop with a loop-invariant condition in it
+# (a gradient's zero guard on a scalar), and the vectorizer and code generator then did each
+# copy: 0.09 s. A vectorized epilogue per vectorized loop: 0.05 s. Loop strength reduction (the
+# x86 addressing modes take the index as it is): 0.06 s. LLVM's options are the process's:
+# the GPU target's compile runs strength reduction itself (cuda/ptx.py).
+COMPILE_TIME_OPTIONS = ("-unswitch-threshold=1", "-enable-epilogue-vectorization=false", "-disable-lsr")
+
 
 def init_llvm():
     global _initialized
@@ -40,6 +49,8 @@ def init_llvm():
             if vector_math_library():
                 # loops over sin, exp, log... call glibc's vector variants (within 4 ulp of libm)
                 llvm.set_option("", "--vector-library=LIBMVEC-X86")
+            for option in COMPILE_TIME_OPTIONS:
+                llvm.set_option("", option)
             _initialized = True
 
 

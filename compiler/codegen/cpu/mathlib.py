@@ -71,8 +71,8 @@ class CpuScalar(Scalar):
         b = self.b
         c = lambda v: ir.Constant(F32, v)
         lo, hi = EXP_LIMITS
-        # clamp first, as x < lo ? lo : x (a NaN goes through, as x86's max and min pass their
-        # second operand: no test for it at the end), so the integer part is always defined
+        # clamp first, as x < lo ? lo : x (a NaN fails both compares and goes through: no test
+        # for it at the end; x86's max and min, with x second, do just this)
         xc = b.select(b.fcmp_ordered("<", x, c(lo)), c(lo), x)
         xc = b.select(b.fcmp_ordered(">", xc, c(hi)), c(hi), xc)
         n = self._intrinsic("rint", b.fmul(xc, c(1.0 / math.log(2.0))))

@@ -98,6 +98,15 @@ def optimize(module_text: str, kernel_names, tm, opt: int = 3):
     pto = llvm.create_pipeline_tuning_options(speed_level=opt)
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(mod, pb)
+    if opt > 0:
+        # the code generator's strength reduction, which the cpu target turns off for the whole
+        # process (cpu.COMPILE_TIME_OPTIONS): the GPU's addresses are arithmetic of their own
+        fpm = llvm.create_new_function_pass_manager()
+        fpm.add_loop_simplify_pass()
+        fpm.add_loop_strength_reduce_pass()
+        for f in mod.functions:
+            if not f.is_declaration:
+                fpm.run(f, pb)
     return mod
 
 
