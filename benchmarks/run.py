@@ -37,6 +37,10 @@ def hold_to_avx2():
     HELD[0] = True
     os.environ.update(AVX2_ENV)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip()
+    # Inductor's cache does not tell its AVX-512 kernels from AVX2 ones: reused here, they gave
+    # wrong results (W2's sum off by half); a cache of this run's own
+    import tempfile
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="gradc-bench-avx2-")
     CPU.update(cpu="x86-64-v3")
 
 

@@ -169,3 +169,14 @@ def test_chains_of_calls_interleaved():
     one = "fn f(x: f32[N]) -> f32 { return sum(exp(x) * 2.0) }\nlet vg = value_and_grad(f)\n"
     assert "llvm.loop" not in emit_llvm({"vg": graph(one)}, optimized=False, features="+avx2,+fma,+avx512f")
     emit_llvm({"vg": graph(chain(12))})         # the hints parse and optimize
+
+
+def test_llvm_runs_without_the_steps_that_only_cost_compile_time():
+    # cpu.COMPILE_TIME_OPTIONS: the vectorized loop gets no vectorized epilogue (LLVM's default
+    # gave this one 4 blocks of it), and the loop whose body holds a loop-invariant condition
+    # (the gradient's zero guard on the scalar s) is not copied (LLVM's default: body.1.us...)
+    src = "fn f(x: f32[N], s: f32) -> f32 { return sum(sin(x) * s) }\nlet g = grad(f, wrt=(x, s))\n"
+    text = emit_llvm({"g": graph(src, "g")})
+    assert len(re.findall(r"^vector\.body[.\w]*:", text, re.M)) == 1
+    assert not re.findall(r"^vec\.epilog[.\w]*:", text, re.M)
+    assert not re.findall(r"^[\w.]*\.us[\w.]*:", text, re.M)
