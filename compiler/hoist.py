@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from .builder import Emitter, fresh
 from .control import result_types
-from .ir import Graph, Node
+from .ir import Graph, Node, use_counts
 from .ops_nn import PLAIN, mkn_of
 
 
@@ -90,12 +90,7 @@ def _hoist(out: Emitter, n: Node, made: dict, g: Graph):
         x = caps.get(m.ins[0])
         return (x, m) if x is not None and aligned(m.ins[1], x.shape[0]) else None
 
-    uses = {}
-    for m in body.nodes:
-        for i in m.ins:
-            uses[i] = uses.get(i, 0) + 1
-    for o in body.outputs:
-        uses[o] = uses.get(o, 0) + 1
+    uses = use_counts(body)
 
     new_caps, repl = [], {}
     # products of an aligned row by a captured matrix: one product before the loop

@@ -111,6 +111,18 @@ def format_graph(g: Graph) -> str:
     return "\n".join(lines)
 
 
+def use_counts(g: Graph) -> dict:
+    """value -> how many times g's nodes and outputs read it (a value read twice by one node
+    counts twice)."""
+    uses = {}
+    for n in g.nodes:
+        for i in n.ins:
+            uses[i] = uses.get(i, 0) + 1
+    for o in g.outputs:
+        uses[o] = uses.get(o, 0) + 1
+    return uses
+
+
 def graph_symbols(g: Graph, bodies=False) -> set:
     """The dimension symbols of g's parameters and values (and of its loop and branch bodies,
     with bodies=True)."""

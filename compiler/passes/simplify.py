@@ -2,22 +2,12 @@
 rounds no worse (c / exp(b) -> c * exp(-b))."""
 from __future__ import annotations
 
-from ..ir import Graph
+from ..ir import Graph, use_counts
 from .rewrite import rewrite
 
 
 def _finite_nonzero(consts, v) -> bool:
     return v in consts and consts[v] != 0 and abs(consts[v]) != float("inf") and consts[v] == consts[v]
-
-
-def _uses(g: Graph) -> dict:
-    uses = {}
-    for n in g.nodes:
-        for i in n.ins:
-            uses[i] = uses.get(i, 0) + 1
-    for o in g.outputs:
-        uses[o] = uses.get(o, 0) + 1
-    return uses
 
 
 def _reciprocal_exp(n, emit, consts, made, uses):
@@ -41,7 +31,7 @@ def _reciprocal_exp(n, emit, consts, made, uses):
 def before_derivatives(g: Graph) -> Graph:
     """The rewrites of simplify that change what differentiation derives (_reciprocal_exp), on a
     function about to be differentiated: its derivative then gets them too."""
-    consts, made, uses = {}, {}, _uses(g)
+    consts, made, uses = {}, {}, use_counts(g)
 
     def step(n, emit):
         made[n.out] = n
@@ -59,7 +49,7 @@ def simplify(g: Graph) -> Graph:
     pad(a) + pad(b) -> pad(a + b), c / exp(b) -> c * exp(-b)."""
     consts = {}            # value -> scalar of a uniform constant
     made = {}              # value -> node that made it
-    uses = _uses(g)
+    uses = use_counts(g)
 
     def is_c(v, k):
         return v in consts and consts[v] == k and not isinstance(consts[v], bool)
