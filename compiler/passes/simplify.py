@@ -14,7 +14,8 @@ def _reciprocal_exp(n, emit, consts, made, uses):
     """c / exp(b) -> c * exp(-b) (c / exp(b) alone using that exp) for a finite non-zero constant
     c: no division, in the value nor in its derivative (-c * exp(-b), where the quotient's is
     c / exp(b) / exp(b) * exp(b)). The two agree where exp(b) is 0, inf or NaN; elsewhere each
-    rounds twice (once where c is 1), and exp(-b) keeps the subnormals 1 / exp(b) loses to inf."""
+    rounds twice (once where c is 1), and exp(-b) keeps the subnormal results that c / exp(b)
+    makes 0 (exp(b) being inf)."""
     if n.op != "div" or not _finite_nonzero(consts, n.ins[0]):
         return None
     e = made.get(n.ins[1])
