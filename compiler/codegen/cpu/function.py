@@ -51,18 +51,21 @@ WRITTEN_CALLS_MIN = 2
 WRITTEN_OUT = ("exp", "sin", "cos")
 
 
+def _is_chain(depth, calls) -> bool:
+    return calls > 0 and 2 * depth >= calls
+
+
 def _serial_calls(L, parts) -> bool:
     """Whether most of the math calls of a loop's body depend on one another (a chain: the
     loop then runs at the calls' latency unless it is interleaved); independent calls overlap
     without, and interleaving them only adds register pressure."""
-    depth, calls, _ = _call_chain(L, parts)
-    return calls > 0 and 2 * depth >= calls
+    return _is_chain(*_call_chain(L, parts)[:2])
 
 
 def _long_chain(L, parts) -> bool:
     """A chain (_serial_calls) long enough for a whole nest's loop to be interleaved."""
     depth, calls, written = _call_chain(L, parts)
-    return calls > 0 and 2 * depth >= calls and (
+    return _is_chain(depth, calls) and (
         calls >= SERIAL_CALLS_MIN or (getattr(L.module, "inline_math", False) and written >= WRITTEN_CALLS_MIN))
 
 
